@@ -1,0 +1,77 @@
+"""Command line: the only module that parses arguments, prints and exits.
+
+Exit codes: 0 gate passed, 1 gate failed, 2 bad spec or input (found before any server
+starts), 3 server or runtime failure, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
+from pipeline.report import render_console
+from pipeline.run import Interrupted, RunOptions, run_validation
+
+TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="package-validate",
+        description="Prove that a PyTorch model behaves and performs the same after it is packaged for TorchServe.",
+        epilog="Exit codes: 0 pass, 1 gate failed, 2 bad spec or input, 3 server/runtime failure, "
+               "130 interrupted, 143 terminated.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log every stage to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="baseline, export, archive, serve, replay, compare and gate one spec")
+    run.add_argument("spec", type=Path, help="the YAML spec, e.g. examples/digits/spec.yaml")
+    run.add_argument("--force", action="store_true", help="overwrite model_store/<name>.mar if it exists")
+    run.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR, help="where run folders go")
+    run.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE, help="where the .mar is published")
+    run.add_argument("--export-mode", choices=["script", "trace", "export"], help="override export.mode")
+    run.add_argument("--mar", type=Path, help="validate this prebuilt .mar instead of building one")
+    run.add_argument("--expect-sha256", help="refuse the .mar unless its sha256 is this")
+    run.add_argument("--endpoint", help="replay against an already running TorchServe (inference URL); "
+                                        f"its token is read from ${TOKEN_ENV}")
+    run.add_argument("--rate", type=float, help="open-loop replay at this many requests/s")
+    run.add_argument("--concurrency", type=int, help="override replay.concurrency")
+    return p
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if args.command == "run":
+        opts = RunOptions(
+            spec_path=args.spec, reports_dir=args.reports_dir, model_store=args.model_store, force=args.force,
+            prebuilt_mar=args.mar, expected_sha256=args.expect_sha256, endpoint=args.endpoint,
+            endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
+            concurrency=args.concurrency, show_progress=True,
+        )
+        try:
+            outcome = run_validation(opts)
+        except (KeyboardInterrupt, Interrupted):
+            print("interrupted", file=sys.stderr)
+            return 130
+        if outcome.report is not None:
+            print(render_console(outcome.report))
+        elif outcome.error is not None:
+            print(f"error: {outcome.error}", file=sys.stderr)
+        return outcome.exit_code
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Every error the pipeline raises on purpose.
+
+    PipelineError                 exit code 3 unless a subclass says otherwise
+    ├── ConfigError               2  the spec file: missing, unparsable, a field out of range
+    ├── DatasetError              2  the labeled rows: missing columns, NaN, duplicate ids, ...
+    ├── ModelError                2  factory import, weights file, state_dict mismatch
+    ├── ExportError               2  TorchScript / torch.export could not produce a model
+    ├── ArchiveError              2  torch-model-archiver, an existing .mar, a corrupt .mar
+    ├── ReportError               2  the report folder, a baseline report of another schema
+    ├── ServerError               3  Java, ports, TorchServe start-up, a worker that never loads
+    └── ReplayError               3  the served model stopped answering mid-replay
+
+A message says what failed, the values involved, and what to do next. Errors found
+before any server starts are input errors (exit code 2); errors once TorchServe runs are
+runtime errors (exit code 3). A failed gate is not an error: see ``gate.GateResult``.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: a failure the pipeline detected and can explain."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details or [])
+
+    def __str__(self) -> str:
+        if not self.details:
+            return self.message
+        return self.message + "\n" + "\n".join(f"  - {d}" for d in self.details)
+
+
+class ConfigError(PipelineError):
+    """The spec file is missing, unparsable or has an invalid field."""
+
+    exit_code = 2
+
+
+class DatasetError(PipelineError):
+    """The labeled dataset cannot be scored as the spec describes it."""
+
+    exit_code = 2
+
+
+class ModelError(PipelineError):
+    """The model factory or the weights file do not produce the described model."""
+
+    exit_code = 2
+
+
+class ExportError(PipelineError):
+    """TorchScript or torch.export could not export the model."""
+
+    exit_code = 2
+
+
+class ArchiveError(PipelineError):
+    """The .mar could not be built, or an existing one is unusable."""
+
+    exit_code = 2
+
+
+class ReportError(PipelineError):
+    """Reports cannot be written, or a baseline report cannot be used."""
+
+    exit_code = 2
+
+
+class ServerError(PipelineError):
+    """TorchServe could not be started, or its model never became ready."""
+
+    exit_code = 3
+
+
+class ReplayError(PipelineError):
+    """The served model could not be replayed to the end."""
+
+    exit_code = 3

@@ -1,0 +1,363 @@
+"""Stage 5, replay: every labeled row over real HTTP, each answer and its latency recorded.
+
+The client is built to measure the server, not itself: aiohttp keep-alive connections, a
+bounded number in flight (never above the server's queue), warm-up requests excluded,
+latency from a monotonic clock. In open-loop mode (``rate``) each request's latency runs
+from its scheduled send time, so a server stall shows up instead of being hidden
+(coordinated omission). Every row ends answered or failed with a class; 'queue full' and
+'no worker' answers are retried with back-off, handler errors never.
+
+Server-side time comes from TorchServe's ``model_metrics.log``: ``PredictionTime`` lines
+carry the ``requestID`` that the response returned as ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from pipeline.config import Spec
+from pipeline.dataset import Dataset
+from pipeline.errors import ReplayError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({"queue_full"})
+# Error classes that mean the server itself is gone, not one row's problem.
+FATAL_STREAK = frozenset({"connection_error", "worker_died"})
+MAX_FATAL_STREAK = 8
+BACKOFF_BASE_S = 0.05
+
+ERROR_CLASSES = {
+    "bad_input": "the handler rejected the row (HTTP 400)",
+    "handler_error": "the handler raised (HTTP 503 'Prediction failed')",
+    "batch_mismatch": "the handler returned the wrong number of results for a batch",
+    "queue_full": "TorchServe's queue was full or no worker was free (HTTP 503), retries exhausted",
+    "worker_died": "the worker died or exceeded the response timeout (HTTP 500 'Worker died.')",
+    "timeout": "no answer within replay.request_timeout_s",
+    "connection_error": "the connection was refused or dropped",
+    "bad_response": "the answer was not the expected JSON (prediction, probabilities)",
+    "unauthorized": "the token was refused (HTTP 401/403)",
+    "not_found": "the model is not served at this URL (HTTP 404)",
+    "http_error": "another HTTP error status",
+    "not_sent": "the replay stopped before this row was sent",
+}
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Where and how to send the rows."""
+
+    url: str
+    token: str | None
+    num_classes: int
+    concurrency: int = 1
+    warmup_requests: int = 20
+    request_timeout_s: float = 30.0
+    max_retries: int = 5
+    rate: float | None = None
+    show_progress: bool = False
+    metrics_log: Path | None = None
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What happened to one dataset row."""
+
+    index: int
+    id: str
+    is_ok: bool
+    status: int | None
+    prediction: int | None
+    probabilities: tuple[float, ...] | None
+    logits: tuple[float, ...] | None
+    latency_ms: float | None
+    request_id: str | None
+    server_ms: float | None
+    error_class: str | None
+    message: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    rows: tuple[RowOutcome, ...]
+    wall_s: float
+    concurrency: int
+    rate: float | None
+    warmup_requests: int
+    is_complete: bool
+    abort_reason: str | None
+
+    @property
+    def answered(self) -> int:
+        return sum(r.is_ok for r in self.rows)
+
+    @property
+    def failed(self) -> int:
+        return len(self.rows) - self.answered
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / len(self.rows) if self.rows else float("nan")
+
+    @property
+    def throughput_rps(self) -> float:
+        return len(self.rows) / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def error_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            if not r.is_ok:
+                out[r.error_class or "unknown"] = out.get(r.error_class or "unknown", 0) + 1
+        return out
+
+
+def classify_status(status: int, body: str) -> tuple[str, str]:
+    """Error class and message of a non-200 TorchServe answer."""
+    try:
+        msg = str(json.loads(body).get("message", body))
+    except (ValueError, AttributeError):
+        msg = body
+    msg = msg.strip()[:500]
+    if status == 400:
+        return "bad_input", msg
+    if status in (401, 403):
+        return "unauthorized", msg
+    if status == 404:
+        return "not_found", msg
+    if status == 503:
+        if "Prediction failed" in msg:
+            return "handler_error", msg
+        if "batch response mismatched" in msg:
+            return "batch_mismatch", msg
+        if "Invalid model predict output" in msg:
+            return "bad_response", msg
+        return "queue_full", msg
+    if status == 500 and "Worker died" in msg:
+        return "worker_died", msg
+    if status in (408, 504):
+        return "timeout", msg
+    return "http_error", f"HTTP {status}: {msg}"
+
+
+def parse_answer(body: str, num_classes: int) -> tuple[int, tuple[float, ...], tuple[float, ...] | None]:
+    """Prediction, probabilities and logits from a 200 answer; ValueError says what is wrong."""
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    pred, probs = data.get("prediction"), data.get("probabilities")
+    if not isinstance(pred, int) or isinstance(pred, bool) or not 0 <= pred < num_classes:
+        raise ValueError(f"'prediction' must be a class index in 0..{num_classes - 1}, got {pred!r}")
+    if not isinstance(probs, list) or len(probs) != num_classes:
+        raise ValueError(f"'probabilities' must be a list of {num_classes} numbers, got {str(probs)[:80]}")
+    probs_t = tuple(float(p) for p in probs)
+    if not all(math.isfinite(p) for p in probs_t):
+        raise ValueError("'probabilities' holds NaN or infinity")
+    logits = data.get("logits")
+    logits_t = tuple(float(v) for v in logits) if isinstance(logits, list) and len(logits) == num_classes else None
+    return pred, probs_t, logits_t
+
+
+def read_server_times(metrics_log: Path) -> dict[str, float]:
+    """requestID -> PredictionTime (ms) from TorchServe's model_metrics.log.
+
+    A batch logs one PredictionTime for all its request ids; each id gets the batch's time.
+    """
+    out: dict[str, float] = {}
+    if not metrics_log or not metrics_log.is_file():
+        return out
+    pat = re.compile(r"PredictionTime\.ms:([0-9.]+)\|.*?requestID:(.*?),timestamp:")
+    for line in metrics_log.read_text(errors="replace").splitlines():
+        m = pat.search(line)
+        if m:
+            for rid in m.group(2).split(","):
+                out[rid.strip()] = float(m.group(1))
+    return out
+
+
+def _failed(index: int, row_id: str, cls: str, msg: str, *, status: int | None = None,
+            latency: float | None = None, request_id: str | None = None, attempts: int = 1) -> RowOutcome:
+    return RowOutcome(index, row_id, False, status, None, None, None, latency, request_id, None, cls, msg, attempts)
+
+
+class _Abort(Exception):
+    pass
+
+
+async def _send(session: aiohttp.ClientSession, cfg: ReplayConfig, payload: bytes, headers: dict,
+                index: int, row_id: str, t_start_ns: int | None) -> RowOutcome:
+    attempts = 0
+    while True:
+        attempts += 1
+        t0 = time.perf_counter_ns()
+        origin = t_start_ns if t_start_ns is not None else t0
+        try:
+            async with session.post(cfg.url, data=payload, headers=headers) as resp:
+                body = await resp.text()
+                t1 = time.perf_counter_ns()
+                status, rid = resp.status, resp.headers.get("x-request-id")
+        except asyncio.TimeoutError:
+            return _failed(index, row_id, "timeout", f"no answer within {cfg.request_timeout_s:g} s",
+                           latency=(time.perf_counter_ns() - origin) / 1e6, attempts=attempts)
+        except aiohttp.ClientError as e:
+            return _failed(index, row_id, "connection_error", f"{type(e).__name__}: {e}", attempts=attempts)
+        latency = (t1 - origin) / 1e6
+        if status == 200:
+            try:
+                pred, probs, logits = parse_answer(body, cfg.num_classes)
+            except (ValueError, TypeError) as e:
+                return _failed(index, row_id, "bad_response", f"{e}; body: {body[:200]!r}", status=status,
+                               latency=latency, request_id=rid, attempts=attempts)
+            return RowOutcome(index, row_id, True, status, pred, probs, logits, latency, rid, None, None, None,
+                              attempts)
+        cls, msg = classify_status(status, body)
+        if cls in RETRYABLE and attempts <= cfg.max_retries:
+            await asyncio.sleep(BACKOFF_BASE_S * 2 ** (attempts - 1))
+            continue
+        return _failed(index, row_id, cls, msg, status=status, latency=latency, request_id=rid, attempts=attempts)
+
+
+def _payloads(data: Dataset) -> list[bytes]:
+    flat = data.features.reshape(len(data), -1)
+    return [json.dumps({"features": row.tolist()}).encode() for row in flat]
+
+
+async def _replay(cfg: ReplayConfig, data: Dataset) -> tuple[list[RowOutcome | None], float, str | None]:
+    payloads = _payloads(data)
+    headers = {"Content-Type": "application/json"}
+    if cfg.token:
+        headers["Authorization"] = f"Bearer {cfg.token}"
+    results: list[RowOutcome | None] = [None] * len(data)
+    connector = aiohttp.TCPConnector(limit=cfg.concurrency, force_close=False, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+    abort_reason: str | None = None
+    fatal_streak = 0
+    progress = _progress(len(data), cfg.show_progress)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        for i in range(cfg.warmup_requests):
+            try:
+                async with session.post(cfg.url, data=payloads[i % len(payloads)], headers=headers) as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                break
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(data)):
+            queue.put_nowait(i)
+        t_begin = time.perf_counter_ns()
+        interval_ns = int(1e9 / cfg.rate) if cfg.rate else 0
+
+        async def worker() -> None:
+            nonlocal fatal_streak, abort_reason
+            while abort_reason is None:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                scheduled = None
+                if cfg.rate:
+                    scheduled = t_begin + i * interval_ns
+                    delay = (scheduled - time.perf_counter_ns()) / 1e9
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                out = await _send(session, cfg, payloads[i], headers, i, data.ids[i], scheduled)
+                results[i] = out
+                progress(1)
+                if not out.is_ok and out.error_class in FATAL_STREAK:
+                    fatal_streak += 1
+                    if fatal_streak >= MAX_FATAL_STREAK:
+                        abort_reason = (
+                            f"{fatal_streak} consecutive '{out.error_class}' failures ({out.message}): "
+                            "the server is gone"
+                        )
+                else:
+                    fatal_streak = 0
+
+        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+        wall = (time.perf_counter_ns() - t_begin) / 1e9
+    progress(0, close=True)
+    return results, wall, abort_reason
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total < 200 or not sys.stderr.isatty():
+        return lambda n, close=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="req", desc="replay", file=sys.stderr, leave=False)
+
+    def step(n: int, close: bool = False) -> None:
+        bar.update(n)
+        if close:
+            bar.close()
+
+    return step
+
+
+def replay_dataset(cfg: ReplayConfig, data: Dataset) -> ReplayResult:
+    """Send every row to the served model and account for each one.
+
+    Args:
+        cfg: URL, token, concurrency, warm-up, timeout, retries, optional open-loop rate.
+        data: the labeled rows.
+
+    Returns:
+        One outcome per row, in dataset order, with client latency and, when the metrics
+        log is readable, the server's PredictionTime joined by request id. ``is_complete``
+        is False when the replay stopped early (the server went away); unsent rows are
+        recorded as ``not_sent``.
+
+    Raises:
+        ReplayError: the replay could not run at all (e.g. an invalid URL).
+    """
+    try:
+        results, wall, abort = asyncio.run(_replay(cfg, data))
+    except (ValueError, aiohttp.InvalidURL) as e:
+        raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
+    rows = [
+        r if r is not None else _failed(i, data.ids[i], "not_sent", abort or "replay stopped", attempts=0)
+        for i, r in enumerate(results)
+    ]
+    server = read_server_times(cfg.metrics_log) if cfg.metrics_log else {}
+    if server:
+        rows = [replace(r, server_ms=server.get(r.request_id)) if r.request_id else r for r in rows]
+    return ReplayResult(
+        rows=tuple(rows),
+        wall_s=wall,
+        concurrency=cfg.concurrency,
+        rate=cfg.rate,
+        warmup_requests=cfg.warmup_requests,
+        is_complete=abort is None,
+        abort_reason=abort,
+    )
+
+
+def replay_config_for(spec: Spec, url: str, token: str | None, metrics_log: Path | None,
+                      show_progress: bool = False, rate: float | None = None,
+                      concurrency: int | None = None) -> ReplayConfig:
+    """The replay settings of a spec, with concurrency capped at the server's queue size."""
+    r = spec.replay
+    conc = min(concurrency or r.concurrency, spec.serving.job_queue_size)
+    if conc < (concurrency or r.concurrency):
+        log.warning("replay concurrency capped at the server's job_queue_size %d", conc)
+    return ReplayConfig(
+        url=url, token=token, num_classes=spec.model.num_classes, concurrency=conc,
+        warmup_requests=r.warmup_requests, request_timeout_s=r.request_timeout_s,
+        max_retries=r.max_retries, rate=rate if rate is not None else r.rate,
+        show_progress=show_progress, metrics_log=metrics_log,
+    )
+
+
+def predictions_array(result: ReplayResult) -> np.ndarray:
+    """Served predictions, -1 for rows without an answer."""
+    return np.array([r.prediction if r.is_ok else -1 for r in result.rows], dtype=np.int64)
