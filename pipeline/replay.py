@@ -1,7 +1,7 @@
 """Stage 5, replay: every labeled row over real HTTP, each answer and its latency recorded.
 
-The client is built to measure the server, not itself: aiohttp keep-alive connections, a
-bounded number in flight (never above the server's queue), warm-up requests excluded,
+The client is built to measure the server, not itself: a minimal keep-alive HTTP/1.1 client
+(``httpclient``) with one connection per slot, a bounded number in flight (never above the server's queue), warm-up requests excluded,
 latency from a monotonic clock. In open-loop mode (``rate``) each request's latency runs
 from its scheduled send time, so a server stall shows up instead of being hidden
 (coordinated omission). Every row ends answered or failed with a class; 'queue full' and
@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
 from pipeline.config import Spec
 from pipeline.dataset import Dataset
 from pipeline.errors import ReplayError
+from pipeline.httpclient import Connection, HttpConnectionError, HttpProtocolError, Target, build_request
 
 log = logging.getLogger(__name__)
 
@@ -195,24 +195,26 @@ class _Abort(Exception):
     pass
 
 
-async def _send(session: aiohttp.ClientSession, cfg: ReplayConfig, payload: bytes, headers: dict,
-                index: int, row_id: str, t_start_ns: int | None) -> RowOutcome:
+async def _send(conn: Connection, cfg: ReplayConfig, raw: bytes, index: int, row_id: str,
+                t_start_ns: int | None) -> RowOutcome:
     attempts = 0
     while True:
         attempts += 1
         t0 = time.perf_counter_ns()
         origin = t_start_ns if t_start_ns is not None else t0
         try:
-            async with session.post(cfg.url, data=payload, headers=headers) as resp:
-                body = await resp.text()
-                t1 = time.perf_counter_ns()
-                status, rid = resp.status, resp.headers.get("x-request-id")
+            resp = await conn.request(raw, cfg.request_timeout_s)
+            t1 = time.perf_counter_ns()
         except asyncio.TimeoutError:
             return _failed(index, row_id, "timeout", f"no answer within {cfg.request_timeout_s:g} s",
                            latency=(time.perf_counter_ns() - origin) / 1e6, attempts=attempts)
-        except aiohttp.ClientError as e:
-            return _failed(index, row_id, "connection_error", f"{type(e).__name__}: {e}", attempts=attempts)
+        except HttpConnectionError as e:
+            return _failed(index, row_id, "connection_error", str(e), attempts=attempts)
+        except HttpProtocolError as e:
+            return _failed(index, row_id, "bad_response", str(e), attempts=attempts)
         latency = (t1 - origin) / 1e6
+        status, rid = resp.status, resp.headers.get("x-request-id")
+        body = resp.body.decode("utf-8", errors="replace")
         if status == 200:
             try:
                 pred, probs, logits = parse_answer(body, cfg.num_classes)
@@ -234,58 +236,65 @@ def _payloads(data: Dataset) -> list[bytes]:
 
 
 async def _replay(cfg: ReplayConfig, data: Dataset) -> tuple[list[RowOutcome | None], float, str | None]:
-    payloads = _payloads(data)
+    target = Target.from_url(cfg.url)
     headers = {"Content-Type": "application/json"}
     if cfg.token:
         headers["Authorization"] = f"Bearer {cfg.token}"
+    requests = [build_request(target, p, headers) for p in _payloads(data)]
     results: list[RowOutcome | None] = [None] * len(data)
-    connector = aiohttp.TCPConnector(limit=cfg.concurrency, force_close=False, enable_cleanup_closed=True)
-    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+    conns = [Connection(target) for _ in range(cfg.concurrency)]
     abort_reason: str | None = None
     fatal_streak = 0
     progress = _progress(len(data), cfg.show_progress)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        for i in range(cfg.warmup_requests):
+
+    async def warm(conn: Connection, n: int) -> None:
+        for i in range(n):
             try:
-                async with session.post(cfg.url, data=payloads[i % len(payloads)], headers=headers) as r:
-                    await r.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                break
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(data)):
-            queue.put_nowait(i)
-        t_begin = time.perf_counter_ns()
-        interval_ns = int(1e9 / cfg.rate) if cfg.rate else 0
+                await conn.request(requests[i % len(requests)], cfg.request_timeout_s)
+            except (HttpConnectionError, HttpProtocolError, asyncio.TimeoutError):
+                return
 
-        async def worker() -> None:
-            nonlocal fatal_streak, abort_reason
-            while abort_reason is None:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                scheduled = None
-                if cfg.rate:
-                    scheduled = t_begin + i * interval_ns
-                    delay = (scheduled - time.perf_counter_ns()) / 1e9
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                out = await _send(session, cfg, payloads[i], headers, i, data.ids[i], scheduled)
-                results[i] = out
-                progress(1)
-                if not out.is_ok and out.error_class in FATAL_STREAK:
-                    fatal_streak += 1
-                    if fatal_streak >= MAX_FATAL_STREAK:
-                        abort_reason = (
-                            f"{fatal_streak} consecutive '{out.error_class}' failures ({out.message}): "
-                            "the server is gone"
-                        )
-                else:
-                    fatal_streak = 0
+    per_conn = -(-cfg.warmup_requests // cfg.concurrency) if cfg.warmup_requests else 0
+    await asyncio.gather(*(warm(c, per_conn) for c in conns))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(data)):
+        queue.put_nowait(i)
+    t_begin = time.perf_counter_ns()
+    interval_ns = int(1e9 / cfg.rate) if cfg.rate else 0
 
-        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        wall = (time.perf_counter_ns() - t_begin) / 1e9
-    progress(0, close=True)
+    async def worker(conn: Connection) -> None:
+        nonlocal fatal_streak, abort_reason
+        while abort_reason is None:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            scheduled = None
+            if cfg.rate:
+                scheduled = t_begin + i * interval_ns
+                delay = (scheduled - time.perf_counter_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            out = await _send(conn, cfg, requests[i], i, data.ids[i], scheduled)
+            results[i] = out
+            progress(1)
+            if not out.is_ok and out.error_class in FATAL_STREAK:
+                fatal_streak += 1
+                if fatal_streak >= MAX_FATAL_STREAK:
+                    abort_reason = (
+                        f"{fatal_streak} consecutive '{out.error_class}' failures ({out.message}): "
+                        "the server is gone"
+                    )
+            else:
+                fatal_streak = 0
+
+    try:
+        await asyncio.gather(*(worker(c) for c in conns))
+    finally:
+        for c in conns:
+            c.close()
+        progress(0, close=True)
+    wall = (time.perf_counter_ns() - t_begin) / 1e9
     return results, wall, abort_reason
 
 
@@ -322,7 +331,7 @@ def replay_dataset(cfg: ReplayConfig, data: Dataset) -> ReplayResult:
     """
     try:
         results, wall, abort = asyncio.run(_replay(cfg, data))
-    except (ValueError, aiohttp.InvalidURL) as e:
+    except ValueError as e:
         raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
     rows = [
         r if r is not None else _failed(i, data.ids[i], "not_sent", abort or "replay stopped", attempts=0)

@@ -35,6 +35,8 @@ from pipeline.errors import ServerError
 log = logging.getLogger(__name__)
 
 JAVA_HOME_ENV = "PACKAGE_VALIDATE_JAVA_HOME"
+# Inherited by TorchServe, Java and every worker: lets tests find any process a run left behind.
+RUN_MARKER_ENV = "PACKAGE_VALIDATE_RUN"
 MIN_JAVA_MAJOR = 17
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.2
@@ -373,6 +375,7 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
         "TEMP": str(tmp),
         "LOG_LOCATION": str(log_dir),
         "METRICS_LOCATION": str(log_dir),
+        RUN_MARKER_ENV: str(cfg.run_dir),
     }
     env.pop("TS_CONFIG_FILE", None)
     cmd = [
