@@ -228,25 +228,30 @@ def _tail(path: Path, n: int = 400) -> list[str]:
         return []
 
 
+_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit)\b:?")
+
+
 def _why_dead(log_dir: Path, stdout_path: Path) -> list[str]:
-    """The log lines that explain a failure: the worker's traceback first, then the frontend's errors."""
-    lines: list[str] = []
-    model_log = _tail(log_dir / "model_log.log")
+    """The log lines that explain a failure: the worker's exception lines first, then the
+    innermost frames of its first traceback, then the frontend's errors."""
+    model_log = [_strip_log_prefix(ln) for ln in _tail(log_dir / "model_log.log")]
+    lines = [ln.strip() for ln in model_log if _ERROR_LINE.match(ln.strip())]
     tb_start = [i for i, ln in enumerate(model_log) if "Traceback (most recent call last)" in ln]
     if tb_start:
-        block = model_log[tb_start[-1] : tb_start[-1] + 40]
-        stop = next((i for i, ln in enumerate(block) if re.search(r"\b\w+(Error|Exception)\b:", ln)), len(block) - 1)
-        lines += [_strip_log_prefix(ln) for ln in block[: stop + 1]]
+        block = model_log[tb_start[0] : tb_start[0] + 60]
+        stop = next((i for i, ln in enumerate(block) if _ERROR_LINE.match(ln.strip())), len(block) - 1)
+        frames = [ln for ln in block[1:stop] if ln.strip().startswith("File ")]
+        lines += [f"at {ln.strip()}" for ln in frames[-3:]]
     for src in (log_dir / "ts_log.log", stdout_path):
         for ln in _tail(src, 200):
-            if re.search(r"(ERROR|Exception|Address already in use|BindException|died|Failed)", ln):
-                lines.append(_strip_log_prefix(ln))
+            if re.search(r"(ERROR|Address already in use|BindException|java not found)", ln):
+                lines.append(_strip_log_prefix(ln).strip())
     seen, out = set(), []
     for ln in lines:
-        if ln not in seen:
+        if ln and ln not in seen:
             seen.add(ln)
             out.append(ln[:300])
-    return out[-25:]
+    return out[:20]
 
 
 def _strip_log_prefix(line: str) -> str:
@@ -319,9 +324,12 @@ def _wait_ready(spec: Spec, proc: subprocess.Popen, mgmt_url: str, workdir: Path
         model_log = "\n".join(_tail(log_dir / "model_log.log", 200))
         ts_log = "\n".join(_tail(log_dir / "ts_log.log", 200))
         if _WORKER_DEATH.search(model_log) or re.search(r"(Backend worker process died|Load model failed)", ts_log):
+            why = _why_dead(log_dir, stdout_path)
+            cause = next((ln for ln in why if _ERROR_LINE.match(ln)), "see the model log")
             raise ServerError(
-                f"the worker for model {spec.name} died while loading; TorchServe would retry it forever.",
-                details=_why_dead(log_dir, stdout_path),
+                f"the worker for model {spec.name} died while loading: {cause}. TorchServe would retry it "
+                f"forever; fix the handler or model and re-run (logs: {log_dir}).",
+                details=why,
             )
         if re.search(r"BindException|Address already in use", ts_log + "\n".join(_tail(stdout_path, 50))):
             raise ServerError("TorchServe could not bind a port.", details=_why_dead(log_dir, stdout_path))

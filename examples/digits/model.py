@@ -1,0 +1,24 @@
+"""Default example model: a small CNN for scikit-learn's 8x8 digits."""
+
+import torch
+from torch import nn
+
+
+class DigitsCNN(nn.Module):
+    """Input: raw pixels 0..16 as float32 [N, 1, 8, 8]. Output: logits [N, 10]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x / 16.0))
+
+
+def build_model() -> nn.Module:
+    return DigitsCNN()

@@ -1,0 +1,139 @@
+"""End to end through the real CLI: real TorchServe on loopback, real HTTP, real files."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_project, write_handler
+from tests.integration.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _report(reports: Path) -> dict:
+    runs = sorted(reports.glob("*/report.json"))
+    assert len(runs) == 1, runs
+    return json.loads(runs[0].read_text())
+
+
+def test_tiny_model_passes_and_reports_every_row(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj")
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "VERDICT: PASS" in res.stdout
+    rep = _report(tmp / "reports")
+    assert rep["status"] == "passed" and rep["complete"] is True
+    assert rep["stages"]["replay"]["answered"] == 60 and rep["stages"]["replay"]["failed"] == 0
+    assert rep["stages"]["server"]["token_auth"] is True
+    assert rep["metrics"]["served"]["confusion"] == rep["metrics"]["baseline"]["confusion"]
+    assert rep["served_latency_split"]["server_prediction_time"]["count"] == 60
+    assert all(c["passed"] for c in rep["gate"]["checks"])
+    assert (tmp / "store" / "tiny.mar").is_file()
+    assert set(rep["stage_seconds"]) >= {"baseline", "export", "archive", "serve", "replay", "compare"}
+
+
+def test_existing_mar_needs_force(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj")
+    (tmp / "store").mkdir()
+    (tmp / "store" / "tiny.mar").write_bytes(b"old")
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 2
+    assert "--force" in res.stdout + res.stderr
+    assert (tmp / "store" / "tiny.mar").read_bytes() == b"old"
+
+
+def test_worker_that_cannot_load_fails_fast_with_module_named(no_leftovers):
+    tmp = no_leftovers
+    handler = write_handler(tmp / "broken_handler.py", """
+        import not_a_real_module_for_tests  # noqa: F401
+
+
+        class Broken:
+            def initialize(self, context):
+                pass
+
+            def handle(self, data, context):
+                return data
+    """)
+    spec = make_project(tmp / "proj", spec_overrides={"handler": str(handler)})
+    t0 = time.monotonic()
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "not_a_real_module_for_tests" in res.stdout
+    assert elapsed < 90, f"took {elapsed:.0f} s: the run should fail at the first worker death"
+    rep = _report(tmp / "reports")
+    assert rep["status"] == "error" and rep["complete"] is False
+    assert rep["error"]["type"] == "ServerError"
+
+
+FLIPPING_HANDLER = '''
+import json
+import torch
+
+
+class Flipping:
+    """Serves the right model but answers the next class for rows whose first feature > 1."""
+
+    def initialize(self, context):
+        import os
+        d = context.system_properties.get("model_dir")
+        self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"]))
+
+    def handle(self, data, context):
+        out = []
+        for req in data:
+            body = req.get("body") or req.get("data")
+            body = json.loads(body) if isinstance(body, (bytes, str)) else body
+            x = torch.tensor(body["features"], dtype=torch.float32).reshape(1, -1)
+            logits = self.model(x)[0]
+            probs = torch.softmax(logits.double(), 0)
+            k = int(logits.argmax())
+            if x[0, 0] > 1.0:
+                k = (k + 1) % logits.shape[0]
+            out.append(json.dumps({"prediction": k, "probabilities": probs.tolist(), "logits": logits.tolist()}))
+        return out
+'''
+
+
+def test_served_predictions_that_differ_fail_the_gate_with_rows_listed(no_leftovers):
+    tmp = no_leftovers
+    handler = write_handler(tmp / "flipping_handler.py", FLIPPING_HANDLER)
+    spec = make_project(tmp / "proj", rows=80, spec_overrides={"handler": str(handler)})
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "VERDICT: FAIL" in res.stdout
+    rep = _report(tmp / "reports")
+    import pandas as pd
+
+    df = pd.read_csv(tmp / "proj" / "data.csv")
+    expected = sorted(df.loc[df.f0 > 1.0, "id"])
+    assert expected, "the fixture must have rows with f0 > 1"
+    listed = sorted(r["id"] for r in rep["flipped_rows"])
+    assert listed == expected
+    assert rep["paired_tests"]["served"]["baseline_only_correct"] == len(expected)
+    assert rep["paired_tests"]["served"]["mcnemar_p"] < 0.05
+    assert rep["paired_tests"]["exported"]["agreement"] == 1.0
+    assert rep["attribution"].startswith("handler or serving problem")
+    failed = {c["name"] for c in rep["gate"]["checks"] if not c["passed"]}
+    assert {"prediction agreement", "confusion matrix identical"} <= failed
+    md = (Path(rep["run_dir"]) / "report.md").read_text()
+    assert expected[0] in md and "McNemar" in md
+
+
+@pytest.mark.parametrize("example", ["digits", "breast_cancer"])
+def test_examples_pass(example, no_leftovers):
+    tmp = no_leftovers
+    spec = ROOT / "examples" / example / "spec.yaml"
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = _report(tmp / "reports")
+    assert rep["stages"]["replay"]["failed"] == 0
+    assert rep["leakage"]["leaked_ids"] == []
+    if example == "breast_cancer":
+        names = {c["name"] for c in rep["gate"]["checks"]}
+        assert "recall of positive class 'malignant'" in names
