@@ -284,6 +284,34 @@ def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, data: Dataset) -
     return opt_path, notes
 
 
+def verify_export(spec: Spec, model: nn.Module, path: Path, data: Dataset, eager_scores: Scores
+                  ) -> tuple[Scores, Consistency, Forward]:
+    """Load an exported file back and compare it with the eager model on every row and on probes.
+
+    Args:
+        spec: the validated spec (tolerances, probe settings).
+        model: the eager model, the reference.
+        path: the exported TorchScript (.pt) or AOTInductor (.pt2) file.
+        data: the labeled rows.
+        eager_scores: the eager model's outputs on ``data``.
+
+    Returns:
+        The exported model's scores, the consistency report and the loaded model.
+
+    Raises:
+        ExportError: the file cannot be loaded or run on the dataset's tensors.
+    """
+    try:
+        exported = load_exported(path)
+        scores = score_rows(exported, data.features)
+    except Exception as e:
+        raise ExportError(
+            f"the exported model {path} could not be loaded or run: {type(e).__name__}: {str(e)[:500]}"
+        ) from e
+    probes = _run_probes(spec, model, exported, data) if spec.export.probe else ()
+    return scores, _consistency(spec, eager_scores, scores, data, probes), exported
+
+
 def export_model(spec: Spec, model: nn.Module, data: Dataset, eager_scores: Scores, out_dir: Path) -> ExportResult:
     """Export the model, load the saved file back and check it against the eager model.
 
@@ -311,7 +339,8 @@ def export_model(spec: Spec, model: nn.Module, data: Dataset, eager_scores: Scor
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         if mode == "export":
-            _aoti_package(spec, model, example, path)
+            # Batch 1 would be specialised to a constant (0/1 specialisation): trace with two rows.
+            _aoti_package(spec, model, torch.from_numpy(np.ascontiguousarray(data.features[:2])), path)
         else:
             _script_or_trace(spec, model, example, path)
         log.info("export %s took %.1f s", mode, time.perf_counter() - t0)
@@ -320,16 +349,8 @@ def export_model(spec: Spec, model: nn.Module, data: Dataset, eager_scores: Scor
             new_path, notes = _try_optimize(spec, path, eager_scores, data)
             optimized = new_path != path
             path = new_path
-        try:
-            exported = load_exported(path)
-            scores = score_rows(exported, data.features)
-        except Exception as e:
-            raise ExportError(
-                f"the exported model {path} could not be loaded or run: {type(e).__name__}: {str(e)[:500]}"
-            ) from e
-        probes = _run_probes(spec, model, exported, data) if spec.export.probe else ()
+        scores, consistency, exported = verify_export(spec, model, path, data, eager_scores)
         timings = _time_models(spec, model, exported, data)
-    consistency = _consistency(spec, eager_scores, scores, data, probes)
     return ExportResult(
         mode=mode,
         path=path,

@@ -313,7 +313,10 @@ def render_console(rep: dict) -> str:
             out.append("served p50: model".ljust(w) + _fmt(split["server_prediction_time"]["p50"], 3).rjust(12)
                        + "   overhead " + _fmt(split["overhead"]["p50"], 3))
     gate = rep.get("gate")
-    if gate:
+    if gate and not rep.get("complete"):
+        failed = [c for c in gate["checks"] if c["is_gating"] and not c["passed"]]
+        out.append(f"gate: not evaluated, the run did not complete ({len(failed)} failed check(s) on partial results)")
+    elif gate:
         failed = [c for c in gate["checks"] if c["is_gating"] and not c["passed"]]
         out.append(f"gate: {len(gate['checks']) - len(failed)}/{len(gate['checks'])} checks passed")
         for c in failed:
