@@ -41,6 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                         f"its token is read from ${TOKEN_ENV}")
     run.add_argument("--rate", type=float, help="open-loop replay at this many requests/s")
     run.add_argument("--concurrency", type=int, help="override replay.concurrency")
+    run.add_argument("--baseline-report", type=Path,
+                     help="an earlier run's report.json: its served metrics become a second baseline")
     return p
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             spec_path=args.spec, reports_dir=args.reports_dir, model_store=args.model_store, force=args.force,
             prebuilt_mar=args.mar, expected_sha256=args.expect_sha256, endpoint=args.endpoint,
             endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
-            concurrency=args.concurrency, show_progress=True,
+            concurrency=args.concurrency, show_progress=True, baseline_report=args.baseline_report,
         )
         try:
             outcome = run_validation(opts)

@@ -43,6 +43,8 @@ class GateInputs:
     replay_abort_reason: str | None = None
     eager_p50_ms: float | None = None
     leaked_ids: tuple[str, ...] | None = None  # None: no training data to check against
+    prior_metrics: dict[str, float] | None = None  # served metrics of an earlier run (second baseline)
+    prior_label: str = "previous run"
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,18 @@ def evaluate_gate(spec: GateSpec, cmp: Comparison, inputs: GateInputs, base_name
             checks.append(Check("served model time p50 / eager p50", "served", ratio, 1.0,
                                 f"<= {spec.max_model_time_ratio:g}",
                                 not _bad(ratio) and ratio <= spec.max_model_time_ratio))
+
+    if inputs.prior_metrics is not None and "served" in cmp.stages:
+        served = cmp.stages["served"]
+        for metric, th in spec.metrics.items():
+            b = inputs.prior_metrics.get(metric)
+            if b is None or th.max_drop is None:
+                continue
+            v = served.get(metric)
+            ok = not _bad(v) and not _bad(b) and (b - v) <= th.max_drop + 1e-12
+            checks.append(Check(f"{metric} drop vs {inputs.prior_label}", "served", v, b,
+                                f"drop <= {th.max_drop:.4f}", ok,
+                                f"drop {b - v:+.4f}" if not (_bad(v) or _bad(b)) else "not measured"))
 
     if inputs.leaked_ids is not None:
         leaked = inputs.leaked_ids

@@ -25,11 +25,12 @@ from pipeline.baseline import BaselineResult, load_model, score_baseline
 from pipeline.compare import Comparison, StageOutputs, compare_stages
 from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, Spec, load_spec
 from pipeline.dataset import Dataset, load_dataset, load_training_hashes
-from pipeline.errors import PipelineError, ReportError
+from pipeline.errors import PipelineError, ReplayError, ReportError
 from pipeline.export import ExportResult, export_model
 from pipeline.gate import GateInputs, GateResult, evaluate_gate
+from pipeline.prior import PriorRun, load_prior_report
 from pipeline.replay import ReplayResult, replay_config_for, replay_dataset
-from pipeline.serve import ServeConfig, ServerHandle, remote_handle, serve_model
+from pipeline.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class RunOptions:
     rate: float | None = None
     concurrency: int | None = None
     show_progress: bool = False
+    baseline_report: Path | None = None
 
 
 @dataclass
@@ -75,6 +77,7 @@ class RunState:
     comparison: Comparison | None = None
     gate: GateResult | None = None
     leaked_ids: tuple[str, ...] | None = None
+    prior: PriorRun | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     started_at: str = ""
 
@@ -171,6 +174,8 @@ def _compare_and_gate(state: RunState) -> None:
         replay_abort_reason=rp.abort_reason if rp else None,
         eager_p50_ms=float(np.median(base.scores.latencies_ms)),
         leaked_ids=state.leaked_ids,
+        prior_metrics=state.prior.metrics if state.prior else None,
+        prior_label=f"run of {state.prior.started_at}" if state.prior else "previous run",
     )
     state.gate = evaluate_gate(spec.gate, state.comparison, inputs)
 
@@ -238,15 +243,17 @@ def run_validation(opts: RunOptions) -> RunOutcome:
     status = "error"
     try:
         state.spec = _effective_spec(load_spec(opts.spec_path), opts)
+        if opts.baseline_report is not None:
+            state.prior = load_prior_report(opts.baseline_report, state.spec.name)
         state.run_dir = _make_run_dir(opts.reports_dir, state.spec.name)
         with ExitStack() as stack:  # leaving it stops the server before the comparison
             _stages(state, opts, stack)
         with _timed(state, "compare"):
             _compare_and_gate(state)
         status = "passed" if state.gate.passed else "failed"
-        if state.replay is not None and not state.replay.is_complete:
-            status = "error"
-            error = PipelineError(f"replay incomplete: {state.replay.abort_reason}")
+        server_error = _server_failure(state)
+        if server_error is not None:
+            status, error = "error", server_error
     except PipelineError as e:
         error = e
         status = "error"
@@ -264,6 +271,27 @@ def run_validation(opts: RunOptions) -> RunOutcome:
         report = report_mod.build_report(state, status, exit_code, error)
         report_mod.write_reports(state.run_dir, report)
     return RunOutcome(status=status, exit_code=exit_code, run_dir=state.run_dir, report=report, error=error)
+
+
+# Failures of the server, not of the model: the run cannot vouch for the model (exit 3).
+SERVER_FAILURES = ("worker_died", "timeout", "connection_error", "not_found", "unauthorized")
+
+
+def _server_failure(state: RunState) -> ReplayError | None:
+    rp = state.replay
+    if rp is None:
+        return None
+    counts = {k: v for k, v in rp.error_counts().items() if k in SERVER_FAILURES}
+    if rp.is_complete and not counts:
+        return None
+    logs = explain_failure(state.server.log_dir) if state.server and state.server.log_dir else []
+    what = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    if not rp.is_complete:
+        msg = f"replay incomplete: {rp.abort_reason}. {rp.answered} of {len(rp.rows)} rows answered."
+    else:
+        msg = (f"the server failed on {sum(counts.values())} of {len(rp.rows)} rows ({what}); "
+               "this is a serving failure, not a model difference: see the causes below and the TorchServe logs.")
+    return ReplayError(msg, details=logs[:12])
 
 
 def _exit_code(status: str, error: BaseException | None) -> int:

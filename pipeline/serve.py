@@ -231,9 +231,10 @@ def _tail(path: Path, n: int = 400) -> list[str]:
 _ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit)\b:?")
 
 
-def _why_dead(log_dir: Path, stdout_path: Path) -> list[str]:
+def explain_failure(log_dir: Path) -> list[str]:
     """The log lines that explain a failure: the worker's exception lines first, then the
     innermost frames of its first traceback, then the frontend's errors."""
+    stdout_path = log_dir / "torchserve.out"
     model_log = [_strip_log_prefix(ln) for ln in _tail(log_dir / "model_log.log")]
     lines = [ln.strip() for ln in model_log if _ERROR_LINE.match(ln.strip())]
     tb_start = [i for i, ln in enumerate(model_log) if "Traceback (most recent call last)" in ln]
@@ -244,7 +245,8 @@ def _why_dead(log_dir: Path, stdout_path: Path) -> list[str]:
         lines += [f"at {ln.strip()}" for ln in frames[-3:]]
     for src in (log_dir / "ts_log.log", stdout_path):
         for ln in _tail(src, 200):
-            if re.search(r"(ERROR|Address already in use|BindException|java not found)", ln):
+            if re.search(r"(ERROR|Address already in use|BindException|java not found|responseTimeout|"
+                         r"Worker died|Backend worker)", ln):
                 lines.append(_strip_log_prefix(ln).strip())
     seen, out = set(), []
     for ln in lines:
@@ -319,12 +321,12 @@ def _wait_ready(spec: Spec, proc: subprocess.Popen, mgmt_url: str, workdir: Path
         if proc.poll() is not None:
             raise ServerError(
                 f"TorchServe exited with code {proc.returncode} before model {spec.name} was ready.",
-                details=_why_dead(log_dir, stdout_path) or [f"see {stdout_path}"],
+                details=explain_failure(log_dir) or [f"see {stdout_path}"],
             )
         model_log = "\n".join(_tail(log_dir / "model_log.log", 200))
         ts_log = "\n".join(_tail(log_dir / "ts_log.log", 200))
         if _WORKER_DEATH.search(model_log) or re.search(r"(Backend worker process died|Load model failed)", ts_log):
-            why = _why_dead(log_dir, stdout_path)
+            why = explain_failure(log_dir)
             cause = next((ln for ln in why if _ERROR_LINE.match(ln)), "see the model log")
             raise ServerError(
                 f"the worker for model {spec.name} died while loading: {cause}. TorchServe would retry it "
@@ -332,7 +334,7 @@ def _wait_ready(spec: Spec, proc: subprocess.Popen, mgmt_url: str, workdir: Path
                 details=why,
             )
         if re.search(r"BindException|Address already in use", ts_log + "\n".join(_tail(stdout_path, 50))):
-            raise ServerError("TorchServe could not bind a port.", details=_why_dead(log_dir, stdout_path))
+            raise ServerError("TorchServe could not bind a port.", details=explain_failure(log_dir))
         if inf_token is None:
             inf_token, mgmt_token = _read_tokens(workdir)
         try:
@@ -345,7 +347,7 @@ def _wait_ready(spec: Spec, proc: subprocess.Popen, mgmt_url: str, workdir: Path
     raise ServerError(
         f"model {spec.name} was not ready within serving.startup_timeout_s={spec.serving.startup_timeout_s:g} s "
         f"(worker states: {states or 'none reported'}). Raise the timeout if the model is slow to load.",
-        details=_why_dead(log_dir, stdout_path),
+        details=explain_failure(log_dir),
     )
 
 

@@ -1,0 +1,88 @@
+import asyncio
+
+import pytest
+
+from pipeline.httpclient import Connection, HttpConnectionError, Target, build_request
+from pipeline.replay import classify_status, parse_answer, read_server_times
+
+
+@pytest.mark.parametrize("status, body, cls", [
+    (503, '{"code":503,"type":"InternalServerException","message":"Prediction failed"}', "handler_error"),
+    (503, '{"message":"number of batch response mismatched"}', "batch_mismatch"),
+    (503, '{"message":"Model \\"m\\" has no worker to serve inference request."}', "queue_full"),
+    (500, '{"message":"Worker died."}', "worker_died"),
+    (400, '{"message":"expected 4 features"}', "bad_input"),
+    (401, "Token Authorization failed", "unauthorized"),
+    (404, '{"message":"Model not found: m"}', "not_found"),
+    (502, "<html>bad gateway</html>", "http_error"),
+])
+def test_classify_status(status, body, cls):
+    assert classify_status(status, body)[0] == cls
+
+
+def test_parse_answer_checks_shape_and_range():
+    pred, probs, logits = parse_answer('{"prediction": 1, "probabilities": [0.2, 0.8], "logits": [0, 1]}', 2)
+    assert pred == 1 and probs == (0.2, 0.8) and logits == (0.0, 1.0)
+    with pytest.raises(ValueError, match="class index"):
+        parse_answer('{"prediction": 5, "probabilities": [0.2, 0.8]}', 2)
+    with pytest.raises(ValueError, match="list of 2"):
+        parse_answer('{"prediction": 1, "probabilities": [1.0]}', 2)
+    with pytest.raises(ValueError):
+        parse_answer("not json", 2)
+
+
+def test_read_server_times_single_and_batched(tmp_path):
+    log = tmp_path / "model_metrics.log"
+    log.write_text(
+        "2026-11-22T11:00:35,141 - PredictionTime.ms:1.5|#ModelName:m,Level:Model|#hostname:vm,requestID:a-1,timestamp:1\n"
+        "2026-11-22T11:00:35,141 - PredictionTime.ms:2.25|#ModelName:m,Level:Model|#hostname:vm,requestID:b-1,b-2,timestamp:1\n"
+        "2026-11-22T11:00:35,161 - WorkerThreadTime.Milliseconds:3.0|#Level:Host|#hostname:vm,timestamp:1\n")
+    assert read_server_times(log) == {"a-1": 1.5, "b-1": 2.25, "b-2": 2.25}
+
+
+async def _serve_once(responses: list[bytes]):
+    async def handle(reader, writer):
+        for resp in responses:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(resp)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_http_client_content_length_and_chunked_on_one_connection():
+    async def main():
+        server, port = await _serve_once([
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-request-id: r1\r\n\r\nhello",
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        ])
+        target = Target.from_url(f"http://127.0.0.1:{port}/predictions/m")
+        conn = Connection(target)
+        raw = build_request(target, b"{}", {"Content-Type": "application/json"})
+        r1 = await conn.request(raw, 5)
+        r2 = await conn.request(raw, 5)
+        conn.close()
+        server.close()
+        await server.wait_closed()
+        return r1, r2
+
+    r1, r2 = asyncio.run(main())
+    assert (r1.status, r1.body, r1.headers["x-request-id"]) == (200, b"hello", "r1")
+    assert (r2.status, r2.body) == (503, b"abcde")
+
+
+def test_http_client_refused_connection():
+    async def main():
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        conn = Connection(Target.from_url(f"http://127.0.0.1:{port}/x"))
+        await conn.request(b"GET / HTTP/1.1\r\n\r\n", 2)
+
+    with pytest.raises(HttpConnectionError, match="cannot connect"):
+        asyncio.run(main())
