@@ -130,6 +130,8 @@ def classify_status(status: int, body: str) -> tuple[str, str]:
     except (ValueError, AttributeError):
         msg = body
     msg = msg.strip()[:500]
+    if "Token Authorization failed" in msg or "Token Authentication failed" in msg:
+        return "unauthorized", msg  # TorchServe 0.12 answers a missing or wrong token with 400
     if status == 400:
         return "bad_input", msg
     if status in (401, 403):

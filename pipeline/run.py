@@ -284,7 +284,8 @@ def _server_failure(state: RunState) -> ReplayError | None:
     counts = {k: v for k, v in rp.error_counts().items() if k in SERVER_FAILURES}
     if rp.is_complete and not counts:
         return None
-    logs = explain_failure(state.server.log_dir) if state.server and state.server.log_dir else []
+    focus = r"did not respond|responseTimeout|Worker died|died|Connection refused|Address"
+    logs = explain_failure(state.server.log_dir, focus) if state.server and state.server.log_dir else []
     what = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     if not rp.is_complete:
         msg = f"replay incomplete: {rp.abort_reason}. {rp.answered} of {len(rp.rows)} rows answered."

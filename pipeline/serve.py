@@ -231,9 +231,9 @@ def _tail(path: Path, n: int = 400) -> list[str]:
 _ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit)\b:?")
 
 
-def explain_failure(log_dir: Path) -> list[str]:
-    """The log lines that explain a failure: the worker's exception lines first, then the
-    innermost frames of its first traceback, then the frontend's errors."""
+def explain_failure(log_dir: Path, focus: str | None = None) -> list[str]:
+    """The log lines that explain a failure: lines matching ``focus`` first, then the worker's
+    exception lines, the innermost frames of its first traceback, and the frontend's errors."""
     stdout_path = log_dir / "torchserve.out"
     model_log = [_strip_log_prefix(ln) for ln in _tail(log_dir / "model_log.log")]
     lines = [ln.strip() for ln in model_log if _ERROR_LINE.match(ln.strip())]
@@ -248,6 +248,8 @@ def explain_failure(log_dir: Path) -> list[str]:
             if re.search(r"(ERROR|Address already in use|BindException|java not found|responseTimeout|"
                          r"Worker died|Backend worker)", ln):
                 lines.append(_strip_log_prefix(ln).strip())
+    if focus:
+        lines.sort(key=lambda ln: 0 if re.search(focus, ln) else 1)
     seen, out = set(), []
     for ln in lines:
         if ln and ln not in seen:

@@ -13,6 +13,7 @@ from pipeline.replay import classify_status, parse_answer, read_server_times
     (500, '{"message":"Worker died."}', "worker_died"),
     (400, '{"message":"expected 4 features"}', "bad_input"),
     (401, "Token Authorization failed", "unauthorized"),
+    (400, '{"code": 400, "message": "Token Authorization failed. Token either incorrect, expired"}', "unauthorized"),
     (404, '{"message":"Model not found: m"}', "not_found"),
     (502, "<html>bad gateway</html>", "http_error"),
 ])

@@ -1,0 +1,187 @@
+"""Faults during serving and replay: every row accounted for, the right exit code, nothing left running."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.helpers import leftover_processes, make_project, write_handler
+from tests.integration.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.integration
+
+FAULTY_HANDLER = '''
+import json
+import os
+import time
+
+import torch
+
+
+class Faulty:
+    """Raises on rows with f1 > 1.5, answers garbage for f2 > 1.5, sleeps past the timeout for f3 > SLOW."""
+
+    def initialize(self, context):
+        d = context.system_properties.get("model_dir")
+        self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"]))
+        self.batch_mismatch = os.path.exists(os.path.join(d, "model_meta.json")) and BATCH_MISMATCH
+
+    def handle(self, data, context):
+        out = []
+        for req in data:
+            body = req.get("body") or req.get("data")
+            body = json.loads(body) if isinstance(body, (bytes, str)) else body
+            f = body["features"]
+            if f[1] > 1.5:
+                raise RuntimeError(f"feature f1={f[1]:.3f} is out of range for this handler")
+            if f[3] > SLOW:
+                time.sleep(5)
+            logits = self.model(torch.tensor(f, dtype=torch.float32).reshape(1, -1))[0]
+            if f[2] > 1.5:
+                out.append("this is not json")
+                continue
+            out.append(json.dumps({"prediction": int(logits.argmax()),
+                                   "probabilities": torch.softmax(logits.double(), 0).tolist(),
+                                   "logits": logits.tolist()}))
+        if self.batch_mismatch and len(out) > 1:
+            return out[:-1]
+        return out
+'''
+
+
+def _handler(tmp: Path, slow: float = 99.0, batch_mismatch: bool = False) -> Path:
+    src = FAULTY_HANDLER.replace("SLOW", repr(slow)).replace("BATCH_MISMATCH", repr(batch_mismatch))
+    return write_handler(tmp / "faulty_handler.py", src)
+
+
+def _report(tmp: Path) -> dict:
+    (path,) = list((tmp / "reports").glob("*/report.json"))
+    return json.loads(path.read_text())
+
+
+def _rows(tmp: Path) -> pd.DataFrame:
+    return pd.read_csv(tmp / "proj" / "data.csv")
+
+
+def test_handler_errors_and_malformed_answers_are_counted_and_fail_the_gate(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=80, spec_overrides={"handler": str(_handler(tmp))})
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    rep = _report(tmp)
+    df = _rows(tmp)
+    raising = int((df.f1 > 1.5).sum())
+    garbage = int(((df.f2 > 1.5) & (df.f1 <= 1.5)).sum())
+    assert raising and garbage, "the fixture must exercise both faults"
+    rp = rep["stages"]["replay"]
+    assert rp["errors"] == {"handler_error": raising, "bad_response": garbage}
+    assert rp["answered"] + rp["failed"] == 80 and rp["complete"] is True
+    error_rate = next(c for c in rep["gate"]["checks"] if c["name"] == "replay error rate")
+    assert not error_rate["passed"] and "handler_error" in error_rate["detail"]
+    rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet") if (Path(rep["run_dir"]) / "rows.parquet").exists() else None
+    if rows is not None:
+        failed = rows[rows.served_error_class == "bad_response"]
+        assert len(failed) == garbage and failed.served_message.str.contains("not json").all()
+
+
+def test_batch_with_wrong_number_of_results_is_classified(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=40, spec_overrides={
+        "handler": str(_handler(tmp, batch_mismatch=True)),
+        "serving": {"batch_size": 4, "max_batch_delay_ms": 200, "startup_timeout_s": 90},
+        "replay": {"concurrency": 4, "warmup_requests": 0},
+    })
+    df = _rows(tmp)
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    rep = _report(tmp)
+    errors = rep["stages"]["replay"]["errors"]
+    assert errors.get("batch_mismatch", 0) > 0, errors
+    assert rep["stages"]["replay"]["answered"] + rep["stages"]["replay"]["failed"] == len(df)
+
+
+def test_worker_slower_than_response_timeout_exits_3_with_cause(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=30, spec_overrides={
+        "handler": str(_handler(tmp, slow=1.8)),
+        "serving": {"response_timeout_s": 1, "startup_timeout_s": 90},
+    })
+    df = _rows(tmp)
+    assert (df.f3 > 1.8).any()
+    t0 = time.monotonic()
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 240
+    rep = _report(tmp)
+    assert rep["error"]["type"] == "ReplayError" and "worker_died" in rep["error"]["message"]
+    assert "did not respond in given time" in rep["error"]["details"][0], rep["error"]
+    assert rep["complete"] is False
+
+
+def _start_cli(tmp: Path, spec: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--reports-dir", str(tmp / "reports"),
+                             "--model-store", str(tmp / "store"), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_replay(tmp: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = list((tmp / "reports").glob("*/torchserve/logs/access_log.log"))
+        if logs and logs[0].stat().st_size > 2000:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("replay never started")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_replay_writes_partial_report_and_leaves_nothing(no_leftovers, sig, code):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    proc = _start_cli(tmp, spec, "--rate", "100")
+    _wait_for_replay(tmp, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, out + err
+    rep = _report(tmp)
+    assert rep["status"] == "interrupted" and rep["complete"] is False and rep["verdict"] == "INTERRUPTED"
+
+
+def test_torchserve_killed_mid_replay_marks_report_incomplete(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    proc = _start_cli(tmp, spec, "--rate", "100")
+    _wait_for_replay(tmp, proc)
+    java = [p for p in psutil.process_iter(["pid", "name"]) if p.info["name"] == "java"
+            and any(str(tmp) in part for part in p.cmdline())]
+    assert len(java) == 1, java
+    java[0].kill()  # the frontend this test's own run started
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out + err
+    rep = _report(tmp)
+    assert rep["complete"] is False and rep["stages"]["replay"]["complete"] is False
+    assert rep["stages"]["replay"]["errors"].get("not_sent", 0) > 0
+    assert rep["stages"]["replay"]["answered"] + rep["stages"]["replay"]["failed"] == 3000
+
+
+def test_two_runs_at_once_do_not_collide(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj")
+    a = _start_cli(tmp, spec, "--force")
+    b = _start_cli(tmp, spec, "--force")
+    out_a, err_a = a.communicate(timeout=300)
+    out_b, err_b = b.communicate(timeout=300)
+    assert a.returncode == 0, out_a + err_a
+    assert b.returncode == 0, out_b + err_b
+    reports = [json.loads(p.read_text()) for p in (tmp / "reports").glob("*/report.json")]
+    assert len(reports) == 2 and reports[0]["run_dir"] != reports[1]["run_dir"]
+    urls = {r["stages"]["server"]["inference_url"] for r in reports}
+    assert len(urls) == 2, "each run has its own ports"

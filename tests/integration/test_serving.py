@@ -1,0 +1,50 @@
+"""The served model behind token auth, and validation against a server the pipeline did not start."""
+
+import json
+
+import pytest
+import requests
+
+from pipeline.archive import ArchiveConfig, build_archive
+from pipeline.baseline import load_model, score_baseline
+from pipeline.config import load_spec
+from pipeline.dataset import load_dataset
+from pipeline.export import export_model
+from pipeline.run import RunOptions, run_validation
+from pipeline.serve import ServeConfig, serve_model
+from tests.helpers import make_project
+
+pytestmark = pytest.mark.integration
+
+
+def test_token_auth_on_and_endpoint_mode(no_leftovers):
+    tmp = no_leftovers
+    spec_path = make_project(tmp / "proj")
+    spec = load_spec(spec_path)
+    data = load_dataset(spec)
+    model = load_model(spec)
+    base = score_baseline(spec, model, data)
+    exported = export_model(spec, model, data, base.scores, tmp / "run" / "export")
+    archive = build_archive(spec, ArchiveConfig(work_dir=tmp / "run" / "archive", model_store=tmp / "store"),
+                            exported.path)
+    with serve_model(spec, ServeConfig(run_dir=tmp / "run", mar_path=archive.mar_path,
+                                       startup_timeout_s=90)) as server:
+        config = (tmp / "run" / "torchserve" / "config.properties").read_text()
+        assert "disable_token_authorization" not in config and "enable_model_api=false" in config
+        assert all(f"=http://127.0.0.1:" in line for line in config.splitlines() if line.split("=")[0].endswith("_address")
+                   and not line.startswith("grpc"))
+        body = {"features": data.features[0].tolist()}
+        refused = requests.post(server.predict_url, json=body, timeout=10)
+        assert refused.status_code == 400 and "Token Authorization failed" in refused.text
+        ok = requests.post(server.predict_url, json=body, timeout=10,
+                           headers={"Authorization": f"Bearer {server.inference_token}"})
+        assert ok.status_code == 200 and ok.headers.get("x-request-id")
+        outcome = run_validation(RunOptions(spec_path=spec_path, reports_dir=tmp / "reports",
+                                            model_store=tmp / "store2", endpoint=server.inference_url,
+                                            endpoint_token=server.inference_token))
+        assert outcome.exit_code == 0, outcome.report.get("error")
+        assert outcome.report["stages"]["server"]["started_by_pipeline"] is False
+        assert outcome.report["stages"]["replay"]["answered"] == len(data)
+        # the pipeline never stops a server it did not start
+        assert requests.post(server.predict_url, json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {server.inference_token}"}).status_code == 200
