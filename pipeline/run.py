@@ -35,8 +35,13 @@ from pipeline.serve import ServeConfig, ServerHandle, explain_failure, remote_ha
 log = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; carries the signal so the exit code can say which."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived; carries the signal so the exit code can say which.
+
+    A KeyboardInterrupt subclass because asyncio re-raises only SystemExit and
+    KeyboardInterrupt from callbacks; any other exception raised by a signal handler
+    inside the event loop would be logged and swallowed.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
