@@ -57,6 +57,20 @@ class FlippedRow:
 
 
 @dataclass(frozen=True)
+class DivergingRow:
+    """A row whose candidate outputs differ from the baseline's beyond the tolerance."""
+
+    id: str
+    stage: str
+    max_abs_diff: float
+    baseline_logits: tuple[float, ...]
+    candidate_logits: tuple[float, ...]
+
+
+MAX_DIVERGING_LISTED = 10
+
+
+@dataclass(frozen=True)
 class PairedTest:
     """Candidate against baseline on the same rows: McNemar and bootstrap intervals."""
 
@@ -82,6 +96,7 @@ class Comparison:
     flipped_total: int
     served_server_latency: LatencySummary | None = None
     served_overhead_latency: LatencySummary | None = None
+    diverging: tuple[DivergingRow, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -189,7 +204,8 @@ class StageOutputs:
 
 
 def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str, ...],
-                   stages: list[StageOutputs], server_ms: np.ndarray | None = None) -> Comparison:
+                   stages: list[StageOutputs], server_ms: np.ndarray | None = None,
+                   atol: float = 1e-5) -> Comparison:
     """Metrics for every stage and paired tests of each candidate against the first (the baseline).
 
     Args:
@@ -198,6 +214,7 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
         class_labels: class names, index order.
         stages: baseline first, then candidates (exported, served).
         server_ms: the served model's server-side time per row (NaN where unknown).
+        atol: output tolerance; rows beyond it are listed with both outputs.
 
     Returns:
         Side-by-side metrics, paired tests, flipped rows and the served latency split.
@@ -235,8 +252,17 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
         if ok.any():
             server_lat = summarize_latency(server_ms[ok])
             overhead = summarize_latency(served.latencies_ms[ok] - server_ms[ok])
+    diverging = []
+    for s in stages[1:]:
+        if s.logits is None or base.logits is None:
+            continue
+        diff = np.abs(s.logits.astype(np.float64) - base.logits.astype(np.float64)).max(axis=1)
+        over = np.nonzero(np.nan_to_num(diff, nan=0.0) > atol)[0]
+        for i in over[np.argsort(-diff[over])][:MAX_DIVERGING_LISTED]:
+            diverging.append(DivergingRow(ids[i], s.name, float(diff[i]), tuple(map(float, base.logits[i])),
+                                          tuple(map(float, s.logits[i]))))
     return Comparison(
         labels=class_labels, stages=metrics, tests=tests, flipped=tuple(flipped),
         flipped_total=int(flipped_mask.sum()), served_server_latency=server_lat,
-        served_overhead_latency=overhead,
+        served_overhead_latency=overhead, diverging=tuple(diverging),
     )

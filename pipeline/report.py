@@ -154,6 +154,7 @@ def build_report(state: "RunState", status: str, exit_code: int, error: BaseExce
         rep["paired_tests"] = {name: _jsonable(t) for name, t in cmp.tests.items()}
         rep["flipped_rows"] = _jsonable(cmp.flipped)
         rep["flipped_total"] = cmp.flipped_total
+        rep["diverging_rows"] = _jsonable(cmp.diverging)
         rep["served_latency_split"] = {
             "client": _jsonable(cmp.stages["served"].latency) if "served" in cmp.stages else None,
             "server_prediction_time": _jsonable(cmp.served_server_latency),
@@ -259,6 +260,12 @@ def render_markdown(rep: dict) -> str:
                  f"{_fmt(r['exported'])} ({_fmt(r['exported_prob'], 3)})", f"{_fmt(r['served'])} ({_fmt(r['served_prob'], 3)})"]
                 for r in rep["flipped_rows"]]
         lines += _table(["id", "label", "baseline (p)", "exported (p)", "served (p)"], rows) + [""]
+    if rep.get("diverging_rows"):
+        lines += ["## Rows whose outputs differ beyond the tolerance (largest first)", ""]
+        rows = [[r["id"], r["stage"], _fmt(r["max_abs_diff"]),
+                 ", ".join(f"{v:.6g}" for v in r["baseline_logits"]),
+                 ", ".join(f"{v:.6g}" for v in r["candidate_logits"])] for r in rep["diverging_rows"]]
+        lines += _table(["id", "stage", "max abs diff", "baseline outputs", "candidate outputs"], rows) + [""]
     stages = rep.get("stages", {})
     ex = stages.get("export")
     if ex:

@@ -162,7 +162,8 @@ def _compare_and_gate(state: RunState) -> None:
     if state.replay is not None:
         served, server_ms = _served_outputs(state.replay, spec.model.num_classes)
         stages.append(served)
-    state.comparison = compare_stages(data.ids, data.labels, spec.class_labels, stages, server_ms)
+    state.comparison = compare_stages(data.ids, data.labels, spec.class_labels, stages, server_ms,
+                                      atol=spec.gate.max_output_diff)
     rp = state.replay
     failed_probes = ()
     if ex is not None:

@@ -137,3 +137,20 @@ def test_examples_pass(example, no_leftovers):
     if example == "breast_cancer":
         names = {c["name"] for c in rep["gate"]["checks"]}
         assert "recall of positive class 'malignant'" in names
+
+
+def test_trace_of_data_dependent_model_fails_gate_at_export_stage(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", factory="build_branchy")
+    res = run_cli("run", str(spec), "--export-mode", "trace", "--reports-dir", str(tmp / "reports"),
+                  "--model-store", str(tmp / "store"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    rep = _report(tmp / "reports")
+    check = next(c for c in rep["gate"]["checks"] if c["name"] == "max abs output difference" and c["stage"] == "exported")
+    assert not check["passed"]
+    diverging = rep["stages"]["export"]["consistency"]["diverging_ids"]
+    assert diverging and diverging[0] in check["detail"]
+    assert rep["attribution"].startswith("export problem")
+    listed = [r for r in rep["diverging_rows"] if r["stage"] == "exported"]
+    assert listed and listed[0]["baseline_logits"] != listed[0]["candidate_logits"]
+    assert "FAIL exported: max abs output difference" in res.stdout

@@ -95,3 +95,13 @@ def test_unscriptable_op_gives_export_error_with_hint(tmp_path):
         export_model(spec, model, data, base.scores, tmp_path / "out")
     assert e.value.exit_code == 2
     assert "torch.jit.script could not export" in str(e.value) and "export.mode: trace" in str(e.value)
+
+
+def test_optimize_is_measured_and_used_only_when_consistent_and_faster(tmp_path):
+    spec, data, model, base = _setup(tmp_path)
+    spec = spec.model_copy(update={"export": spec.export.model_copy(update={"optimize": True})})
+    res = export_model(spec, model, data, base.scores, tmp_path / "out")
+    assert len(res.notes) == 1 and res.notes[0].startswith("optimize: ")
+    assert res.optimized == res.notes[0].startswith("optimize: used")
+    assert res.path.name.endswith(".optimized.pt") == res.optimized
+    assert res.consistency.is_consistent
