@@ -147,7 +147,7 @@ def build_report(state: "RunState", status: str, exit_code: int, error: BaseExce
         "stage_seconds": dict(state.stage_seconds),
         "stages": _stage_block(state),
         "sizes_bytes": size_sizes,
-        "environment": environment(),
+        "environment": {**environment(), **({"java": state.server.java} if state.server and state.server.java else {})},
     }
     if cmp is not None:
         rep["metrics"] = {name: _jsonable(m) for name, m in cmp.stages.items()}
