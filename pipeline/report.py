@@ -216,7 +216,10 @@ def render_markdown(rep: dict) -> str:
     gate = rep.get("gate")
     if gate:
         failed = [c for c in gate["checks"] if c["is_gating"] and not c["passed"]]
-        lines += [f"## Gate: {len(gate['checks']) - len(failed)} of {len(gate['checks'])} checks passed", ""]
+        if rep.get("complete"):
+            lines += [f"## Gate: {len(gate['checks']) - len(failed)} of {len(gate['checks'])} checks passed", ""]
+        else:
+            lines += ["## Gate: not evaluated (the run did not complete); checks on the partial results:", ""]
         rows = [["PASS" if c["passed"] else ("FAIL" if c["is_gating"] else "WARN"), c["stage"], c["name"],
                  _fmt(c["value"]), _fmt(c["baseline"]), c["limit"], c["detail"]] for c in gate["checks"]]
         lines += _table(["result", "stage", "check", "value", "baseline", "limit", "detail"], rows) + [""]

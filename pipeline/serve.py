@@ -284,8 +284,29 @@ def _group_alive(pgid: int) -> list[psutil.Process]:
     return alive
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while stopping the server, so a second Ctrl-C cannot cut the
+    clean-up short and leave TorchServe running; they are delivered right after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the group this pipeline started, then SIGKILL what is left; reap the leader."""
+    with _signals_deferred():
+        _stop_group(proc, grace_s)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
     pgid = proc.pid
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
