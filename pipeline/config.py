@@ -157,6 +157,12 @@ class GateSpec(_Frozen):
     max_model_time_ratio: float | None = Field(
         default=None, gt=0, description="served model time p50 / eager in-process p50"
     )
+    max_size_ratio: float | None = Field(
+        default=None, gt=0, description="exported file size / eager weights size; unset: reported, not gated"
+    )
+    max_export_latency_ratio: float | None = Field(
+        default=None, gt=0, description="exported / eager in-process median at batch 1; unset: reported, not gated"
+    )
     flag_improvement: bool = Field(default=True, description="a metric that improves beyond noise fails")
     fail_on_leakage: bool = True
 

@@ -37,6 +37,8 @@ class GateInputs:
     export_max_abs_diff: float | None = None
     export_diverging_ids: tuple[str, ...] = ()
     export_failed_probes: tuple[str, ...] = ()
+    export_size_ratio: float | None = None  # exported file / eager weights file
+    export_latency_ratio: float | None = None  # exported / eager in-process median, batch 1
     replay_error_rate: float | None = None
     replay_errors: dict[str, int] = field(default_factory=dict)
     replay_complete: bool = True
@@ -113,6 +115,20 @@ def evaluate_gate(spec: GateSpec, cmp: Comparison, inputs: GateInputs, base_name
             "probe inputs (batch sizes, zeros, domain edges)", "exported", f"{len(probes)} failed", None,
             "none failed", not probes, "; ".join(probes[:6]),
         ))
+
+        # The seeds: size the same or smaller, in-process latency 20% lower is good. Gated only when set.
+        r = inputs.export_size_ratio
+        if r is not None:
+            limit = spec.max_size_ratio
+            checks.append(Check("exported size / eager weights size", "exported", r, 1.0,
+                                f"<= {limit:g}" if limit else "<= 1 (seeds: same or smaller; not gated)",
+                                not _bad(r) and r <= (limit or 1.0), is_gating=limit is not None))
+        r = inputs.export_latency_ratio
+        if r is not None:
+            limit = spec.max_export_latency_ratio
+            checks.append(Check("exported / eager latency, batch 1", "exported", r, 1.0,
+                                f"<= {limit:g}" if limit else "<= 0.8 (seeds: 20% faster is good; not gated)",
+                                not _bad(r) and r <= (limit or 0.8), is_gating=limit is not None))
 
     for stage in candidates:
         t = cmp.tests[stage]

@@ -174,6 +174,8 @@ def _compare_and_gate(state: RunState) -> None:
         export_max_abs_diff=ex.consistency.max_abs_diff if ex else None,
         export_diverging_ids=ex.consistency.diverging_ids if ex else (),
         export_failed_probes=failed_probes,
+        export_size_ratio=ex.size_bytes / base.weights_size_bytes if ex and base.weights_size_bytes else None,
+        export_latency_ratio=next((t.ratio for t in ex.timings if t.batch_size == 1), None) if ex else None,
         replay_error_rate=rp.error_rate if rp else None,
         replay_errors=rp.error_counts() if rp else {},
         replay_complete=rp.is_complete if rp else False,

@@ -87,3 +87,17 @@ def test_leakage_and_prior_run():
     assert [c.name for c in res.failures] == ["eval rows not in training data"]
     res2 = evaluate_gate(GateSpec(), cmp, GateInputs(replay_error_rate=0.0, prior_metrics={"accuracy": 1.05}))
     assert any(c.name.startswith("accuracy drop vs") for c in res2.failures)
+
+
+def test_size_and_export_latency_are_reported_and_gated_only_when_set():
+    y = np.array([0, 1, 2] * 5)
+    stages = _stages(y, y.copy(), y.copy())
+    stages[1] = StageOutputs("exported", *[getattr(stages[1], f) for f in ("predictions", "probabilities", "logits",
+                                                                             "latencies_ms")])
+    cmp = compare_stages(_ids(15), y, ("a", "b", "c"), stages)
+    inputs = GateInputs(export_max_abs_diff=0.0, export_size_ratio=11.0, export_latency_ratio=1.3)
+    res = evaluate_gate(GateSpec(), cmp, inputs)
+    size = next(c for c in res.checks if c.name.startswith("exported size"))
+    assert not size.passed and not size.is_gating and res.passed
+    res = evaluate_gate(GateSpec(max_size_ratio=2.0, max_export_latency_ratio=1.5), cmp, inputs)
+    assert [c.name for c in res.failures] == ["exported size / eager weights size"]
