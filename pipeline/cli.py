@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
+from pipeline.history import HISTORY_FILE, load_history, trend
 from pipeline.report import render_console
 from pipeline.run import Interrupted, RunOptions, run_validation
 
@@ -43,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="override replay.concurrency")
     run.add_argument("--baseline-report", type=Path,
                      help="an earlier run's report.json: its served metrics become a second baseline")
+    run.add_argument("--against-last-pass", action="store_true",
+                     help="use the last passing run in the history as a second baseline")
+    hist = sub.add_parser("history", help="runs recorded under the reports folder and the trend of each figure")
+    hist.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR)
+    hist.add_argument("--model", help="only this model")
+    hist.add_argument("--limit", type=int, default=20)
     return p
 
 
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             prebuilt_mar=args.mar, expected_sha256=args.expect_sha256, endpoint=args.endpoint,
             endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
             concurrency=args.concurrency, show_progress=True, baseline_report=args.baseline_report,
+            against_last_pass=args.against_last_pass,
         )
         try:
             outcome = run_validation(opts)
@@ -72,7 +80,32 @@ def main(argv: list[str] | None = None) -> int:
         elif outcome.error is not None:
             print(f"error: {outcome.error}", file=sys.stderr)
         return outcome.exit_code
+    if args.command == "history":
+        return _print_history(args.reports_dir / HISTORY_FILE, args.model, args.limit)
     return 2
+
+
+def _num(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _print_history(db: Path, model: str | None, limit: int) -> int:
+    runs = load_history(db, model, limit)
+    if not runs:
+        print(f"no runs recorded in {db}" + (f" for model {model}" if model else ""))
+        return 0
+    print(f"{'started':26} {'model':20} {'status':12} {'served acc':>10} {'served f1':>10} "
+          f"{'p50 ms':>8} {'p99 ms':>8}  run folder")
+    for r in runs:
+        f = r.figures
+        print(f"{r.started_at:26} {str(r.model):20} {r.status:12} {_num(f.get('served.accuracy')):>10} "
+              f"{_num(f.get('served.f1_macro')):>10} {_num(f.get('served.latency_p50_ms'), 2):>8} "
+              f"{_num(f.get('served.latency_p99_ms'), 2):>8}  {r.run_dir}")
+    print(f"\ntrend over these {len(runs)} runs (oldest -> newest):")
+    for key, t in trend(runs).items():
+        print(f"  {key:32} {_num(t['first'])} -> {_num(t['last'])}  (min {_num(t['min'])}, max {_num(t['max'])}, "
+              f"change {t['change']:+.4f}, {t['runs']} runs)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -341,10 +341,66 @@ def render_console(rep: dict) -> str:
     return "\n".join(out)
 
 
-def write_reports(run_dir: Path, rep: dict) -> dict[str, Path]:
-    """Write report.json and report.md atomically; return their paths."""
-    paths = {
-        "json": write_atomic(run_dir / "report.json", json.dumps(_jsonable(rep), indent=2, allow_nan=False)),
-        "md": write_atomic(run_dir / "report.md", render_markdown(rep)),
-    }
+def build_rows(state: "RunState"):
+    """Per-row results of every stage as a DataFrame (None before the dataset is loaded)."""
+    import pandas as pd
+
+    if state.data is None:
+        return None
+    n = len(state.data)
+    cols: dict[str, Any] = {"id": list(state.data.ids), "label": state.data.labels}
+
+    def stage(prefix: str, scores) -> None:
+        preds = scores.predictions
+        cols[f"{prefix}_pred"] = preds
+        cols[f"{prefix}_prob"] = scores.probabilities[np.arange(n), preds]
+        cols[f"{prefix}_latency_ms"] = scores.latencies_ms
+
+    if state.baseline is not None:
+        stage("baseline", state.baseline.scores)
+    if state.exported is not None:
+        stage("exported", state.exported.scores)
+    if state.replay is not None:
+        rows = state.replay.rows
+        cols["served_pred"] = pd.array([r.prediction for r in rows], dtype="Int64")
+        cols["served_prob"] = [r.probabilities[r.prediction] if r.is_ok else None for r in rows]
+        cols["served_latency_ms"] = [r.latency_ms for r in rows]
+        cols["served_server_ms"] = [r.server_ms for r in rows]
+        cols["served_status"] = pd.array([r.status for r in rows], dtype="Int64")
+        cols["served_error_class"] = [r.error_class for r in rows]
+        cols["served_message"] = [r.message for r in rows]
+        cols["served_attempts"] = [r.attempts for r in rows]
+        cols["request_id"] = [r.request_id for r in rows]
+    return pd.DataFrame(cols)
+
+
+def write_reports(run_dir: Path, rep: dict, rows=None) -> dict[str, Path]:
+    """Write report.json, report.md, junit.xml, report.html and rows.parquet atomically.
+
+    Args:
+        run_dir: the run folder.
+        rep: the report from ``build_report``.
+        rows: per-row results from ``build_rows``, or None.
+
+    Returns:
+        The path of each file written, by kind.
+    """
+    from pipeline.html_report import render_html
+    from pipeline.junit import write_junit
+
+    paths = {}
+    if rows is not None:
+        import io
+
+        buf = io.BytesIO()
+        rows.to_parquet(buf, index=False)
+        paths["rows"] = write_atomic(run_dir / "rows.parquet", buf.getvalue())
+    paths["junit"] = write_junit(run_dir / "junit.xml", rep)
+    try:
+        paths["html"] = write_atomic(run_dir / "report.html", render_html(rep, rows))
+    except Exception as e:  # plots are a convenience; the verdict must still be written
+        log.warning("report.html could not be rendered: %s", e)
+    paths["md"] = write_atomic(run_dir / "report.md", render_markdown(rep))
+    # report.json last: its presence means every other file of the run is complete.
+    paths["json"] = write_atomic(run_dir / "report.json", json.dumps(_jsonable(rep), indent=2, allow_nan=False))
     return paths

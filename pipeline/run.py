@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pipeline.dataset import Dataset, load_dataset, load_training_hashes
 from pipeline.errors import PipelineError, ReplayError, ReportError
 from pipeline.export import ExportResult, export_model
 from pipeline.gate import GateInputs, GateResult, evaluate_gate
+from pipeline.history import HISTORY_FILE, last_passing, record_run
 from pipeline.prior import PriorRun, load_prior_report
 from pipeline.replay import ReplayResult, replay_config_for, replay_dataset
 from pipeline.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
@@ -65,6 +67,7 @@ class RunOptions:
     concurrency: int | None = None
     show_progress: bool = False
     baseline_report: Path | None = None
+    against_last_pass: bool = False
 
 
 @dataclass
@@ -251,8 +254,17 @@ def run_validation(opts: RunOptions) -> RunOutcome:
     status = "error"
     try:
         state.spec = _effective_spec(load_spec(opts.spec_path), opts)
-        if opts.baseline_report is not None:
-            state.prior = load_prior_report(opts.baseline_report, state.spec.name)
+        prior_path = opts.baseline_report
+        if prior_path is None and opts.against_last_pass:
+            last = last_passing(opts.reports_dir / HISTORY_FILE, state.spec.name)
+            if last is None:
+                raise ReportError(
+                    f"--against-last-pass: no passing run of {state.spec.name} in "
+                    f"{opts.reports_dir / HISTORY_FILE}. Run once without it to record a baseline."
+                )
+            prior_path = Path(last.run_dir)
+        if prior_path is not None:
+            state.prior = load_prior_report(prior_path, state.spec.name)
         state.run_dir = _make_run_dir(opts.reports_dir, state.spec.name)
         with ExitStack() as stack:  # leaving it stops the server before the comparison
             _stages(state, opts, stack)
@@ -277,7 +289,11 @@ def run_validation(opts: RunOptions) -> RunOutcome:
     report = None
     if state.run_dir is not None:
         report = report_mod.build_report(state, status, exit_code, error)
-        report_mod.write_reports(state.run_dir, report)
+        report_mod.write_reports(state.run_dir, report, report_mod.build_rows(state))
+        try:
+            record_run(opts.reports_dir / HISTORY_FILE, report)
+        except sqlite3.Error as e:  # history is for trends; it must never break a run
+            log.warning("could not record the run in %s: %s", opts.reports_dir / HISTORY_FILE, e)
     return RunOutcome(status=status, exit_code=exit_code, run_dir=state.run_dir, report=report, error=error)
 
 

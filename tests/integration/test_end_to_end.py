@@ -154,3 +154,20 @@ def test_trace_of_data_dependent_model_fails_gate_at_export_stage(no_leftovers):
     listed = [r for r in rep["diverging_rows"] if r["stage"] == "exported"]
     assert listed and listed[0]["baseline_logits"] != listed[0]["candidate_logits"]
     assert "FAIL exported: max abs output difference" in res.stdout
+
+
+def test_three_runs_appear_in_history_and_last_pass_is_a_second_baseline(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj")
+    common = ["--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"), "--force"]
+    for extra in ([], [], ["--against-last-pass"]):
+        res = run_cli("run", str(spec), *common, *extra)
+        assert res.returncode == 0, res.stdout + res.stderr
+    third = max((tmp / "reports").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    checks = json.loads(third.read_text())["gate"]["checks"]
+    assert any(c["name"].startswith("accuracy drop vs run of") for c in checks)
+    hist = run_cli("history", "--reports-dir", str(tmp / "reports"))
+    assert hist.returncode == 0
+    lines = [ln for ln in hist.stdout.splitlines() if " tiny " in ln and "passed" in ln]
+    assert len(lines) == 3, hist.stdout
+    assert "served.accuracy" in hist.stdout
