@@ -44,7 +44,8 @@ integration: $(STAMP) $(EXAMPLES)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests/integration
 
 bench: $(STAMP) $(EXAMPLES)
-	$(PY) -m benchmarks.bench
+	@command -v ab >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq apache2-utils)
+	$(PY) -m pipeline.bench
 
 clean:
 	rm -rf reports/*/ model_store/*.mar examples/*/.trained examples/*/weights.pt examples/*/train.csv examples/*/test.csv

@@ -11,6 +11,7 @@ measured latency stays small. One connection carries one request at a time.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,11 +24,13 @@ class HttpProtocolError(Exception):
     """The peer sent something that is not a valid HTTP/1.1 response."""
 
 
-@dataclass(frozen=True)
 class Response:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
+    """An answer: status, the headers a replay reads (lower-case names), body."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
 
 @dataclass(frozen=True)
@@ -54,37 +57,39 @@ def build_request(target: Target, body: bytes, headers: dict[str, str]) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+_HEADER = re.compile(rb"\r\n(content-length|transfer-encoding|connection|x-request-id):[ \t]*([^\r]*)", re.I)
+
+
 class _ResponseParser:
-    """Incremental parser for one response at a time."""
+    """Incremental parser for one response at a time; reads only the headers a replay needs."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
 
     def parse(self) -> Response | None:
-        end = self.buf.find(b"\r\n\r\n")
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
         if end < 0:
             return None
-        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        parts = head[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise HttpProtocolError(f"bad status line {head[0][:100]!r}")
-        headers = {}
-        for line in head[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
+        head = bytes(buf[: end + 2])
+        if not head.startswith(b"HTTP/1.") or len(head) < 12 or not head[9:12].isdigit():
+            raise HttpProtocolError(f"bad status line {head[:100]!r}")
+        headers = {m.group(1).lower().decode(): m.group(2).decode("latin-1").strip() for m in _HEADER.finditer(head)}
         start = end + 4
         if headers.get("transfer-encoding", "").lower() == "chunked":
             body, consumed = self._chunked(start)
             if body is None:
                 return None
         else:
-            length = int(headers.get("content-length", "0") or 0)
-            if len(self.buf) - start < length:
+            try:
+                length = int(headers.get("content-length") or 0)
+            except ValueError as e:
+                raise HttpProtocolError(f"bad Content-Length {headers.get('content-length')!r}") from e
+            if len(buf) - start < length:
                 return None
-            body, consumed = bytes(self.buf[start : start + length]), start + length
-        del self.buf[:consumed]
-        return Response(int(parts[1]), headers, body)
+            body, consumed = bytes(buf[start : start + length]), start + length
+        del buf[:consumed]
+        return Response(int(head[9:12]), headers, body)
 
     def _chunked(self, pos: int) -> tuple[bytes | None, int]:
         out = bytearray()
@@ -98,9 +103,9 @@ class _ResponseParser:
                 raise HttpProtocolError("bad chunk size") from e
             if size == 0:
                 trailer_end = self.buf.find(b"\r\n\r\n", eol)
-                if trailer_end < 0 and self.buf[eol : eol + 4] != b"\r\n\r\n":
+                if trailer_end < 0:
                     return None, 0
-                return bytes(out), (trailer_end + 4 if trailer_end >= 0 else eol + 4)
+                return bytes(out), trailer_end + 4
             if len(self.buf) < eol + 2 + size + 2:
                 return None, 0
             out += self.buf[eol + 2 : eol + 2 + size]
@@ -135,12 +140,26 @@ class _Protocol(asyncio.Protocol):
             self.waiter.set_exception(HttpConnectionError(f"connection closed by the server ({exc or 'EOF'})"))
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
 class Connection:
     """One keep-alive connection; reconnects after a close, a timeout or a protocol error."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self._proto: _Protocol | None = None
+        self.deadline: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def _check(self, period: float) -> None:
+        loop = asyncio.get_running_loop()
+        proto = self._proto
+        if self.deadline is not None and loop.time() >= self.deadline and proto and proto.waiter:
+            _expire(proto.waiter)
+        self._watchdog = loop.call_later(period, self._check, period) if self._proto is not None else None
 
     async def _ensure(self) -> _Protocol:
         if self._proto is None or self._proto.closed:
@@ -160,16 +179,25 @@ class Connection:
             HttpProtocolError: not an HTTP/1.1 answer.
             asyncio.TimeoutError: no full answer within ``timeout_s``.
         """
-        proto = await self._ensure()
-        fut = asyncio.get_running_loop().create_future()
+        proto = self._proto
+        if proto is None or proto.closed:
+            proto = await self._ensure()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         proto.waiter = fut
+        # One watchdog per connection instead of a timer per request (asyncio.wait_for or
+        # call_later cost more per request than this client is allowed to spend).
+        self.deadline = loop.time() + timeout_s
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(min(timeout_s, 1.0), self._check, min(timeout_s, 1.0))
         proto.transport.write(raw)
         try:
-            resp = await asyncio.wait_for(fut, timeout_s)
+            resp = await fut
         except BaseException:
             self.close()
             raise
         finally:
+            self.deadline = None
             proto.waiter = None
         if resp.headers.get("connection", "").lower() == "close":
             self.close()
@@ -179,3 +207,6 @@ class Connection:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None

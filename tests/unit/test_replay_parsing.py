@@ -87,3 +87,25 @@ def test_http_client_refused_connection():
 
     with pytest.raises(HttpConnectionError, match="cannot connect"):
         asyncio.run(main())
+
+
+def test_http_client_times_out_a_silent_server_and_reconnects():
+    async def main():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        target = Target.from_url(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x")
+        conn = Connection(target)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.request(build_request(target, b"{}", {}), 0.3)
+        elapsed = loop.time() - t0
+        assert conn._proto is None, "a timed-out connection is closed, never reused"
+        server.close()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert 0.25 <= elapsed < 1.5

@@ -1,0 +1,196 @@
+"""``make bench``: the replay client against Apache Bench on one served model, and stage wall times.
+
+Both tools hit the same TorchServe, in the same run, alternating (client, ab, client, ab)
+so machine noise hits both alike; medians per tool are compared. ab sends one body, so the
+client is measured on that same row repeated (and, for information, over the varied rows).
+Targets (issue 4): client throughput >= 0.9x ab's and client p50 within 10% of ab's.
+This module is an entry point like ``cli``: it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.archive import ArchiveConfig, build_archive
+from pipeline.baseline import load_model, score_baseline
+from pipeline.config import DEFAULT_REPORTS_DIR, REPO_ROOT, load_spec
+from pipeline.dataset import Dataset, load_dataset
+from pipeline.export import export_model
+from pipeline.replay import ReplayConfig, replay_dataset
+from pipeline.report import environment
+from pipeline.run import RunOptions, run_validation
+from pipeline.serve import ServeConfig, serve_model
+
+DEFAULT_SPEC = REPO_ROOT / "examples" / "digits" / "spec.yaml"
+AB_HINT = "ab (Apache Bench) not found: install it with `apt-get install -y apache2-utils`."
+
+
+def parse_ab(stdout: str, csv_text: str) -> dict:
+    """Requests/s, failures and percentiles (ms, float) from ab's output and its -e CSV."""
+    rps = re.search(r"Requests per second:\s+([0-9.]+)", stdout)
+    failed = re.search(r"Failed requests:\s+(\d+)", stdout)
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", stdout)
+    pct = {}
+    for row in csv.reader(csv_text.splitlines()[1:]):
+        if len(row) == 2:
+            pct[int(float(row[0]))] = float(row[1])
+    if not rps or not pct:
+        raise ValueError(f"unexpected ab output: {stdout[-500:]}")
+    return {"rps": float(rps.group(1)), "failed": int(failed.group(1)) if failed else 0,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50": pct.get(50), "p90": pct.get(90), "p99": pct.get(99)}
+
+
+def _run_ab(url: str, token: str, body: Path, concurrency: int, n: int, work: Path) -> dict:
+    out_csv = work / f"ab-{concurrency}-{time.monotonic_ns()}.csv"
+    cmd = ["ab", "-k", "-q", "-c", str(concurrency), "-n", str(n), "-p", str(body), "-T", "application/json",
+           "-H", f"Authorization: Bearer {token}", "-e", str(out_csv), url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ab failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return parse_ab(proc.stdout, out_csv.read_text())
+
+
+def _run_client(url: str, token: str, data: Dataset, concurrency: int, n_classes: int) -> dict:
+    res = replay_dataset(ReplayConfig(url=url, token=token, num_classes=n_classes, concurrency=concurrency,
+                                      warmup_requests=0), data)
+    lat = np.array([r.latency_ms for r in res.rows if r.is_ok])
+    return {"rps": res.throughput_rps, "failed": res.failed, "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99))}
+
+
+def _repeat(data: Dataset, n: int, one_row: bool) -> Dataset:
+    idx = np.zeros(n, dtype=int) if one_row else np.arange(n) % len(data)
+    return replace(data, ids=tuple(f"{data.ids[i]}#{k}" for k, i in enumerate(idx)), labels=data.labels[idx],
+                   features=data.features[idx])
+
+
+def _median(samples: list[dict], key: str) -> float:
+    return float(statistics.median(s[key] for s in samples))
+
+
+def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> dict:
+    """Start one TorchServe and measure the replay client and ab on it, alternating."""
+    spec = load_spec(spec_path)
+    data = load_dataset(spec)
+    model = load_model(spec)
+    base = score_baseline(spec, model, data)
+    exported = export_model(spec, model, data, base.scores, work / "export")
+    archive = build_archive(spec, ArchiveConfig(work_dir=work / "archive", model_store=work / "store", force=True),
+                            exported.path)
+    body = work / "body.json"
+    body.write_text(json.dumps({"features": data.features[0].reshape(-1).tolist()}))
+    one_row = _repeat(data, requests, one_row=True)
+    varied = _repeat(data, requests, one_row=False)
+    n_classes = spec.model.num_classes
+    results: dict = {"requests_per_measurement": requests, "rounds": rounds, "concurrency": {}}
+    has_ab = shutil.which("ab") is not None
+    with serve_model(spec, ServeConfig(run_dir=work, mar_path=archive.mar_path,
+                                       startup_timeout_s=spec.serving.startup_timeout_s)) as server:
+        url, token = server.predict_url, server.inference_token
+        # Warm the JVM's JIT and the worker until throughput settles: windows of 2000 requests
+        # until two in a row agree within 5% (after perf_analyzer's stability rule), at most 15.
+        warm, window = [], _repeat(data, 2000, one_row=False)
+        for _ in range(15):
+            warm.append(_run_client(url, token, window, 16, n_classes)["rps"])
+            if len(warm) >= 4 and abs(warm[-1] - warm[-2]) <= 0.05 * warm[-2]:
+                break
+        results["warmup_windows_rps"] = [round(w) for w in warm]
+        for conc in (1, 16):
+            client, ab, client_varied = [], [], []
+            for _ in range(rounds):
+                client.append(_run_client(url, token, one_row, conc, n_classes))
+                if has_ab:
+                    ab.append(_run_ab(url, token, body, conc, requests, work))
+                client_varied.append(_run_client(url, token, varied, conc, n_classes))
+            entry = {"client_one_row": client, "client_varied_rows": client_varied, "ab": ab,
+                     "client_rps_median": _median(client, "rps"), "client_p50_median": _median(client, "p50"),
+                     "client_varied_rps_median": _median(client_varied, "rps"),
+                     "client_varied_p50_median": _median(client_varied, "p50")}
+            if ab:
+                entry |= {"ab_rps_median": _median(ab, "rps"), "ab_p50_median": _median(ab, "p50")}
+                entry["throughput_ratio"] = entry["client_rps_median"] / entry["ab_rps_median"]
+                entry["p50_ratio"] = entry["client_p50_median"] / entry["ab_p50_median"]
+                entry["meets_target"] = entry["throughput_ratio"] >= 0.9 and entry["p50_ratio"] <= 1.1
+            results["concurrency"][str(conc)] = entry
+    results["ab_available"] = has_ab
+    return results
+
+
+def bench_stages(spec_path: Path, reports: Path) -> dict:
+    """Wall time of each stage of one full run on the spec."""
+    out = run_validation(RunOptions(spec_path=spec_path, reports_dir=reports, model_store=reports / "store",
+                                    force=True))
+    return {"exit_code": out.exit_code, "stage_seconds": (out.report or {}).get("stage_seconds", {}),
+            "run_dir": str(out.run_dir)}
+
+
+def _print(res: dict) -> None:
+    print(f"\nreplay client vs ab -k, same server, {res['clients']['requests_per_measurement']} requests x "
+          f"{res['clients']['rounds']} rounds, medians (one body for both; varied rows for information)")
+    print(f"{'conc':>4} {'client req/s':>13} {'ab req/s':>10} {'ratio':>6} {'client p50':>11} {'ab p50':>8} "
+          f"{'ratio':>6} {'target':>7} {'varied req/s':>13} {'varied p50':>11}")
+    for conc, e in res["clients"]["concurrency"].items():
+        ab_rps = f"{e['ab_rps_median']:.0f}" if "ab_rps_median" in e else "-"
+        ab_p50 = f"{e['ab_p50_median']:.3f}" if "ab_p50_median" in e else "-"
+        tr = f"{e['throughput_ratio']:.2f}" if "throughput_ratio" in e else "-"
+        pr = f"{e['p50_ratio']:.2f}" if "p50_ratio" in e else "-"
+        met = ("met" if e["meets_target"] else "MISSED") if "meets_target" in e else "-"
+        print(f"{conc:>4} {e['client_rps_median']:>13.0f} {ab_rps:>10} {tr:>6} {e['client_p50_median']:>11.3f} "
+              f"{ab_p50:>8} {pr:>6} {met:>7} {e['client_varied_rps_median']:>13.0f} "
+              f"{e['client_varied_p50_median']:>11.3f}")
+    if not res["clients"]["ab_available"]:
+        print(AB_HINT)
+    st = res["stages"]
+    print(f"\nstage wall time of one full run (exit {st['exit_code']}):")
+    for k, v in st["stage_seconds"].items():
+        print(f"  {k:10} {v:8.2f} s")
+    print(f"  {'total':10} {sum(st['stage_seconds'].values()):8.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=DEFAULT_REPORTS_DIR / "bench")
+    ap.add_argument("--no-stages", action="store_true", help="skip the full run that times each stage")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if shutil.which("ab") is None:
+        print(AB_HINT, file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.out))
+    try:
+        clients = bench_clients(args.spec, work, args.requests, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    stages = {"exit_code": None, "stage_seconds": {}} if args.no_stages else bench_stages(args.spec, args.out / "runs")
+    res = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "spec": str(args.spec),
+           "machine": {"cores": os.cpu_count(), "platform": platform.platform()}, "environment": environment(),
+           "clients": clients, "stages": stages}
+    (args.out / "bench.json").write_text(json.dumps(res, indent=2))
+    _print(res)
+    print(f"\nwritten: {args.out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
