@@ -114,12 +114,16 @@ def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> di
                 break
         results["warmup_windows_rps"] = [round(w) for w in warm]
         for conc in (1, 16):
-            client, ab, client_varied = [], [], []
-            for _ in range(rounds):
-                client.append(_run_client(url, token, one_row, conc, n_classes))
-                if has_ab:
-                    ab.append(_run_ab(url, token, body, conc, requests, work))
-                client_varied.append(_run_client(url, token, varied, conc, n_classes))
+            client, ab = [], []
+            for r in range(rounds):
+                # Swap who goes first every round so that drift (JIT, other load) favours neither.
+                order = ("client", "ab") if r % 2 == 0 else ("ab", "client")
+                for tool in order:
+                    if tool == "client":
+                        client.append(_run_client(url, token, one_row, conc, n_classes))
+                    elif has_ab:
+                        ab.append(_run_ab(url, token, body, conc, requests, work))
+            client_varied = [_run_client(url, token, varied, conc, n_classes)]
             entry = {"client_one_row": client, "client_varied_rows": client_varied, "ab": ab,
                      "client_rps_median": _median(client, "rps"), "client_p50_median": _median(client, "p50"),
                      "client_varied_rps_median": _median(client_varied, "rps"),
@@ -168,8 +172,8 @@ def _print(res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
-    ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", type=Path, default=DEFAULT_REPORTS_DIR / "bench")
     ap.add_argument("--no-stages", action="store_true", help="skip the full run that times each stage")
     args = ap.parse_args(argv)
