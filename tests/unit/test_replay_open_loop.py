@@ -10,8 +10,9 @@ from pipeline.dataset import Dataset
 from pipeline.replay import ReplayConfig, replay_dataset
 
 
-def _start_server(stall_s: float):
-    """A loopback HTTP server in a thread: the first answer stalls, the rest are immediate."""
+def _start_server(stall_s: float, script: list[tuple[int, bytes] | None] | None = None):
+    """A loopback HTTP server in a thread: the first answer stalls, the rest are immediate;
+    ``script`` replaces the first answers with (status, body)."""
     ready = threading.Event()
     state = {"count": 0}
 
@@ -24,9 +25,11 @@ def _start_server(stall_s: float):
                 state["count"] += 1
                 if state["count"] == 1:
                     await asyncio.sleep(stall_s)
-                body = json.dumps({"prediction": 0, "probabilities": [1.0, 0.0]}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nx-request-id: r%d\r\n\r\n%s"
-                             % (len(body), state["count"], body))
+                status, body = 200, json.dumps({"prediction": 0, "probabilities": [1.0, 0.0]}).encode()
+                if script and state["count"] <= len(script) and script[state["count"] - 1]:
+                    status, body = script[state["count"] - 1]
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nx-request-id: r%d\r\n\r\n%s"
+                             % (status, len(body), state["count"], body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -76,3 +79,20 @@ def test_open_loop_charges_the_stall_to_the_requests_queued_behind_it():
     # Open loop: it was due 10 ms after the first, so it waited ~290 ms for its turn.
     assert opened[1] >= 250
     assert np.median(opened) > np.median(closed)
+
+
+def test_queue_full_is_retried_and_handler_errors_are_not():
+    no_worker = b'{"code": 503, "message": "Model \\"m\\" has no worker to serve inference request."}'
+    failed = b'{"code": 503, "type": "InternalServerException", "message": "Prediction failed"}'
+    holder, t = _start_server(0.0, script=[(503, no_worker), (503, no_worker), None, (503, failed)])
+    try:
+        cfg = ReplayConfig(url=f"http://127.0.0.1:{holder['port']}/predictions/m", token=None, num_classes=2,
+                           concurrency=1, warmup_requests=0, max_retries=5)
+        res = replay_dataset(cfg, _data(3))
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["loop"].stop)
+        t.join(5)
+    first, second, third = res.rows
+    assert first.is_ok and first.attempts == 3, "two 'no worker' answers retried, then answered"
+    assert not second.is_ok and second.error_class == "handler_error" and second.attempts == 1
+    assert second.message == "Prediction failed" and third.is_ok
