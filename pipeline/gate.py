@@ -144,16 +144,12 @@ def evaluate_gate(spec: GateSpec, cmp: Comparison, inputs: GateInputs, base_name
         checks.extend(_metric_checks(spec, cmp, stage, base_name))
         if spec.positive_class is not None:
             label = cmp.labels[spec.positive_class]
-            if spec.min_positive_recall is not None:
-                v = cand.per_class[label]["recall"]
-                checks.append(Check(f"recall of positive class '{label}'", stage, v,
-                                    base.per_class[label]["recall"], f">= {spec.min_positive_recall:.4f}",
-                                    not _bad(v) and v >= spec.min_positive_recall))
-            if spec.min_positive_precision is not None:
-                v = cand.per_class[label]["precision"]
-                checks.append(Check(f"precision of positive class '{label}'", stage, v,
-                                    base.per_class[label]["precision"], f">= {spec.min_positive_precision:.4f}",
-                                    not _bad(v) and v >= spec.min_positive_precision))
+            for metric, minimum in (("recall", spec.min_positive_recall), ("precision", spec.min_positive_precision)):
+                if minimum is not None:
+                    v = cand.per_class[label][metric]
+                    checks.append(Check(f"{metric} of positive class '{label}'", stage, v,
+                                        base.per_class[label][metric], f">= {minimum:.4f}",
+                                        not _bad(v) and v >= minimum))
         if spec.flag_improvement:
             improved = t.candidate_only_correct > t.baseline_only_correct and t.mcnemar_p < SIGNIFICANCE
             checks.append(Check("no improvement beyond noise", stage, t.delta_accuracy, 0.0,

@@ -385,9 +385,12 @@ def write_reports(run_dir: Path, rep: dict, rows=None) -> dict[str, Path]:
     Returns:
         The path of each file written, by kind.
     """
+    import time
+
     from pipeline.html_report import render_html
     from pipeline.junit import write_junit
 
+    t0 = time.perf_counter()
     paths = {}
     if rows is not None:
         import io
@@ -400,6 +403,7 @@ def write_reports(run_dir: Path, rep: dict, rows=None) -> dict[str, Path]:
         paths["html"] = write_atomic(run_dir / "report.html", render_html(rep, rows))
     except Exception as e:  # plots are a convenience; the verdict must still be written
         log.warning("report.html could not be rendered: %s", e)
+    rep.setdefault("stage_seconds", {})["report"] = round(time.perf_counter() - t0, 3)
     paths["md"] = write_atomic(run_dir / "report.md", render_markdown(rep))
     # report.json last: its presence means every other file of the run is complete.
     paths["json"] = write_atomic(run_dir / "report.json", json.dumps(_jsonable(rep), indent=2, allow_nan=False))

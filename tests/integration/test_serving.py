@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 def test_token_auth_on_and_endpoint_mode(no_leftovers):
     tmp = no_leftovers
-    spec_path = make_project(tmp / "proj")
+    spec_path = make_project(tmp / "proj", spec_overrides={"serving": {
+        "workers": 2, "batch_size": 3, "max_batch_delay_ms": 7, "response_timeout_s": 11, "startup_timeout_s": 90}})
     spec = load_spec(spec_path)
     data = load_dataset(spec)
     model = load_model(spec)
@@ -33,6 +34,10 @@ def test_token_auth_on_and_endpoint_mode(no_leftovers):
         assert "disable_token_authorization" not in config and "enable_model_api=false" in config
         assert all(f"=http://127.0.0.1:" in line for line in config.splitlines() if line.split("=")[0].endswith("_address")
                    and not line.startswith("grpc"))
+        described = requests.get(f"{server.management_url}/models/tiny", timeout=10,
+                                 headers={"Authorization": f"Bearer {server.management_token}"}).json()[0]
+        assert (described["batchSize"], described["maxBatchDelay"], described["responseTimeout"]) == (3, 7, 11)
+        assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
         body = {"features": data.features[0].tolist()}
         refused = requests.post(server.predict_url, json=body, timeout=10)
         assert refused.status_code == 400 and "Token Authorization failed" in refused.text
