@@ -39,6 +39,7 @@ from pipeline.run import RunOptions, run_validation
 from pipeline.serve import ServeConfig, serve_model
 
 DEFAULT_SPEC = REPO_ROOT / "examples" / "digits" / "spec.yaml"
+SETTLE_S = 1.0  # between measurements: the previous tool's connections close, the server settles
 AB_HINT = "ab (Apache Bench) not found: install it with `apt-get install -y apache2-utils`."
 
 
@@ -71,8 +72,10 @@ def _run_ab(url: str, token: str, body: Path, concurrency: int, n: int, work: Pa
 def _run_client(url: str, token: str, data: Dataset, concurrency: int, n_classes: int) -> dict:
     res = replay_dataset(ReplayConfig(url=url, token=token, num_classes=n_classes, concurrency=concurrency,
                                       warmup_requests=0), data)
+    cpu_us = res.client_cpu_us_per_request
     lat = np.array([r.latency_ms for r in res.rows if r.is_ok])
-    return {"rps": res.throughput_rps, "failed": res.failed, "p50": float(np.percentile(lat, 50)),
+    return {"rps": res.throughput_rps, "failed": res.failed, "cpu_us_per_request": cpu_us,
+            "p50": float(np.percentile(lat, 50)),
             "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99))}
 
 
@@ -119,12 +122,14 @@ def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> di
                 # Swap who goes first every round so that drift (JIT, other load) favours neither.
                 order = ("client", "ab") if r % 2 == 0 else ("ab", "client")
                 for tool in order:
+                    time.sleep(SETTLE_S)
                     if tool == "client":
                         client.append(_run_client(url, token, one_row, conc, n_classes))
                     elif has_ab:
                         ab.append(_run_ab(url, token, body, conc, requests, work))
             client_varied = [_run_client(url, token, varied, conc, n_classes)]
             entry = {"client_one_row": client, "client_varied_rows": client_varied, "ab": ab,
+                     "client_cpu_us_per_request_median": _median(client, "cpu_us_per_request"),
                      "client_rps_median": _median(client, "rps"), "client_p50_median": _median(client, "p50"),
                      "client_varied_rps_median": _median(client_varied, "rps"),
                      "client_varied_p50_median": _median(client_varied, "p50")}
@@ -151,6 +156,9 @@ def _print(res: dict) -> None:
           f"{res['clients']['rounds']} rounds, medians (one body for both; varied rows for information)")
     print(f"{'conc':>4} {'client req/s':>13} {'ab req/s':>10} {'ratio':>6} {'client p50':>11} {'ab p50':>8} "
           f"{'ratio':>6} {'target':>7} {'varied req/s':>13} {'varied p50':>11}")
+    cpu = ", ".join(f"c={c}: {e['client_cpu_us_per_request_median']:.0f} us"
+                    for c, e in res["clients"]["concurrency"].items())
+    print(f"client CPU per request in the timed loop: {cpu}")
     for conc, e in res["clients"]["concurrency"].items():
         ab_rps = f"{e['ab_rps_median']:.0f}" if "ab_rps_median" in e else "-"
         ab_p50 = f"{e['ab_p50_median']:.3f}" if "ab_p50_median" in e else "-"

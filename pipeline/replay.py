@@ -99,6 +99,7 @@ class ReplayResult:
     warmup_requests: int
     is_complete: bool
     abort_reason: str | None
+    client_cpu_s: float = float("nan")  # this process's CPU time during the timed loop
 
     @property
     def answered(self) -> int:
@@ -107,6 +108,10 @@ class ReplayResult:
     @property
     def failed(self) -> int:
         return len(self.rows) - self.answered
+
+    @property
+    def client_cpu_us_per_request(self) -> float:
+        return self.client_cpu_s / len(self.rows) * 1e6 if self.rows else float("nan")
 
     @property
     def error_rate(self) -> float:
@@ -253,7 +258,8 @@ def _payloads(data: Dataset) -> list[bytes]:
     return [json.dumps({"features": row.tolist()}).encode() for row in flat]
 
 
-async def _replay(cfg: ReplayConfig, data: Dataset) -> tuple[list[RowOutcome | _Answer | None], float, str | None]:
+async def _replay(cfg: ReplayConfig, data: Dataset
+                  ) -> tuple[list[RowOutcome | _Answer | None], float, str | None, float]:
     target = Target.from_url(cfg.url)
     headers = {"Content-Type": "application/json"}
     if cfg.token:
@@ -276,6 +282,7 @@ async def _replay(cfg: ReplayConfig, data: Dataset) -> tuple[list[RowOutcome | _
     await asyncio.gather(*(warm(c, per_conn) for c in conns))
     pending = iter(range(len(data)))
     t_begin = time.perf_counter_ns()
+    cpu_begin = time.process_time()
     interval_ns = int(1e9 / cfg.rate) if cfg.rate else 0
 
     async def worker(conn: Connection) -> None:
@@ -310,7 +317,7 @@ async def _replay(cfg: ReplayConfig, data: Dataset) -> tuple[list[RowOutcome | _
             c.close()
         progress(0, close=True)
     wall = (time.perf_counter_ns() - t_begin) / 1e9
-    return results, wall, abort_reason
+    return results, wall, abort_reason, time.process_time() - cpu_begin
 
 
 def _progress(total: int, enabled: bool):
@@ -361,7 +368,7 @@ def replay_dataset(cfg: ReplayConfig, data: Dataset) -> ReplayResult:
     gc.disable()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            results, wall, abort = runner.run(_replay(cfg, data))
+            results, wall, abort, cpu_s = runner.run(_replay(cfg, data))
     except ValueError as e:
         raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
     finally:
@@ -382,6 +389,7 @@ def replay_dataset(cfg: ReplayConfig, data: Dataset) -> ReplayResult:
         rate=cfg.rate,
         warmup_requests=cfg.warmup_requests,
         is_complete=abort is None,
+        client_cpu_s=cpu_s,
         abort_reason=abort,
     )
 

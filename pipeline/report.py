@@ -102,7 +102,8 @@ def _stage_block(state: "RunState") -> dict:
                          "error_rate": _jsonable(r.error_rate), "errors": r.error_counts(),
                          "complete": r.is_complete, "abort_reason": r.abort_reason,
                          "concurrency": r.concurrency, "rate": r.rate, "warmup_requests": r.warmup_requests,
-                         "wall_s": round(r.wall_s, 3), "throughput_rps": _jsonable(r.throughput_rps)}
+                         "wall_s": round(r.wall_s, 3), "throughput_rps": _jsonable(r.throughput_rps),
+                         "client_cpu_us_per_request": _jsonable(r.client_cpu_us_per_request)}
     return out
 
 
@@ -300,7 +301,8 @@ def render_markdown(rep: dict) -> str:
     if rp:
         lines += ["## Replay", "", f"{rp['answered']} answered, {rp['failed']} failed of {rp['rows']} rows; "
                   f"concurrency {rp['concurrency']}, {rp['warmup_requests']} warm-up requests excluded, "
-                  f"{_fmt(rp['throughput_rps'], 1)} requests/s. Errors: {rp['errors'] or 'none'}.", ""]
+                  f"{_fmt(rp['throughput_rps'], 1)} requests/s, client CPU {_fmt(rp['client_cpu_us_per_request'], 0)} us per "
+                  f"request. Errors: {rp['errors'] or 'none'}.", ""]
     lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in rep.get("environment", {}).items()]
     return "\n".join(lines) + "\n"
 
