@@ -85,10 +85,12 @@ def test_handler_errors_and_malformed_answers_are_counted_and_fail_the_gate(no_l
     assert rp["answered"] + rp["failed"] == 80 and rp["complete"] is True
     error_rate = next(c for c in rep["gate"]["checks"] if c["name"] == "replay error rate")
     assert not error_rate["passed"] and "handler_error" in error_rate["detail"]
-    rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet") if (Path(rep["run_dir"]) / "rows.parquet").exists() else None
-    if rows is not None:
-        failed = rows[rows.served_error_class == "bad_response"]
-        assert len(failed) == garbage and failed.served_message.str.contains("not json").all()
+    rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet")
+    assert len(rows) == 80
+    failed = rows[rows.served_error_class == "bad_response"]
+    assert len(failed) == garbage and failed.served_message.str.contains("not json").all()
+    raised = rows[rows.served_error_class == "handler_error"]
+    assert sorted(raised["id"]) == sorted(df.loc[df.f1 > 1.5, "id"])
 
 
 def test_batch_with_wrong_number_of_results_is_classified(no_leftovers):
