@@ -117,18 +117,16 @@ def evaluate_gate(spec: GateSpec, cmp: Comparison, inputs: GateInputs, base_name
         ))
 
         # The seeds: size the same or smaller, in-process latency 20% lower is good. Gated only when set.
-        r = inputs.export_size_ratio
-        if r is not None:
-            limit = spec.max_size_ratio
-            checks.append(Check("exported size / eager weights size", "exported", r, 1.0,
-                                f"<= {limit:g}" if limit else "<= 1 (seeds: same or smaller; not gated)",
-                                not _bad(r) and r <= (limit or 1.0), is_gating=limit is not None))
-        r = inputs.export_latency_ratio
-        if r is not None:
-            limit = spec.max_export_latency_ratio
-            checks.append(Check("exported / eager latency, batch 1", "exported", r, 1.0,
-                                f"<= {limit:g}" if limit else "<= 0.8 (seeds: 20% faster is good; not gated)",
-                                not _bad(r) and r <= (limit or 0.8), is_gating=limit is not None))
+        for name, ratio, limit, seed_limit, seed_words in (
+            ("exported size / eager weights size", inputs.export_size_ratio, spec.max_size_ratio, 1.0,
+             "seeds: same or smaller"),
+            ("exported / eager latency, batch 1", inputs.export_latency_ratio, spec.max_export_latency_ratio, 0.8,
+             "seeds: 20% faster is good"),
+        ):
+            if ratio is not None:
+                checks.append(Check(name, "exported", ratio, 1.0,
+                                    f"<= {limit:g}" if limit else f"<= {seed_limit:g} ({seed_words}; not gated)",
+                                    not _bad(ratio) and ratio <= (limit or seed_limit), is_gating=limit is not None))
 
     for stage in candidates:
         t = cmp.tests[stage]
