@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
 from pipeline.history import HISTORY_FILE, load_history, trend
 from pipeline.report import render_console
-from pipeline.run import Interrupted, RunOptions, run_validation
+from pipeline.errors import Interrupted
+from pipeline.run import RunOptions, run_validation
 
 TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
 

@@ -10,12 +10,16 @@
     ├── ServerError               3  Java, ports, TorchServe start-up, a worker that never loads
     └── ReplayError               3  the served model stopped answering mid-replay
 
+    Interrupted (a KeyboardInterrupt)  130 for SIGINT, 143 for SIGTERM
+
 A message says what failed, the values involved, and what to do next. Errors found
 before any server starts are input errors (exit code 2); errors once TorchServe runs are
 runtime errors (exit code 3). A failed gate is not an error: see ``gate.GateResult``.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class PipelineError(Exception):
@@ -80,3 +84,16 @@ class ReplayError(PipelineError):
     """The served model could not be replayed to the end."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived; carries the signal so the exit code can say which.
+
+    A KeyboardInterrupt subclass because asyncio re-raises only SystemExit and
+    KeyboardInterrupt from callbacks; any other exception raised by a signal handler
+    inside the event loop would be logged and swallowed.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum

@@ -19,8 +19,11 @@ import json
 import logging
 import math
 import re
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import numpy as np
 
 from pipeline.config import Spec
 from pipeline.dataset import Dataset
-from pipeline.errors import ReplayError
+from pipeline.errors import Interrupted, ReplayError
 from pipeline.httpclient import Connection, HttpConnectionError, HttpProtocolError, Target, build_request
 
 log = logging.getLogger(__name__)
@@ -311,13 +314,46 @@ async def _replay(cfg: ReplayConfig, data: Dataset
                 fatal_streak = 0
 
     try:
-        await asyncio.gather(*(worker(c) for c in conns))
+        with _sigterm_cancels(asyncio.current_task()) as terminated:
+            try:
+                await asyncio.gather(*(worker(c) for c in conns))
+            except asyncio.CancelledError:
+                if terminated:
+                    raise Interrupted(signal.SIGTERM) from None
+                raise
     finally:
         for c in conns:
             c.close()
         progress(0, close=True)
     wall = (time.perf_counter_ns() - t_begin) / 1e9
     return results, wall, abort_reason, time.process_time() - cpu_begin
+
+
+@contextmanager
+def _sigterm_cancels(task: asyncio.Task):
+    """While the loop runs, SIGTERM cancels the replay cleanly instead of raising inside a
+    loop callback (where an event loop may swallow it); the CLI's own handler is restored after."""
+    terminated: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield terminated
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term() -> None:
+        terminated.append(signal.SIGTERM)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield terminated
+        return
+    try:
+        yield terminated
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _progress(total: int, enabled: bool):

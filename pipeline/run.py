@@ -26,7 +26,7 @@ from pipeline.baseline import BaselineResult, load_model, score_baseline
 from pipeline.compare import Comparison, StageOutputs, compare_stages
 from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, Spec, load_spec
 from pipeline.dataset import Dataset, load_dataset, load_training_hashes
-from pipeline.errors import PipelineError, ReplayError, ReportError
+from pipeline.errors import Interrupted, PipelineError, ReplayError, ReportError
 from pipeline.export import ExportResult, export_model
 from pipeline.gate import GateInputs, GateResult, evaluate_gate
 from pipeline.history import HISTORY_FILE, last_passing, record_run
@@ -35,19 +35,6 @@ from pipeline.replay import ReplayResult, replay_config_for, replay_dataset
 from pipeline.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (or SIGINT) arrived; carries the signal so the exit code can say which.
-
-    A KeyboardInterrupt subclass because asyncio re-raises only SystemExit and
-    KeyboardInterrupt from callbacks; any other exception raised by a signal handler
-    inside the event loop would be logged and swallowed.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 @dataclass(frozen=True)
