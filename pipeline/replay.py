@@ -197,6 +197,22 @@ def read_server_times(metrics_log: Path) -> dict[str, float]:
     return out
 
 
+METRICS_WAIT_S = 3.0
+
+
+def _await_server_times(metrics_log: Path | None, wanted: set[str]) -> dict[str, float]:
+    """Server times once every answered request's line is in the log: TorchServe writes a
+    request's PredictionTime a moment after its response is sent (bounded wait)."""
+    if metrics_log is None:
+        return {}
+    deadline = time.monotonic() + METRICS_WAIT_S
+    server = read_server_times(metrics_log)
+    while wanted - server.keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        server = read_server_times(metrics_log)
+    return server
+
+
 def _failed(index: int, row_id: str, cls: str, msg: str, *, status: int | None = None,
             latency: float | None = None, request_id: str | None = None, attempts: int = 1) -> RowOutcome:
     return RowOutcome(index, row_id, False, status, None, None, None, latency, request_id, None, cls, msg, attempts)
@@ -415,7 +431,7 @@ def replay_dataset(cfg: ReplayConfig, data: Dataset) -> ReplayResult:
         else _outcome(r, data.ids[i], cfg.num_classes) if isinstance(r, _Answer) else r
         for i, r in enumerate(results)
     ]
-    server = read_server_times(cfg.metrics_log) if cfg.metrics_log else {}
+    server = _await_server_times(cfg.metrics_log, {r.request_id for r in rows if r.is_ok and r.request_id})
     if server:
         rows = [replace(r, server_ms=server.get(r.request_id)) if r.request_id else r for r in rows]
     return ReplayResult(

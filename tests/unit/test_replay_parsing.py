@@ -109,3 +109,23 @@ def test_http_client_times_out_a_silent_server_and_reconnects():
 
     elapsed = asyncio.run(main())
     assert 0.25 <= elapsed < 1.5
+
+
+def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
+    import threading
+    import time
+
+    from pipeline.replay import _await_server_times
+
+    log = tmp_path / "model_metrics.log"
+    line = "x - PredictionTime.ms:{}|#ModelName:m,Level:Model|#hostname:vm,requestID:{},timestamp:1\n"
+    log.write_text(line.format(1.0, "a"))
+
+    def late():
+        time.sleep(0.3)
+        with open(log, "a") as f:
+            f.write(line.format(2.0, "b"))
+
+    threading.Thread(target=late).start()
+    assert _await_server_times(log, {"a", "b"}) == {"a": 1.0, "b": 2.0}
+    assert _await_server_times(None, {"a"}) == {}
