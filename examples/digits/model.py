@@ -17,8 +17,10 @@ class DigitsCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x / 16.0))
+        x = x / 16.0  # raw pixels 0..16 -> [0, 1]
+        return self.head(self.features(x))
 
 
 def build_model() -> nn.Module:
+    """A fresh, untrained DigitsCNN: raw pixels 0..16 float32 [N, 1, 8, 8] in, logits [N, 10] out."""
     return DigitsCNN()
