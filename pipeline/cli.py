@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
-from pipeline.history import HISTORY_FILE, load_history, trend
+from pipeline.history import HISTORY_FILE, load_history, summarize_trend
 from pipeline.report import render_console
-from pipeline.errors import Interrupted
+from pipeline.errors import Interrupted, PipelineError
 from pipeline.run import RunOptions, run_validation
 
 TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
@@ -48,10 +48,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--against-last-pass", action="store_true",
                      help="use the last passing run in the history as a second baseline")
     hist = sub.add_parser("history", help="runs recorded under the reports folder and the trend of each figure")
-    hist.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR)
+    hist.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR,
+                      help="the folder whose history.sqlite to read")
     hist.add_argument("--model", help="only this model")
-    hist.add_argument("--limit", type=int, default=20)
+    hist.add_argument("--limit", type=_positive_int, default=20, help="at most this many runs, newest first")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
 
 
 def _on_sigterm(signum, frame):
@@ -91,7 +102,11 @@ def _num(v, digits: int = 4) -> str:
 
 
 def _print_history(db: Path, model: str | None, limit: int) -> int:
-    runs = load_history(db, model, limit)
+    try:
+        runs = load_history(db, model, limit)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     if not runs:
         print(f"no runs recorded in {db}" + (f" for model {model}" if model else ""))
         return 0
@@ -102,8 +117,11 @@ def _print_history(db: Path, model: str | None, limit: int) -> int:
         print(f"{r.started_at:26} {str(r.model):20} {r.status:12} {_num(f.get('served.accuracy')):>10} "
               f"{_num(f.get('served.f1_macro')):>10} {_num(f.get('served.latency_p50_ms'), 2):>8} "
               f"{_num(f.get('served.latency_p99_ms'), 2):>8}  {r.run_dir}")
+    models = {r.model for r in runs}
     print(f"\ntrend over these {len(runs)} runs (oldest -> newest):")
-    for key, t in trend(runs).items():
+    if len(models) > 1:
+        print("  (several models mixed: pass --model NAME for one model's trend)")
+    for key, t in summarize_trend(runs).items():
         print(f"  {key:32} {_num(t['first'])} -> {_num(t['last'])}  (min {_num(t['min'])}, max {_num(t['max'])}, "
               f"change {t['change']:+.4f}, {t['runs']} runs)")
     return 0

@@ -1,30 +1,46 @@
-"""Run history for nightly jobs: every run recorded in ``reports/history.sqlite``."""
+"""Run history for nightly jobs: every run recorded in ``<reports dir>/history.sqlite``.
+
+One table, ``runs``: one row per run with its outcome and a JSON blob of the figures a
+trend is drawn from (per stage: accuracy, macro precision/recall/F1, latency p50/p99; the
+served model's server-side p50). Several runs may record at once: SQLite locks the file
+and each writer waits up to ``LOCK_TIMEOUT_S``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import ReportError
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.sqlite"
 TRACKED = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    started_at TEXT NOT NULL,
-    model TEXT,
-    version TEXT,
-    status TEXT NOT NULL,
-    exit_code INTEGER NOT NULL,
-    run_dir TEXT,
-    spec_path TEXT,
-    figures TEXT NOT NULL
+LOCK_TIMEOUT_S = 30.0
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at TEXT NOT NULL,
+        model TEXT,
+        version TEXT,
+        status TEXT NOT NULL,
+        exit_code INTEGER NOT NULL,
+        run_dir TEXT,
+        spec_path TEXT,
+        figures TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS runs_by_model ON runs (model, id)",
 )
-"""
+_COLUMNS = "id, started_at, model, version, status, exit_code, run_dir, spec_path, figures"
 
 
 @dataclass(frozen=True)
@@ -38,77 +54,134 @@ class HistoryRun:
     status: str
     exit_code: int
     run_dir: str | None
+    spec_path: str | None
     figures: dict[str, float | None]
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _figures(report: dict) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for stage, m in (report.get("metrics") or {}).items():
         for k in TRACKED:
-            out[f"{stage}.{k}"] = m.get(k)
+            out[f"{stage}.{k}"] = _number(m.get(k))
         lat = m.get("latency") or {}
-        out[f"{stage}.latency_p50_ms"] = lat.get("p50")
-        out[f"{stage}.latency_p99_ms"] = lat.get("p99")
+        out[f"{stage}.latency_p50_ms"] = _number(lat.get("p50"))
+        out[f"{stage}.latency_p99_ms"] = _number(lat.get("p99"))
     server = (report.get("served_latency_split") or {}).get("server_prediction_time") or {}
-    out["served.server_p50_ms"] = server.get("p50")
+    if server:
+        out["served.server_p50_ms"] = _number(server.get("p50"))
     return out
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db_path, timeout=30)
-    conn.execute(_SCHEMA)
-    return conn
+@contextmanager
+def _open(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection inside one transaction, closed afterwards; SQLite and file errors become ReportError."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(db_path, timeout=LOCK_TIMEOUT_S)) as conn, conn:
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+            yield conn
+    except (sqlite3.Error, OSError) as e:
+        raise ReportError(
+            f"run history {db_path}: {e}. If the file is damaged or not a package-validate history, "
+            "move it away (a new one is created on the next run); if it is locked, wait for the other run."
+        ) from e
+
+
+def _run(row: tuple) -> HistoryRun:
+    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]))
 
 
 def record_run(db_path: Path, report: dict) -> int:
     """Append one run to the history.
 
     Args:
-        db_path: the SQLite file (created if missing).
+        db_path: the SQLite file (created, with its folder, if missing).
         report: the dict from ``report.build_report``.
 
     Returns:
         The new row's id.
+
+    Raises:
+        ReportError: the file cannot be created, is locked past ``LOCK_TIMEOUT_S`` or is not a history.
     """
-    with _connect(db_path) as conn:
+    with _open(db_path) as conn:
         cur = conn.execute(
-            "INSERT INTO runs (started_at, model, version, status, exit_code, run_dir, spec_path, figures) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (report.get("started_at") or "", report.get("model"), report.get("version"), report["status"],
-             report["exit_code"], report.get("run_dir"), report.get("spec_path"), json.dumps(_figures(report))),
+             report["exit_code"], report.get("run_dir"), report.get("spec_path"),
+             json.dumps(_figures(report), allow_nan=False)),
         )
         return int(cur.lastrowid)
 
 
 def load_history(db_path: Path, model: str | None = None, limit: int = 20) -> list[HistoryRun]:
-    """The most recent runs, newest first; empty when there is no history yet."""
+    """The most recently recorded runs, newest first.
+
+    Args:
+        db_path: the SQLite file.
+        model: only runs of this model; None for every model.
+        limit: at most this many runs.
+
+    Returns:
+        The runs, newest first; empty when the file does not exist yet.
+
+    Raises:
+        ReportError: the file is unreadable, locked past ``LOCK_TIMEOUT_S`` or not a history.
+    """
     if not db_path.is_file():
         return []
-    with _connect(db_path) as conn:
-        q = "SELECT id, started_at, model, version, status, exit_code, run_dir, figures FROM runs"
-        args: tuple = ()
-        if model:
-            q += " WHERE model = ?"
-            args = (model,)
-        rows = conn.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-    return [HistoryRun(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])) for r in rows]
+    where, args = ("WHERE model = ? ", (model,)) if model else ("", ())
+    with _open(db_path) as conn:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM runs {where}ORDER BY id DESC LIMIT ?",
+                            (*args, max(0, limit))).fetchall()
+    return [_run(r) for r in rows]
 
 
 def last_passing(db_path: Path, model: str) -> HistoryRun | None:
-    """The newest passing run of ``model`` whose report still exists, or None."""
-    for run in load_history(db_path, model, limit=1000):
-        if run.status == "passed" and run.run_dir and (Path(run.run_dir) / "report.json").is_file():
+    """The newest passing run of ``model`` whose report.json still exists.
+
+    Args:
+        db_path: the SQLite file.
+        model: the model's name in the spec.
+
+    Returns:
+        That run, or None when no recorded passing run of the model still has its report.
+
+    Raises:
+        ReportError: the file is unreadable, locked past ``LOCK_TIMEOUT_S`` or not a history.
+    """
+    if not db_path.is_file():
+        return None
+    with _open(db_path) as conn:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE model = ? AND status = 'passed' ORDER BY id DESC",
+                            (model,)).fetchall()
+    for row in rows:
+        run = _run(row)
+        if run.run_dir and (Path(run.run_dir) / "report.json").is_file():
             return run
+        log.info("history: passing run %s has no report.json any more; trying an older one", run.run_dir)
     return None
 
 
-def trend(runs: list[HistoryRun]) -> dict[str, dict[str, float | None]]:
-    """Per tracked figure over ``runs`` (newest first): first, last, min, max and the change."""
-    out: dict[str, dict[str, float | None]] = {}
+def summarize_trend(runs: list[HistoryRun]) -> dict[str, dict[str, float]]:
+    """Per recorded figure over ``runs`` (newest first, as ``load_history`` returns them).
+
+    Args:
+        runs: the runs to summarize.
+
+    Returns:
+        Figure name -> first (oldest), last (newest), min, max, change (last - first) and
+        runs (how many runs measured it); figures no run measured are left out.
+    """
+    out: dict[str, dict[str, float]] = {}
     keys = sorted({k for r in runs for k in r.figures})
     for k in keys:
-        vals = [r.figures.get(k) for r in reversed(runs) if r.figures.get(k) is not None]
+        vals = [r.figures[k] for r in reversed(runs) if r.figures.get(k) is not None]
         if not vals:
             continue
         out[k] = {"first": vals[0], "last": vals[-1], "min": min(vals), "max": max(vals),

@@ -6,7 +6,7 @@ import base64
 import html
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -14,20 +14,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 STAGE_COLORS = {"baseline": "#4C72B0", "exported": "#DD8452", "served": "#55A868"}
+SPLIT_COLORS = {"total": "#8C8C8C", "model": "#2E7D32", "overhead": "#C44E52"}
+SPLIT_LABELS = {"total": "client total (HTTP round trip)", "model": "model time (server PredictionTime)",
+                "overhead": "HTTP + queue overhead"}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1300px}
 .banner{padding:14px 18px;border-radius:6px;font-size:22px;font-weight:600;color:#fff}
 .PASS{background:#2e7d32}.FAIL{background:#c62828}.ERROR{background:#6a1b9a}.INTERRUPTED{background:#ef6c00}
 table{border-collapse:collapse;margin:10px 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}.ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}.warn{color:#ef6c00}
-img{max-width:100%;border:1px solid #eee;margin:8px 0}h2{margin-top:28px}
+img{max-width:100%;border:1px solid #eee;margin:8px 0}h2{margin-top:28px}.facts{color:#555}
 """
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -68,17 +74,23 @@ def _f1_plot(rep: dict) -> str | None:
         return None
     names = list(metrics)
     labels = list(metrics[names[0]]["per_class"])
+    values = {n: [metrics[n]["per_class"][c]["f1"] for c in labels] for n in names}
+    finite = [v for vs in values.values() for v in vs if v is not None and math.isfinite(v)]
+    # From 0 the few-thousandths differences a packaging bug causes are invisible: start near the lowest bar.
+    floor = max(0.0, math.floor((min(finite, default=0.0) - 0.02) * 20) / 20)
     x = np.arange(len(labels))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labels) * len(names)), 3.5))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.35 * len(labels) * len(names) + 2)), 3.8))
     for k, n in enumerate(names):
-        ax.bar(x + k * width, [metrics[n]["per_class"][c]["f1"] for c in labels], width, label=n,
+        ax.bar(x + k * width, [np.nan if v is None else v for v in values[n]], width, label=n,
                color=STAGE_COLORS.get(n))
-    ax.set_xticks(x + width * (len(names) - 1) / 2, labels)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("F1")
-    ax.set_title("Per-class F1")
-    ax.legend(loc="lower right")
+    ax.set_xticks(x + width * (len(names) - 1) / 2, labels, rotation=45 if len(labels) > 12 else 0)
+    ax.set_ylim(floor, 1.0 + (1.0 - floor) * 0.03)
+    ax.set_ylabel("F1" + (f" (axis starts at {floor:.2f})" if floor > 0 else ""))
+    ax.set_xlabel("class")
+    ax.set_title("Per-class F1 by stage")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
@@ -87,18 +99,31 @@ def _latency_plot(rows) -> str | None:
         return None
     series = [(n, rows[f"{n}_latency_ms"].dropna().to_numpy(dtype=float))
               for n in ("baseline", "exported", "served") if f"{n}_latency_ms" in rows]
+    series = [(n, v[v > 0]) for n, v in series]
     series = [(n, v) for n, v in series if v.size]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    every = np.concatenate([v for _, v in series])
+    # One set of log-spaced bins for every stage, so bar widths and heights compare across stages.
+    bins = np.logspace(np.log10(every.min() * 0.95), np.log10(every.max() * 1.05), 70)
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    names = {"baseline": "baseline (eager, in-process)", "exported": "exported (in-process)",
+             "served": "served (HTTP round trip)"}
     for n, v in series:
-        ax.hist(v, bins=np.logspace(np.log10(max(v.min(), 1e-3)), np.log10(v.max() * 1.01 + 1e-3), 40),
-                alpha=0.6, label=f"{n} (p50 {np.median(v):.3g} ms)", color=STAGE_COLORS.get(n))
+        color = STAGE_COLORS.get(n)
+        p50, p99 = np.percentile(v, [50, 99])
+        ax.hist(v, bins=bins, histtype="stepfilled", alpha=0.45, color=color,
+                label=f"{names.get(n, n)}: p50 {p50:.3g} ms, p99 {p99:.3g} ms")
+        ax.hist(v, bins=bins, histtype="step", color=color, linewidth=1.2)
+        ax.axvline(p99, color=color, linestyle=":", linewidth=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel("latency per row (ms, log scale)")
-    ax.set_ylabel("rows")
-    ax.set_title("Latency: eager and exported in-process, served over HTTP")
-    ax.legend()
+    # Log counts too: the slow tail is a handful of rows beside peaks of hundreds.
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)
+    ax.set_xlabel("latency per row (ms, log scale); dotted lines: p99")
+    ax.set_ylabel("rows (log scale)")
+    ax.set_title("Per-row latency by stage")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(series), fontsize=9, frameon=False)
     return _png(fig)
 
 
@@ -108,18 +133,39 @@ def _split_plot(rows) -> str | None:
     ok = rows[["served_latency_ms", "served_server_ms"]].dropna().astype(float)
     if ok.empty:
         return None
+    total = ok["served_latency_ms"].to_numpy()
     model = ok["served_server_ms"].to_numpy()
-    overhead = (ok["served_latency_ms"] - ok["served_server_ms"]).to_numpy()
+    overhead = total - model
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2.4]})
+    # Means add up (total = model + overhead); percentiles do not, so only the mean is stacked.
+    m_mean, o_mean = float(model.mean()), float(overhead.mean())
+    left.bar(["mean"], [m_mean], color=SPLIT_COLORS["model"], label="model time (server PredictionTime)")
+    left.bar(["mean"], [o_mean], bottom=[m_mean], color=SPLIT_COLORS["overhead"], label="HTTP + queue overhead")
+    for y, v in ((m_mean / 2, m_mean), (m_mean + o_mean / 2, o_mean)):
+        if v < 0.1 * (m_mean + o_mean):
+            continue  # too thin a segment to hold its label
+        left.text(0, y, f"{v:.3g} ms\n({v / (m_mean + o_mean):.0%})", ha="center", va="center", color="white",
+                  fontsize=9, fontweight="bold")
+    left.set_ylabel("ms")
+    left.set_title(f"Mean split of {len(total)} requests")
     qs = [50, 90, 95, 99]
-    m, o = np.percentile(model, qs), np.percentile(overhead, qs)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    labels = [f"p{q}" for q in qs]
-    ax.bar(labels, m, label="model time (server PredictionTime)", color="#55A868")
-    ax.bar(labels, o, bottom=m, label="HTTP + queue overhead", color="#C44E52")
-    ax.set_ylabel("ms")
-    ax.set_title("Served latency split (percentiles of each part)")
-    ax.legend()
+    x = np.arange(len(qs))
+    width = 0.27
+    for k, (what, v) in enumerate((("total", total), ("model", model), ("overhead", overhead))):
+        pct = np.percentile(v, qs)
+        bars = right.bar(x + (k - 1) * width, pct, width, color=SPLIT_COLORS[what], label=SPLIT_LABELS[what])
+        right.bar_label(bars, fmt="%.3g", fontsize=8, padding=1)
+    right.set_xticks(x, [f"p{q}" for q in qs])
+    right.set_ylabel("ms")
+    right.set_title("Percentiles of each part")
+    right.margins(y=0.12)
+    handles, labels = right.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     return _png(fig)
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -128,38 +174,48 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(report: dict, rows=None) -> str:
+def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     """A self-contained HTML page: verdict, checks, metrics and four plots.
 
     Args:
         report: the dict from ``report.build_report``.
-        rows: per-row results (``report.build_rows``) for the latency plots, or None.
+        rows: per-row results (``report.build_rows``) for the latency plots, or None (those
+            two plots are then left out).
 
     Returns:
-        The page; every image is an inline data URI.
+        The page; every image is an inline PNG data URI and every text is HTML-escaped.
+
+    Raises:
+        Nothing on purpose; a plotting failure propagates and ``report.write_reports`` logs it.
     """
-    e = html.escape
+    e = _esc
     verdict = report.get("verdict", "ERROR")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(verdict)}: {e(str(report.get('model')))}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<div class='banner {e(verdict)}'>{e(verdict)}: {e(str(report.get('model')))} "
-             f"{e(str(report.get('version') or ''))}</div>"]
+    title = f"{verdict}: {report.get('model')} {report.get('version') or ''}".rstrip()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<div class='banner {e(verdict)}'>{e(title)}</div>"]
+    gate = report.get("gate")
+    facts = [f"status {report.get('status')}", f"exit code {report.get('exit_code')}"]
+    if gate:
+        failed = sum(1 for c in gate["checks"] if c["is_gating"] and not c["passed"])
+        facts.insert(0, f"{len(gate['checks']) - failed} of {len(gate['checks'])} checks passed")
+    facts += [f"started {report.get('started_at')}", f"run folder {report.get('run_dir')}"]
+    parts.append(f"<p class='facts'>{e('; '.join(facts))}</p>")
     if report.get("error"):
         err = report["error"]
-        parts.append(f"<p><b>{e(err['type'])}</b>: {e(err['message'])}</p>")
-        parts.append("<ul>" + "".join(f"<li>{e(d)}</li>" for d in err.get("details", [])[:20]) + "</ul>")
+        parts.append(f"<p><b>{e(err.get('type'))}</b>: {e(err.get('message'))}</p>")
+        parts.append("<ul>" + "".join(f"<li>{e(d)}</li>" for d in (err.get("details") or [])[:20]) + "</ul>")
     if not report.get("complete"):
         parts.append("<p class='bad'>This run did not complete: its figures are partial and it is not a pass.</p>")
     if report.get("attribution"):
         parts.append(f"<p>Attribution: {e(report['attribution'])}</p>")
-    gate = report.get("gate")
     if gate:
         parts.append("<h2>Gate checks</h2>")
         trs = []
         for c in gate["checks"]:
             cls, word = ("ok", "PASS") if c["passed"] else (("bad", "FAIL") if c["is_gating"] else ("warn", "WARN"))
             trs.append([f"<span class='{cls}'>{word}</span>", e(c["stage"]), e(c["name"]), e(_fmt(c["value"])),
-                        e(_fmt(c["baseline"])), e(c["limit"]), e(c["detail"])])
+                        e(_fmt(c["baseline"])), e(c["limit"]), e(c.get("detail") or "")])
         parts.append(_table(["result", "stage", "check", "value", "baseline", "limit", "detail"], trs))
     metrics = report.get("metrics") or {}
     if metrics:
@@ -169,15 +225,15 @@ def render_html(report: dict, rows=None) -> str:
                      ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
-    for title, uri in plots:
+    for heading, uri in plots:
         if uri:
-            parts.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='{uri}'>")
+            parts.append(f"<h2>{e(heading)}</h2><img alt='{e(heading)}' src='{uri}'>")
     if report.get("flipped_rows"):
-        parts.append(f"<h2>Flipped rows ({report['flipped_total']})</h2>")
+        parts.append(f"<h2>Flipped rows ({e(report['flipped_total'])})</h2>")
         parts.append(_table(["id", "label", "baseline", "exported", "served"],
-                            [[e(r["id"]), str(r["label"]), e(_fmt(r["baseline"])), e(_fmt(r["exported"])),
+                            [[e(r["id"]), e(r["label"]), e(_fmt(r["baseline"])), e(_fmt(r["exported"])),
                               e(_fmt(r["served"]))] for r in report["flipped_rows"]]))
     env = report.get("environment") or {}
-    parts.append("<h2>Environment</h2>" + _table(["what", "version"], [[e(k), e(str(v))] for k, v in env.items()]))
+    parts.append("<h2>Environment</h2>" + _table(["what", "version"], [[e(k), e(v)] for k, v in env.items()]))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -20,6 +20,8 @@ import numpy as np
 from pipeline.files import write_atomic
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from pipeline.run import RunState
 
 log = logging.getLogger(__name__)
@@ -343,50 +345,87 @@ def render_console(rep: dict) -> str:
     return "\n".join(out)
 
 
-def build_rows(state: "RunState"):
-    """Per-row results of every stage as a DataFrame (None before the dataset is loaded)."""
-    import pandas as pd
+ROW_COLUMNS = (
+    "id", "label",
+    "baseline_pred", "baseline_prob", "baseline_latency_ms",
+    "exported_pred", "exported_prob", "exported_latency_ms",
+    "served_pred", "served_prob", "served_latency_ms", "served_server_ms", "served_status",
+    "served_error_class", "served_message", "served_attempts", "request_id",
+)
 
+
+def build_rows(state: "RunState") -> "pd.DataFrame | None":
+    """Per-row results of every stage, one row per dataset row, in dataset order.
+
+    ``*_prob`` is the probability of that stage's own predicted class. Columns of a stage
+    that did not run are left out; a served row that failed has no prediction (``<NA>``)
+    but keeps its HTTP status, error class and message.
+
+    Args:
+        state: the stages' results so far.
+
+    Returns:
+        A DataFrame with the columns of ``ROW_COLUMNS`` that the run produced, or None before
+        the dataset is loaded or if the stages' results cannot be lined up (logged as a
+        warning: the per-row file is a convenience, the report must still be written).
+    """
     if state.data is None:
         return None
+    try:
+        return _rows_frame(state)
+    except (ValueError, IndexError, TypeError) as e:
+        log.warning("rows.parquet left out: the per-row results could not be lined up: %s", e)
+        return None
+
+
+def _rows_frame(state: "RunState") -> "pd.DataFrame":
+    import pandas as pd
+
     n = len(state.data)
-    cols: dict[str, Any] = {"id": list(state.data.ids), "label": state.data.labels}
-
-    def stage(prefix: str, scores) -> None:
-        preds = scores.predictions
+    cols: dict[str, Any] = {"id": list(state.data.ids), "label": np.asarray(state.data.labels)}
+    for prefix, result in (("baseline", state.baseline), ("exported", state.exported)):
+        if result is None:
+            continue
+        scores = result.scores
+        preds = np.asarray(scores.predictions)
         cols[f"{prefix}_pred"] = preds
-        cols[f"{prefix}_prob"] = scores.probabilities[np.arange(n), preds]
-        cols[f"{prefix}_latency_ms"] = scores.latencies_ms
-
-    if state.baseline is not None:
-        stage("baseline", state.baseline.scores)
-    if state.exported is not None:
-        stage("exported", state.exported.scores)
+        cols[f"{prefix}_prob"] = np.asarray(scores.probabilities)[np.arange(n), preds]
+        cols[f"{prefix}_latency_ms"] = np.asarray(scores.latencies_ms, dtype=float)
     if state.replay is not None:
-        rows = state.replay.rows
-        cols["served_pred"] = pd.array([r.prediction for r in rows], dtype="Int64")
-        cols["served_prob"] = [r.probabilities[r.prediction] if r.is_ok else None for r in rows]
-        cols["served_latency_ms"] = [r.latency_ms for r in rows]
-        cols["served_server_ms"] = [r.server_ms for r in rows]
+        rows = sorted(state.replay.rows, key=lambda r: r.index)
+        if [r.index for r in rows] != list(range(n)):
+            raise ValueError(f"the replay has {len(rows)} rows for {n} dataset rows")
+        cols["served_pred"] = pd.array([r.prediction if r.is_ok else None for r in rows], dtype="Int64")
+        cols["served_prob"] = pd.array([float(r.probabilities[r.prediction]) if r.is_ok else None for r in rows],
+                                       dtype="Float64")
+        cols["served_latency_ms"] = pd.array([r.latency_ms for r in rows], dtype="Float64")
+        cols["served_server_ms"] = pd.array([r.server_ms for r in rows], dtype="Float64")
         cols["served_status"] = pd.array([r.status for r in rows], dtype="Int64")
-        cols["served_error_class"] = [r.error_class for r in rows]
-        cols["served_message"] = [r.message for r in rows]
-        cols["served_attempts"] = [r.attempts for r in rows]
-        cols["request_id"] = [r.request_id for r in rows]
+        cols["served_error_class"] = pd.array([r.error_class for r in rows], dtype="string")
+        cols["served_message"] = pd.array([r.message for r in rows], dtype="string")
+        cols["served_attempts"] = pd.array([r.attempts for r in rows], dtype="Int64")
+        cols["request_id"] = pd.array([r.request_id for r in rows], dtype="string")
     return pd.DataFrame(cols)
 
 
-def write_reports(run_dir: Path, rep: dict, rows=None) -> dict[str, Path]:
-    """Write report.json, report.md, junit.xml, report.html and rows.parquet atomically.
+def write_reports(run_dir: Path, rep: dict, rows: "pd.DataFrame | None" = None) -> dict[str, Path]:
+    """Write rows.parquet, junit.xml, report.html, report.md and report.json, each atomically.
+
+    rows.parquet and report.html are conveniences: if one cannot be produced it is left out
+    with a warning, and the verdict files are still written. report.json comes last.
 
     Args:
         run_dir: the run folder.
         rep: the report from ``build_report``.
-        rows: per-row results from ``build_rows``, or None.
+        rows: per-row results from ``build_rows``, or None (no rows.parquet, no latency plots).
 
     Returns:
-        The path of each file written, by kind.
+        The path of each file written, by kind: rows, junit, html, md, json.
+
+    Raises:
+        OSError: a file could not be written into ``run_dir``.
     """
+    import io
     import time
 
     from pipeline.html_report import render_html
@@ -395,16 +434,20 @@ def write_reports(run_dir: Path, rep: dict, rows=None) -> dict[str, Path]:
     t0 = time.perf_counter()
     paths = {}
     if rows is not None:
-        import io
-
         buf = io.BytesIO()
-        rows.to_parquet(buf, index=False)
-        paths["rows"] = write_atomic(run_dir / "rows.parquet", buf.getvalue())
+        try:
+            rows.to_parquet(buf, index=False)
+        except Exception as e:  # pyarrow raises its own types; the verdict must still be written
+            log.warning("rows.parquet could not be serialized: %s", e)
+        else:
+            paths["rows"] = write_atomic(run_dir / "rows.parquet", buf.getvalue())
     paths["junit"] = write_junit(run_dir / "junit.xml", rep)
     try:
-        paths["html"] = write_atomic(run_dir / "report.html", render_html(rep, rows))
+        page = render_html(rep, rows)
     except Exception as e:  # plots are a convenience; the verdict must still be written
         log.warning("report.html could not be rendered: %s", e)
+    else:
+        paths["html"] = write_atomic(run_dir / "report.html", page)
     rep.setdefault("stage_seconds", {})["report"] = round(time.perf_counter() - t0, 3)
     paths["md"] = write_atomic(run_dir / "report.md", render_markdown(rep))
     # report.json last: its presence means every other file of the run is complete.

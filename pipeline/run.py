@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -279,8 +278,8 @@ def run_validation(opts: RunOptions) -> RunOutcome:
         report_mod.write_reports(state.run_dir, report, report_mod.build_rows(state))
         try:
             record_run(opts.reports_dir / HISTORY_FILE, report)
-        except sqlite3.Error as e:  # history is for trends; it must never break a run
-            log.warning("could not record the run in %s: %s", opts.reports_dir / HISTORY_FILE, e)
+        except ReportError as e:  # history is for trends; it must never break a run
+            log.warning("could not record the run: %s", e)
     return RunOutcome(status=status, exit_code=exit_code, run_dir=state.run_dir, report=report, error=error)
 
 

@@ -3,6 +3,8 @@
 import json
 import xml.etree.ElementTree as ET
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -10,7 +12,8 @@ from pipeline.baseline import load_model, score_baseline
 from pipeline.config import load_spec
 from pipeline.dataset import load_dataset
 from pipeline.export import export_model
-from pipeline.history import last_passing, load_history, record_run, trend
+from pipeline.html_report import render_html
+from pipeline.junit import render_junit
 from pipeline.replay import ReplayResult, RowOutcome
 from pipeline.report import build_report, build_rows, write_reports
 from pipeline.run import RunState, _compare_and_gate
@@ -85,17 +88,73 @@ def test_rows_parquet_has_every_row_and_failures_keep_their_class(written, state
     assert pd.isna(failed.served_pred.iloc[0]) and (df.baseline_pred == df.exported_pred).all()
 
 
-def test_history_records_runs_newest_first_and_finds_last_pass(tmp_path, written):
+def _junit(rep: dict) -> ET.Element:
+    return ET.fromstring(render_junit(rep)).find("testsuite")
+
+
+def test_junit_run_that_did_not_complete_is_an_error_with_its_message(written):
     rep, _ = written
-    db = tmp_path / "history.sqlite"
-    (tmp_path / "ok").mkdir()
-    (tmp_path / "ok" / "report.json").write_text("{}")
-    record_run(db, {**rep, "status": "passed", "exit_code": 0, "run_dir": str(tmp_path / "ok")})
-    record_run(db, {**rep, "status": "failed", "exit_code": 1})
-    record_run(db, {**rep, "status": "error", "exit_code": 3, "metrics": {}})
-    runs = load_history(db)
-    assert [r.status for r in runs] == ["error", "failed", "passed"]
-    assert last_passing(db, rep["model"]).run_dir == str(tmp_path / "ok")
-    t = trend(runs)
-    assert t["served.accuracy"]["runs"] == 2 and t["served.accuracy"]["last"] == rep["metrics"]["served"]["accuracy"]
-    assert load_history(tmp_path / "none.sqlite") == []
+    broken = {**rep, "status": "error", "verdict": "ERROR", "complete": False, "exit_code": 3,
+              "error": {"type": "ReplayError", "message": "replay incomplete: server \x1b[31mgone\x00",
+                        "details": ["Worker died."]}}
+    suite = _junit(broken)
+    run_case = next(c for c in suite.findall("testcase") if c.get("name") == "run complete")
+    err = run_case.find("error")
+    assert err is not None and err.get("type") == "ReplayError"
+    assert "replay incomplete: server" in err.get("message") and "Worker died." in err.text
+    assert int(suite.get("errors")) == 1
+    assert int(suite.get("tests")) == len(rep["gate"]["checks"]) + 1
+
+
+def test_junit_complete_run_has_no_error_and_warnings_are_skipped(written):
+    rep, _ = written
+    warn = {"name": "size ratio", "stage": "exported", "value": 1.2, "baseline": 1.0, "limit": "<= 1 (not gated)",
+            "passed": False, "detail": "", "is_gating": False}
+    suite = _junit({**rep, "gate": {"passed": True, "checks": [*rep["gate"]["checks"], warn]}})
+    assert int(suite.get("errors")) == 0
+    case = next(c for c in suite.findall("testcase") if c.get("name") == "size ratio")
+    assert case.get("classname") == "exported" and case.find("failure") is None
+    assert "value 1.2, baseline 1, limit <= 1 (not gated)" in case.find("skipped").get("message")
+    assert int(suite.get("skipped")) == 1 + sum(1 for c in rep["gate"]["checks"] if not c["is_gating"]
+                                                and not c["passed"])
+
+
+def test_html_escapes_text_and_leaves_out_latency_plots_without_rows(written):
+    rep, _ = written
+    page = render_html({**rep, "model": "<script>alert(1)</script>"}, None)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<img ") == 2  # confusion matrices and per-class F1; latency needs per-row data
+
+
+def test_rows_of_an_interrupted_replay_mark_unsent_rows(state):
+    rows = list(state.replay.rows)
+    rows[-3:] = [RowOutcome(r.index, r.id, False, None, None, None, None, None, None, None, "not_sent",
+                            "replay stopped", 0) for r in rows[-3:]]
+    cut = dataclasses.replace(state, replay=dataclasses.replace(state.replay, rows=tuple(rows), is_complete=False))
+    df = build_rows(cut)
+    assert len(df) == len(state.data)
+    assert list(df.served_error_class.iloc[-3:]) == ["not_sent"] * 3 and df.served_pred.iloc[-3:].isna().all()
+    assert df.served_prob.notna().sum() == len(state.data) - 4  # row 4 failed too
+
+
+def test_rows_left_out_when_the_replay_does_not_line_up(state):
+    short = dataclasses.replace(state, replay=dataclasses.replace(state.replay, rows=state.replay.rows[:-1]))
+    assert build_rows(short) is None
+
+
+def test_reports_still_written_when_rows_cannot_be_serialized(written, tmp_path):
+    rep, _ = written
+    paths = write_reports(tmp_path, dict(rep), pd.DataFrame({"x": [object()]}))
+    assert "rows" not in paths and not (tmp_path / "rows.parquet").exists()
+    assert json.loads(paths["json"].read_text())["verdict"] == "FAIL" and paths["junit"].is_file()
+
+
+def test_a_run_that_failed_before_any_stage_still_renders(tmp_path):
+    rep = {"schema": "package-validate/report/v1", "status": "error", "verdict": "ERROR", "complete": False,
+           "exit_code": 2, "model": "tiny", "error": {"type": "DatasetError", "message": "data.csv: no rows",
+                                                      "details": []}}
+    paths = write_reports(tmp_path, rep, None)
+    suite = ET.parse(paths["junit"]).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "1", "0")
+    page = paths["html"].read_text()
+    assert "ERROR: tiny" in page and "data.csv: no rows" in page and "<img " not in page
