@@ -202,6 +202,11 @@ class StageOutputs:
     logits: np.ndarray | None
     latencies_ms: np.ndarray | None
 
+    @classmethod
+    def from_scores(cls, name: str, scores) -> "StageOutputs":
+        """An in-process stage's outputs from its ``scoring.Scores``."""
+        return cls(name, scores.predictions, scores.probabilities, scores.logits, scores.latencies_ms)
+
 
 def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str, ...],
                    stages: list[StageOutputs], server_ms: np.ndarray | None = None,

@@ -141,12 +141,10 @@ def _served_outputs(replay: ReplayResult, n_classes: int) -> tuple[StageOutputs,
 
 def _compare_and_gate(state: RunState) -> None:
     spec, data, base = state.spec, state.data, state.baseline
-    stages = [StageOutputs("baseline", base.scores.predictions, base.scores.probabilities, base.scores.logits,
-                           base.scores.latencies_ms)]
+    stages = [StageOutputs.from_scores("baseline", base.scores)]
     ex = state.exported
     if ex is not None:
-        stages.append(StageOutputs("exported", ex.scores.predictions, ex.scores.probabilities, ex.scores.logits,
-                                   ex.scores.latencies_ms))
+        stages.append(StageOutputs.from_scores("exported", ex.scores))
     server_ms = None
     if state.replay is not None:
         served, server_ms = _served_outputs(state.replay, spec.model.num_classes)
