@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.archive import ArchiveConfig, build_archive
-from pipeline.baseline import load_model, score_baseline
-from pipeline.config import DEFAULT_REPORTS_DIR, REPO_ROOT, load_spec
-from pipeline.dataset import Dataset, load_dataset
-from pipeline.export import export_model
-from pipeline.replay import ReplayConfig, replay_dataset
-from pipeline.report import environment
-from pipeline.run import RunOptions, run_validation
-from pipeline.serve import ServeConfig, serve_model
+from pipeline.stages.archive import ArchiveConfig, build_archive
+from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.spec import DEFAULT_REPORTS_DIR, REPO_ROOT, load_spec
+from pipeline.stages.dataset import Dataset, load_dataset
+from pipeline.stages.export import export_model
+from pipeline.stages.replay import ReplayConfig, replay_dataset
+from pipeline.report.builder import environment
+from pipeline.run.runner import RunOptions, run_validation
+from pipeline.stages.serve import ServeConfig, serve_model
 
 DEFAULT_SPEC = REPO_ROOT / "examples" / "digits" / "spec.yaml"
 SETTLE_S = 1.0  # between measurements: the previous tool's connections close, the server settles

@@ -13,11 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
-from pipeline.history import HISTORY_FILE, load_history, summarize_trend
-from pipeline.report import render_console
+from pipeline.spec import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
+from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
+from pipeline.report.builder import render_console
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.run import RunOptions, run_validation
+from pipeline.run.runner import RunOptions, run_validation
 
 TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
 

@@ -12,7 +12,7 @@ import psutil
 import torch
 import yaml
 
-from pipeline.serve import RUN_MARKER_ENV
+from pipeline.stages.serve import RUN_MARKER_ENV
 
 TINY_MODEL = '''
 import torch

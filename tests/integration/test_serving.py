@@ -5,13 +5,13 @@ import json
 import pytest
 import requests
 
-from pipeline.archive import ArchiveConfig, build_archive
-from pipeline.baseline import load_model, score_baseline
-from pipeline.config import load_spec
-from pipeline.dataset import load_dataset
-from pipeline.export import export_model
-from pipeline.run import RunOptions, run_validation
-from pipeline.serve import ServeConfig, serve_model
+from pipeline.stages.archive import ArchiveConfig, build_archive
+from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.spec import load_spec
+from pipeline.stages.dataset import load_dataset
+from pipeline.stages.export import export_model
+from pipeline.run.runner import RunOptions, run_validation
+from pipeline.stages.serve import ServeConfig, serve_model
 from tests.helpers import make_project
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from pipeline.archive import inspect_archive
+from pipeline.stages.archive import inspect_archive
 from pipeline.errors import ArchiveError
 
 

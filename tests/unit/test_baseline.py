@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.baseline import load_model, score_baseline
-from pipeline.config import load_spec
-from pipeline.dataset import load_dataset
+from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.spec import load_spec
+from pipeline.stages.dataset import load_dataset
 from pipeline.errors import ModelError
 from tests.helpers import make_project
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_spec
+from pipeline.spec import load_spec
 from pipeline.errors import ConfigError
 from tests.helpers import make_project
 

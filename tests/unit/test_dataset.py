@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_spec
-from pipeline.dataset import load_dataset, load_training_hashes
+from pipeline.spec import load_spec
+from pipeline.stages.dataset import load_dataset, load_training_hashes
 from pipeline.errors import DatasetError
 from tests.helpers import make_project
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.baseline import load_model, score_baseline
-from pipeline.config import load_spec
-from pipeline.dataset import load_dataset
+from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.spec import load_spec
+from pipeline.stages.dataset import load_dataset
 from pipeline.errors import ExportError
-from pipeline.export import PROBE_BATCH_SIZES, export_model, verify_export
+from pipeline.stages.export import PROBE_BATCH_SIZES, export_model, verify_export
 from tests.helpers import make_project
 
 

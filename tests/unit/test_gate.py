@@ -1,8 +1,8 @@
 import numpy as np
 
-from pipeline.compare import StageOutputs, compare_stages
-from pipeline.config import GateSpec, MetricThreshold
-from pipeline.gate import GateInputs, evaluate_gate
+from pipeline.evaluate.compare import StageOutputs, compare_stages
+from pipeline.spec import GateSpec, MetricThreshold
+from pipeline.evaluate.gate import GateInputs, evaluate_gate
 
 
 def _stages(y, base_pred, cand_pred, c=3):

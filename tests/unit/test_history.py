@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import ReportError
-from pipeline.history import HISTORY_FILE, last_passing, load_history, record_run, summarize_trend
+from pipeline.history.store import HISTORY_FILE, last_passing, load_history, record_run, summarize_trend
 from tests.helpers import make_project
 
 EXIT = {"passed": 0, "failed": 1, "error": 3}
@@ -147,7 +147,7 @@ def test_a_damaged_history_never_breaks_a_run(tmp_path, caplog, capsys):
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / HISTORY_FILE).write_bytes(b"garbage" * 200)
-    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.runner"):
         code = main(["run", str(spec), "--reports-dir", str(reports), "--model-store", str(tmp_path / "store")])
     assert code == 2
     (report,) = reports.glob("*/report.json")

@@ -10,7 +10,7 @@ STAGES = {"baseline", "export", "archive", "serve", "replay", "compare", "gate",
 
 
 def _modules():
-    for path in sorted(PIPELINE.glob("*.py")):
+    for path in sorted(PIPELINE.rglob("*.py")):
         yield path.stem, ast.parse(path.read_text())
 
 

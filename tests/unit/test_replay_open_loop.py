@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from pipeline.dataset import Dataset
-from pipeline.replay import ReplayConfig, replay_dataset
+from pipeline.stages.dataset import Dataset
+from pipeline.stages.replay import ReplayConfig, replay_dataset
 
 
 def _start_server(stall_s: float, script: list[tuple[int, bytes] | None] | None = None):

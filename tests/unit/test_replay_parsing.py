@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from pipeline.httpclient import Connection, HttpConnectionError, Target, build_request
-from pipeline.replay import classify_status, parse_answer, read_server_times
+from pipeline.transport.http import Connection, HttpConnectionError, Target, build_request
+from pipeline.stages.replay import classify_status, parse_answer, read_server_times
 
 
 @pytest.mark.parametrize("status, body, cls", [
@@ -115,7 +115,7 @@ def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
     import threading
     import time
 
-    from pipeline.replay import _await_server_times
+    from pipeline.stages.replay import _await_server_times
 
     log = tmp_path / "model_metrics.log"
     line = "x - PredictionTime.ms:{}|#ModelName:m,Level:Model|#hostname:vm,requestID:{},timestamp:1\n"

@@ -8,15 +8,15 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from pipeline.baseline import load_model, score_baseline
-from pipeline.config import load_spec
-from pipeline.dataset import load_dataset
-from pipeline.export import export_model
-from pipeline.html_report import render_html
-from pipeline.junit import render_junit
-from pipeline.replay import ReplayResult, RowOutcome
-from pipeline.report import build_report, build_rows, write_reports
-from pipeline.run import RunState, _compare_and_gate
+from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.spec import load_spec
+from pipeline.stages.dataset import load_dataset
+from pipeline.stages.export import export_model
+from pipeline.report.html import render_html
+from pipeline.report.junit import render_junit
+from pipeline.stages.replay import ReplayResult, RowOutcome
+from pipeline.report.builder import build_report, build_rows, write_reports
+from pipeline.run.runner import RunState, _compare_and_gate
 from tests.helpers import make_project
 
 

@@ -29,7 +29,7 @@ from typing import Iterator
 import psutil
 import requests
 
-from pipeline.config import Spec
+from pipeline.spec import Spec
 from pipeline.errors import ServerError
 
 log = logging.getLogger(__name__)

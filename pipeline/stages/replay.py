@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Spec
-from pipeline.dataset import Dataset
+from pipeline.spec import Spec
+from pipeline.stages.dataset import Dataset
 from pipeline.errors import Interrupted, ReplayError
-from pipeline.httpclient import Connection, HttpConnectionError, HttpProtocolError, Target, build_request
+from pipeline.transport.http import Connection, HttpConnectionError, HttpProtocolError, Target, build_request
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.compare import Comparison
-from pipeline.config import GateSpec
+from pipeline.evaluate.compare import Comparison
+from pipeline.spec import GateSpec
 
 SIGNIFICANCE = 0.05
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Spec
-from pipeline.dataset import Dataset
+from pipeline.spec import Spec
+from pipeline.stages.dataset import Dataset
 from pipeline.errors import ExportError
 from pipeline.files import file_sha256
-from pipeline.scoring import Forward, Scores, run_batched, score_rows
+from pipeline.model.forward import Forward, Scores, run_batched, score_rows
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import Spec
+from pipeline.spec import Spec
 from pipeline.errors import ArchiveError
 from pipeline.files import file_sha256
 

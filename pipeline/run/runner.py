@@ -19,19 +19,19 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import report as report_mod
-from pipeline.archive import ArchiveConfig, ArchiveResult, build_archive, check_publish_target
-from pipeline.baseline import BaselineResult, load_model, score_baseline
-from pipeline.compare import Comparison, StageOutputs, compare_stages
-from pipeline.config import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, Spec, load_spec
-from pipeline.dataset import Dataset, load_dataset, load_training_hashes
+from pipeline.report import builder as report_mod
+from pipeline.stages.archive import ArchiveConfig, ArchiveResult, build_archive, check_publish_target
+from pipeline.stages.baseline import BaselineResult, load_model, score_baseline
+from pipeline.evaluate.compare import Comparison, StageOutputs, compare_stages
+from pipeline.spec import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, Spec, load_spec
+from pipeline.stages.dataset import Dataset, load_dataset, load_training_hashes
 from pipeline.errors import Interrupted, PipelineError, ReplayError, ReportError
-from pipeline.export import ExportResult, export_model
-from pipeline.gate import GateInputs, GateResult, evaluate_gate
-from pipeline.history import HISTORY_FILE, last_passing, record_run
-from pipeline.prior import PriorRun, load_prior_report
-from pipeline.replay import ReplayResult, replay_config_for, replay_dataset
-from pipeline.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
+from pipeline.stages.export import ExportResult, export_model
+from pipeline.evaluate.gate import GateInputs, GateResult, evaluate_gate
+from pipeline.history.store import HISTORY_FILE, last_passing, record_run
+from pipeline.history.prior import PriorRun, load_prior_report
+from pipeline.stages.replay import ReplayResult, replay_config_for, replay_dataset
+from pipeline.stages.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _stages(state: RunState, opts: RunOptions, stack: ExitStack) -> None:
 
 
 def _ports(spec: Spec):
-    from pipeline.serve import Ports
+    from pipeline.stages.serve import Ports
 
     p = spec.serving.ports
     return Ports(p.inference, p.management, p.metrics, p.grpc_inference, p.grpc_management)

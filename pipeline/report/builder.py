@@ -22,7 +22,7 @@ from pipeline.files import write_atomic
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.run import RunState
+    from pipeline.run.runner import RunState
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +428,8 @@ def write_reports(run_dir: Path, rep: dict, rows: "pd.DataFrame | None" = None) 
     import io
     import time
 
-    from pipeline.html_report import render_html
-    from pipeline.junit import write_junit
+    from pipeline.report.html import render_html
+    from pipeline.report.junit import write_junit
 
     t0 = time.perf_counter()
     paths = {}

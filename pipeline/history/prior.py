@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import GATED_METRICS
+from pipeline.spec import GATED_METRICS
 from pipeline.errors import ReportError
 
 REPORT_SCHEMA = "package-validate/report/v1"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import DatasetSpec, Spec
+from pipeline.spec import DatasetSpec, Spec
 from pipeline.errors import DatasetError
 
 log = logging.getLogger(__name__)

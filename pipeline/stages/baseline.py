@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import Spec
-from pipeline.dataset import Dataset
+from pipeline.spec import Spec
+from pipeline.stages.dataset import Dataset
 from pipeline.errors import ModelError
 from pipeline.files import file_sha256
-from pipeline.scoring import Scores, score_rows
+from pipeline.model.forward import Scores, score_rows
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from pipeline.stats import LatencySummary, summarize_latency
+from pipeline.evaluate.stats import LatencySummary, summarize_latency
 
 log = logging.getLogger(__name__)
 
