@@ -4,13 +4,15 @@ Tabular rows ([30] features) and small images ([1, 8, 8] pixels) are both this k
 shape comes from ``model_meta.json`` packed beside the model, so a user's own model of the
 same kind needs no new handler.
 
-Request body (JSON): ``{"features": [...]}`` (flat, or nested in the input shape) or a bare list.
+Request body (JSON): ``{"features": [...]}`` (flat, or nested in the input shape) or a bare list;
+behind a KServe envelope the row's ``data`` holds the same.
 Response body (JSON): ``{"prediction": k, "label": name, "probabilities": [...], "logits": [...]}``.
 A malformed row gets HTTP 400 with the reason; the other rows of its batch are still answered.
 
-The model file is TorchScript (``.pt``, via ``torch.jit.load``) or an AOTInductor package
-(``.pt2``, via ``torch._inductor.aoti_load_package``). TorchServe wants exactly one class in
-this file, so the tensor logic lives in module-level functions that tests call directly.
+The model is TorchScript (``.pt``), an AOTInductor package (``.pt2``) or an eager model file
+plus its state_dict (``--model-file``), loaded by TorchServe's ``BaseHandler`` where it can.
+The tensor logic lives in module-level functions that tests call directly; the class only
+wires them into BaseHandler's preprocess, inference and postprocess.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import os
 
 import torch
+from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
 
@@ -84,54 +87,63 @@ def logits_to_results(logits: torch.Tensor, class_names: list[str] | None) -> li
     return out
 
 
-def load_model_file(path: str):
-    """A callable model from a TorchScript file or an AOTInductor package."""
-    if path.endswith(".pt2"):
-        from torch import _inductor
-
-        return _inductor.aoti_load_package(path)
-    model = torch.jit.load(path, map_location="cpu")
-    model.eval()
-    return model
+def request_payload(req: dict):
+    """The row's payload from one request dict (raw body, or a KServe instance's ``data``)."""
+    body = req.get("body") if req.get("body") is not None else req.get("data")
+    return decode_body(body)
 
 
-class TensorClassifierHandler:
-    """Wires the functions above into TorchServe's initialize/handle protocol."""
+class TensorClassifierHandler(BaseHandler):
+    """Fixed-shape tensor rows in, this project's JSON answer out."""
 
     def __init__(self) -> None:
-        self.model = None
+        super().__init__()
         self.input_shape: list[int] = []
         self.class_names: list[str] | None = None
-        self.initialized = False
+        self._errors: dict[int, str] = {}
+        self._batch_size = 0
 
     def initialize(self, context) -> None:
         model_dir = context.system_properties.get("model_dir")
-        serialized = context.manifest["model"]["serializedFile"]
         with open(os.path.join(model_dir, META_FILE)) as f:
             meta = json.load(f)
         self.input_shape = [int(d) for d in meta["input_shape"]]
         self.class_names = meta.get("class_names")
-        self.model = load_model_file(os.path.join(model_dir, serialized))
-        self.initialized = True
+        serialized = context.manifest["model"]["serializedFile"]
+        if serialized.endswith(".pt2"):  # an AOTInductor package, which BaseHandler cannot load
+            from torch import _inductor
+
+            self.manifest = context.manifest
+            self.device = torch.device("cpu")
+            self.model = _inductor.aoti_load_package(os.path.join(model_dir, serialized))
+            self.initialized = True
+        else:
+            super().initialize(context)
         logger.info("loaded %s, input shape %s", serialized, self.input_shape)
 
-    def handle(self, data, context):
-        rows, errors = [], {}
+    def preprocess(self, data):
+        rows, self._errors, self._batch_size = [], {}, len(data)
         for idx, req in enumerate(data):
-            body = req.get("body") if req.get("body") is not None else req.get("data")
             try:
-                rows.append((idx, parse_row(decode_body(body), self.input_shape)))
+                rows.append(parse_row(request_payload(req), self.input_shape))
             except (ValueError, TypeError, UnicodeDecodeError) as e:
-                errors[idx] = str(e)
-        results: list[str | None] = [None] * len(data)
-        if rows:
-            with torch.inference_mode():
-                logits = self.model(torch.stack([t for _, t in rows]))
-            for (idx, _), result in zip(rows, logits_to_results(logits, self.class_names)):
-                results[idx] = json.dumps(result)
-        for idx, msg in errors.items():
-            context.set_response_status(400, msg, idx)
-            results[idx] = json.dumps({"code": 400, "type": "BadInput", "message": msg})
-        for idx in range(len(data)):
-            context.set_response_content_type(idx, "application/json")
+                self._errors[idx] = str(e)
+        return torch.stack(rows) if rows else None
+
+    def inference(self, data, *args, **kwargs):
+        if data is None:
+            return None
+        with torch.inference_mode():
+            return self.model(data)
+
+    def postprocess(self, data):
+        answers = iter(logits_to_results(data, self.class_names) if data is not None else [])
+        results = []
+        for idx in range(self._batch_size):
+            if idx in self._errors:
+                self.context.set_response_status(400, self._errors[idx], idx)
+                results.append(json.dumps({"code": 400, "type": "BadInput", "message": self._errors[idx]}))
+            else:
+                results.append(json.dumps(next(answers)))
+            self.context.set_response_content_type(idx, "application/json")
         return results

@@ -22,23 +22,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.inputs.base import Rows
+from pipeline.model.loading import load_model
+from pipeline.report.schema import environment
+from pipeline.run.options import DEFAULT_REPORTS_DIR, RunOptions
+from pipeline.run.plan import plan_run
+from pipeline.run.runner import run_validation
+from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive
-from pipeline.stages.baseline import load_model, score_baseline
-from pipeline.spec import DEFAULT_REPORTS_DIR, REPO_ROOT, load_spec
-from pipeline.stages.dataset import Dataset, load_dataset
+from pipeline.stages.baseline import score_baseline
+from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model
 from pipeline.stages.replay import ReplayConfig, replay_dataset
-from pipeline.report.builder import environment
-from pipeline.run.runner import RunOptions, run_validation
 from pipeline.stages.serve import ServeConfig, serve_model
+from pipeline.wire import worker_view
 
-DEFAULT_SPEC = REPO_ROOT / "examples" / "digits" / "spec.yaml"
+DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "examples" / "digits" / "spec.yaml"
 SETTLE_S = 1.0  # between measurements: the previous tool's connections close, the server settles
 AB_HINT = "ab (Apache Bench) not found: install it with `apt-get install -y apache2-utils`."
 
@@ -59,9 +63,10 @@ def parse_ab(stdout: str, csv_text: str) -> dict:
             "p50": pct.get(50), "p90": pct.get(90), "p99": pct.get(99)}
 
 
-def _run_ab(url: str, token: str, body: Path, concurrency: int, n: int, work: Path) -> dict:
+def _run_ab(url: str, token: str, body: Path, concurrency: int, n: int, work: Path,
+            content_type: str = "application/json") -> dict:
     out_csv = work / f"ab-{concurrency}-{time.monotonic_ns()}.csv"
-    cmd = ["ab", "-k", "-q", "-c", str(concurrency), "-n", str(n), "-p", str(body), "-T", "application/json",
+    cmd = ["ab", "-k", "-q", "-c", str(concurrency), "-n", str(n), "-p", str(body), "-T", content_type,
            "-H", f"Authorization: Bearer {token}", "-e", str(out_csv), url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -69,8 +74,8 @@ def _run_ab(url: str, token: str, body: Path, concurrency: int, n: int, work: Pa
     return parse_ab(proc.stdout, out_csv.read_text())
 
 
-def _run_client(url: str, token: str, data: Dataset, concurrency: int, n_classes: int) -> dict:
-    res = replay_dataset(ReplayConfig(url=url, token=token, num_classes=n_classes, concurrency=concurrency,
+def _run_client(url: str, token: str, data: Rows, concurrency: int, codec) -> dict:
+    res = replay_dataset(ReplayConfig(url=url, token=token, codec=codec, concurrency=concurrency,
                                       warmup_requests=0), data)
     cpu_us = res.client_cpu_us_per_request
     lat = np.array([r.latency_ms for r in res.rows if r.is_ok])
@@ -79,10 +84,9 @@ def _run_client(url: str, token: str, data: Dataset, concurrency: int, n_classes
             "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99))}
 
 
-def _repeat(data: Dataset, n: int, one_row: bool) -> Dataset:
+def _repeat(data: Rows, n: int, one_row: bool) -> Rows:
     idx = np.zeros(n, dtype=int) if one_row else np.arange(n) % len(data)
-    return replace(data, ids=tuple(f"{data.ids[i]}#{k}" for k, i in enumerate(idx)), labels=data.labels[idx],
-                   features=data.features[idx])
+    return data.take(idx, ids=[f"{data.ids[i]}#{k}" for k, i in enumerate(idx)])
 
 
 def _median(samples: list[dict], key: str) -> float:
@@ -92,27 +96,29 @@ def _median(samples: list[dict], key: str) -> float:
 def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> dict:
     """Start one TorchServe and measure the replay client and ab on it, alternating."""
     spec = load_spec(spec_path)
-    data = load_dataset(spec)
+    plan = plan_run(spec)
+    data = load_dataset(spec).rows
     model = load_model(spec)
-    base = score_baseline(spec, model, data)
-    exported = export_model(spec, model, data, base.scores, work / "export")
-    archive = build_archive(spec, ArchiveConfig(work_dir=work / "archive", model_store=work / "store", force=True),
-                            exported.path)
-    body = work / "body.json"
-    body.write_text(json.dumps({"features": data.features[0].reshape(-1).tolist()}))
+    base = score_baseline(spec, model, data, plan.reference)
+    exported = export_model(spec, model, data, base, work / "export")
+    archive = build_archive(spec, ArchiveConfig(work_dir=work / "archive"), plan.handler, exported, base.input_shape)
+    body = work / "body.bin"
+    payload, content_type = plan.codec.request(data.body(0), data.content_type,
+                                               worker_view(data.body(0), data.content_type))
+    body.write_bytes(payload)
     one_row = _repeat(data, requests, one_row=True)
     varied = _repeat(data, requests, one_row=False)
-    n_classes = spec.model.num_classes
+    codec = plan.codec
     results: dict = {"requests_per_measurement": requests, "rounds": rounds, "concurrency": {}}
     has_ab = shutil.which("ab") is not None
     with serve_model(spec, ServeConfig(run_dir=work, mar_path=archive.mar_path,
                                        startup_timeout_s=spec.serving.startup_timeout_s)) as server:
-        url, token = server.predict_url, server.inference_token
+        url, token = server.inference_url + plan.codec.envelope.path(spec.name), server.inference_token
         # Warm the JVM's JIT and the worker until throughput settles: windows of 2000 requests
         # until two in a row agree within 5% (after perf_analyzer's stability rule), at most 15.
         warm, window = [], _repeat(data, 2000, one_row=False)
         for _ in range(15):
-            warm.append(_run_client(url, token, window, 16, n_classes)["rps"])
+            warm.append(_run_client(url, token, window, 16, codec)["rps"])
             if len(warm) >= 4 and abs(warm[-1] - warm[-2]) <= 0.05 * warm[-2]:
                 break
         results["warmup_windows_rps"] = [round(w) for w in warm]
@@ -124,10 +130,10 @@ def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> di
                 for tool in order:
                     time.sleep(SETTLE_S)
                     if tool == "client":
-                        client.append(_run_client(url, token, one_row, conc, n_classes))
+                        client.append(_run_client(url, token, one_row, conc, codec))
                     elif has_ab:
-                        ab.append(_run_ab(url, token, body, conc, requests, work))
-            client_varied = [_run_client(url, token, varied, conc, n_classes)]
+                        ab.append(_run_ab(url, token, body, conc, requests, work, content_type))
+            client_varied = [_run_client(url, token, varied, conc, codec)]
             entry = {"client_one_row": client, "client_varied_rows": client_varied, "ab": ab,
                      "client_cpu_us_per_request_median": _median(client, "cpu_us_per_request"),
                      "client_rps_median": _median(client, "rps"), "client_p50_median": _median(client, "p50"),
@@ -146,7 +152,7 @@ def bench_clients(spec_path: Path, work: Path, requests: int, rounds: int) -> di
 def bench_stages(spec_path: Path, reports: Path) -> dict:
     """Wall time of each stage of one full run on the spec."""
     out = run_validation(RunOptions(spec_path=spec_path, reports_dir=reports, model_store=reports / "store",
-                                    force=True))
+                                    force=True, publish=False))
     return {"exit_code": out.exit_code, "stage_seconds": (out.report or {}).get("stage_seconds", {}),
             "run_dir": str(out.run_dir)}
 
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--out", type=Path, default=DEFAULT_REPORTS_DIR / "bench")
+    ap.add_argument("--out", type=Path, default=Path.cwd() / DEFAULT_REPORTS_DIR / "bench")
     ap.add_argument("--no-stages", action="store_true", help="skip the full run that times each stage")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -1,23 +1,25 @@
 """Command line: the only module that parses arguments, prints and exits.
 
 Exit codes: 0 gate passed, 1 gate failed, 2 bad spec or input (found before any server
-starts), 3 server or runtime failure, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+starts), 3 server, runtime or internal failure, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from pipeline.spec import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR
-from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
-from pipeline.report.builder import render_console
+from pipeline.console import Console
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.run.runner import RunOptions, run_validation
+from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
+from pipeline.report.console import render_console, verdict_json
+from pipeline.run.options import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, RunOptions
+from pipeline.run.runner import run_validation
 
 TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
 
@@ -26,27 +28,36 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="package-validate",
         description="Prove that a PyTorch model behaves and performs the same after it is packaged for TorchServe.",
-        epilog="Exit codes: 0 pass, 1 gate failed, 2 bad spec or input, 3 server/runtime failure, "
+        epilog="Exit codes: 0 pass, 1 gate failed, 2 bad spec or input, 3 server/runtime/internal failure, "
                "130 interrupted, 143 terminated.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every stage to stderr")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="baseline, export, archive, serve, replay, compare and gate one spec")
+    run = sub.add_parser("run", help="baseline, export, archive, handled, serve, replay, compare and gate one spec")
     run.add_argument("spec", type=Path, help="the YAML spec, e.g. examples/digits/spec.yaml")
-    run.add_argument("--force", action="store_true", help="overwrite model_store/<name>.mar if it exists")
-    run.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR, help="where run folders go")
-    run.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE, help="where the .mar is published")
-    run.add_argument("--export-mode", choices=["script", "trace", "export"], help="override export.mode")
+    run.add_argument("--force", action="store_true", help="replace model_store/<name>.mar when the gate passes")
+    run.add_argument("--no-publish", action="store_true", help="never copy the .mar to the model store")
+    run.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR,
+                     help="where run folders and history.sqlite go (default: ./reports)")
+    run.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE,
+                     help="where a passing .mar is published (default: ./model_store)")
+    run.add_argument("--export-mode", choices=["script", "trace", "export", "eager"], help="override export.mode")
     run.add_argument("--mar", type=Path, help="validate this prebuilt .mar instead of building one")
     run.add_argument("--expect-sha256", help="refuse the .mar unless its sha256 is this")
-    run.add_argument("--endpoint", help="replay against an already running TorchServe (inference URL); "
-                                        f"its token is read from ${TOKEN_ENV}")
+    run.add_argument("--endpoint", help="replay against an already running TorchServe or KServe (inference URL, "
+                                        f"http or https); its token is read from ${TOKEN_ENV}")
     run.add_argument("--rate", type=float, help="open-loop replay at this many requests/s")
     run.add_argument("--concurrency", type=int, help="override replay.concurrency")
+    run.add_argument("--timeout", type=float, help="deadline of the whole run in seconds (overrides timeout_s)")
+    run.add_argument("--wait", action="store_true",
+                     help="when another run holds this model's store entry, wait for it instead of failing")
     run.add_argument("--baseline-report", type=Path,
                      help="an earlier run's report.json: its served metrics become a second baseline")
     run.add_argument("--against-last-pass", action="store_true",
                      help="use the last passing run in the history as a second baseline")
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    out.add_argument("--json", action="store_true", help="print the report's verdict block as JSON on stdout")
     hist = sub.add_parser("history", help="runs recorded under the reports folder and the trend of each figure")
     hist.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR,
                       help="the folder whose history.sqlite to read")
@@ -69,31 +80,50 @@ def _on_sigterm(signum, frame):
     raise Interrupted(signum)
 
 
+def _absolute(p: Path | None) -> Path | None:
+    """A path given on the command line, made absolute against the working directory once, here."""
+    return None if p is None else (p.expanduser() if p.expanduser().is_absolute() else Path.cwd() / p.expanduser())
+
+
+def _run(args) -> int:
+    console = Console.for_stream(sys.stderr, quiet=args.quiet or args.json)
+    opts = RunOptions(
+        spec_path=_absolute(args.spec), reports_dir=_absolute(args.reports_dir),
+        model_store=_absolute(args.model_store), force=args.force, publish=not args.no_publish and args.endpoint is None,
+        prebuilt_mar=_absolute(args.mar), expected_sha256=args.expect_sha256, endpoint=args.endpoint,
+        endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
+        concurrency=args.concurrency, timeout_s=args.timeout, baseline_report=_absolute(args.baseline_report),
+        against_last_pass=args.against_last_pass, wait_for_lock=args.wait, progress=console.progress,
+    )
+    try:
+        outcome = run_validation(opts, events=console.stage_event)
+    except (KeyboardInterrupt, Interrupted):
+        print("interrupted", file=sys.stderr)
+        return 130
+    console.finish()
+    if outcome.report is not None:
+        if args.json:
+            print(json.dumps(verdict_json(outcome.report), indent=2))
+        elif args.quiet:
+            print(render_console(outcome.report).splitlines()[0])
+        else:
+            print(render_console(outcome.report))
+    elif outcome.error is not None:
+        print(f"error: {outcome.error}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"verdict": "ERROR", "exit_code": outcome.exit_code, "error": str(outcome.error)}))
+    return outcome.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.command == "run":
-        opts = RunOptions(
-            spec_path=args.spec, reports_dir=args.reports_dir, model_store=args.model_store, force=args.force,
-            prebuilt_mar=args.mar, expected_sha256=args.expect_sha256, endpoint=args.endpoint,
-            endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
-            concurrency=args.concurrency, show_progress=True, baseline_report=args.baseline_report,
-            against_last_pass=args.against_last_pass,
-        )
-        try:
-            outcome = run_validation(opts)
-        except (KeyboardInterrupt, Interrupted):
-            print("interrupted", file=sys.stderr)
-            return 130
-        if outcome.report is not None:
-            print(render_console(outcome.report))
-        elif outcome.error is not None:
-            print(f"error: {outcome.error}", file=sys.stderr)
-        return outcome.exit_code
+        return _run(args)
     if args.command == "history":
-        return _print_history(args.reports_dir / HISTORY_FILE, args.model, args.limit)
+        return _print_history(_absolute(args.reports_dir) / HISTORY_FILE, args.model, args.limit)
     return 2
 
 

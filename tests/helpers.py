@@ -12,7 +12,7 @@ import psutil
 import torch
 import yaml
 
-from pipeline.stages.serve import RUN_MARKER_ENV
+from pipeline.torchserve.process import RUN_MARKER_ENV
 
 TINY_MODEL = '''
 import torch
@@ -112,3 +112,53 @@ def leftover_processes(prefix: Path | str) -> list[str]:
         if marker and marker.startswith(prefix) and p.status() != psutil.STATUS_ZOMBIE:
             found.append(f"{p.pid} {p.info['name']}")
     return found
+
+
+def in_process(spec_path: Path):
+    """Spec, plan, rows, eager model and baseline of a project: the in-process stages, without a server."""
+    from types import SimpleNamespace
+
+    from pipeline.model.loading import load_model
+    from pipeline.run.plan import plan_run
+    from pipeline.spec import load_spec
+    from pipeline.stages.baseline import score_baseline
+    from pipeline.stages.dataset import load_dataset
+
+    spec = load_spec(spec_path)
+    plan = plan_run(spec)
+    rows = load_dataset(spec).rows
+    model = load_model(spec)
+    base = score_baseline(spec, model, rows, plan.reference)
+    return SimpleNamespace(spec=spec, plan=plan, rows=rows, model=model, base=base)
+
+
+def tiny_spec(num_classes: int = 2, **sections):
+    """A validated spec without files on disk (for unit tests of codecs, gates, replay)."""
+    from pipeline.spec import parse_spec
+
+    data = {"name": "m", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": num_classes},
+            "dataset": {"path": "d.csv", "input_shape": [2]}}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_spec(data, base_dir=Path("/nonexistent"))
+
+
+def codec_for_tests(num_classes: int = 2, fmt: str = "package_validate", **sections):
+    """An answer codec of a format, as the plan would build it."""
+    from pipeline.answers.classes import class_map_for
+    from pipeline.answers.registry import codec_for
+
+    spec = tiny_spec(num_classes, **sections)
+    return codec_for(spec, class_map_for(spec), fmt, "the test", 5 if fmt == "topk" else None)
+
+
+def tensor_rows(n: int, width: int = 2, labels=None):
+    """n zero rows of the tensor kind, ids r0..r{n-1}."""
+    from pipeline.inputs import tensor
+    from pipeline.inputs.base import MemoryBodies, Rows
+
+    x = np.zeros((n, width), np.float32)
+    return Rows(kind="tensor", source=Path("mem"), ids=tuple(f"r{i}" for i in range(n)),
+                labels=np.asarray(labels if labels is not None else np.zeros(n), np.int64),
+                content_type=tensor.CONTENT_TYPE, bodies=MemoryBodies(tuple(tensor.body_of(r) for r in x)),
+                features=x)

@@ -1,8 +1,14 @@
-"""Stage 6b, gate: thresholds from the spec, checked against every candidate.
+"""Gate: thresholds from the spec, checked against every candidate stage the run planned.
 
 A failed gate is a normal outcome, not an exception. Each check carries the candidate's
 value, the baseline's value and the limit, so a reader sees why without opening a log.
-A NaN (or a value that could not be measured) never passes.
+
+The checks a run must contain come from the spec and the *planned* stages (``GatePlan``),
+not from what happened to run: a stage that did not produce results, or a figure the
+answers cannot support, still has its checks, and each fails saying why ("not evaluated:
+...", "not evaluable: ..."). A not-evaluable check shows as a WARN only where
+``gate.allow_not_evaluable`` names it. NaN never passes. A gate with no candidate stage, no
+answered row or no gating check does not pass.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.evaluate.compare import Comparison
+from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics
+from pipeline.names import Stage
 from pipeline.spec import GateSpec
 
 SIGNIFICANCE = 0.05
+EPS = 1e-12
+SEED_SIZE_RATIO = 1.0  # the seeds: model size the same or smaller is good
+SEED_LATENCY_RATIO = 0.8  # the seeds: in-process latency 20% lower is good
 
 
 @dataclass(frozen=True)
@@ -28,25 +38,55 @@ class Check:
     passed: bool
     detail: str = ""
     is_gating: bool = True
+    evaluated: bool = True
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """What the run set out to check, known before any stage runs.
+
+    Attributes:
+        candidates: the candidate stages planned, in pipeline order (a handled variant at the
+            served batch size is named ``handled@batchN``).
+        output_quantity: per candidate, what its outputs carry for the output-difference check
+            ("logits", "probabilities"), or why there is nothing to compare ("not evaluable: ...").
+        has_training_data: the leakage check is planned.
+        has_prior: a second baseline (an earlier run's served metrics) is planned.
+        probes: stages whose probes are planned ("exported", "handled").
+    """
+
+    candidates: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    output_quantity: dict[str, str] = field(default_factory=dict)
+    has_training_data: bool = False
+    has_prior: bool = False
+    probes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    """Row accounting of a stage that answered over a handler (handled or served)."""
+
+    error_rate: float | None
+    errors: dict[str, int] = field(default_factory=dict)
+    complete: bool = False
+    abort_reason: str | None = None
 
 
 @dataclass(frozen=True)
 class GateInputs:
-    """What the gate needs beyond the metric comparison."""
+    """What the gate needs beyond the metric comparison; None means "not measured"."""
 
-    export_max_abs_diff: float | None = None
-    export_diverging_ids: tuple[str, ...] = ()
-    export_failed_probes: tuple[str, ...] = ()
     export_size_ratio: float | None = None  # exported file / eager weights file
     export_latency_ratio: float | None = None  # exported / eager in-process median, batch 1
-    replay_error_rate: float | None = None
-    replay_errors: dict[str, int] = field(default_factory=dict)
-    replay_complete: bool = True
-    replay_abort_reason: str | None = None
+    failed_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> failed probe lines
+    probes_run: tuple[str, ...] = ()  # stages whose probes ran
+    answered: dict[str, StageFacts] = field(default_factory=dict)  # handled, served
     eager_p50_ms: float | None = None
-    leaked_ids: tuple[str, ...] | None = None  # None: no training data to check against
+    leaked_ids: tuple[str, ...] | None = None  # None: no training data checked
     prior_metrics: dict[str, float] | None = None  # served metrics of an earlier run (second baseline)
     prior_label: str = "previous run"
+    not_run: dict[str, str] = field(default_factory=dict)  # planned stage -> why it has no results
 
 
 @dataclass(frozen=True)
@@ -55,145 +95,267 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks if c.is_gating)
+        gating = [c for c in self.checks if c.is_gating]
+        return bool(gating) and all(c.passed for c in gating)
 
     @property
     def failures(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.is_gating and not c.passed)
 
+    def names(self) -> set[tuple[str, str]]:
+        return {(c.stage, c.name) for c in self.checks}
 
-def _bad(x: float | None) -> bool:
+
+def is_bad(x: float | str | None) -> bool:
     return x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
 
 
-def _metric_checks(spec: GateSpec, cmp: Comparison, stage: str, base_name: str) -> list[Check]:
+def at_most(value: float | None, limit: float) -> bool:
+    return not is_bad(value) and value <= limit + EPS
+
+
+def at_least(value: float | None, limit: float) -> bool:
+    return not is_bad(value) and value >= limit - EPS
+
+
+def missing(name: str, stage: str, limit: str, why: str, spec: GateSpec, evaluable_gap: bool = False) -> Check:
+    """A planned check that has no value: it fails, saying why (a WARN only where the spec allows)."""
+    allowed = evaluable_gap and (name in spec.allow_not_evaluable or f"{stage}: {name}" in spec.allow_not_evaluable)
+    words = "not evaluable" if evaluable_gap else "not evaluated"
+    return Check(name, stage, None, None, limit, False, f"{words}: {why}", is_gating=not allowed, evaluated=False)
+
+
+def metric_checks(spec: GateSpec, cand: StageMetrics | None, base: StageMetrics | None, stage: str,
+                  not_run: str = "") -> list[Check]:
+    """min, max_drop and max_relative_drop of every gated metric against the baseline."""
     out = []
-    cand, base = cmp.stages[stage], cmp.stages[base_name]
     for metric, th in spec.metrics.items():
-        v, b = cand.get(metric), base.get(metric)
+        if cand is None or base is None:
+            v = b = None
+            why = ""
+        else:
+            v, b = cand.get(metric), base.get(metric)
+            why = cand.undefined.get(metric) or base.undefined.get(metric)
+        limits = []
         if th.min is not None:
-            out.append(Check(f"{metric} >= min", stage, v, b, f">= {th.min:.4f}", not _bad(v) and v >= th.min))
+            limits.append((f"{metric} >= min", f">= {th.min:.4f}", lambda v, b, t=th.min: at_least(v, t),
+                           lambda v, b: ""))
         if th.max_drop is not None:
-            ok = not _bad(v) and not _bad(b) and (b - v) <= th.max_drop + 1e-12
-            out.append(Check(f"{metric} drop", stage, v, b, f"drop <= {th.max_drop:.4f}", ok,
-                             f"drop {b - v:+.4f}" if not (_bad(v) or _bad(b)) else "not measured"))
+            limits.append((f"{metric} drop", f"drop <= {th.max_drop:.4f}",
+                           lambda v, b, t=th.max_drop: at_most(b - v, t), lambda v, b: f"drop {b - v:+.4f}"))
         if th.max_relative_drop is not None:
-            rel = (b - v) / b if not _bad(b) and b > 0 and not _bad(v) else float("nan")
-            out.append(Check(f"{metric} relative drop", stage, v, b, f"relative drop <= {th.max_relative_drop:.2%}",
-                             not _bad(rel) and rel <= th.max_relative_drop + 1e-12,
-                             f"relative drop {rel:+.2%}" if not _bad(rel) else "not measured"))
+            limits.append((f"{metric} relative drop", f"relative drop <= {th.max_relative_drop:.2%}",
+                           lambda v, b, t=th.max_relative_drop: b > 0 and at_most((b - v) / b, t),
+                           lambda v, b: f"relative drop {(b - v) / b:+.2%}" if b > 0 else "baseline is 0"))
+        for name, limit, ok, detail in limits:
+            if why or is_bad(v) or is_bad(b):
+                out.append(missing(name, stage, limit, why or not_run or f"{metric} could not be measured", spec,
+                                   evaluable_gap=bool(why)))
+                continue
+            out.append(Check(name, stage, v, b, limit, bool(ok(v, b)), detail(v, b)))
     return out
 
 
-def evaluate_gate(spec: GateSpec, cmp: Comparison, inputs: GateInputs, base_name: str = "baseline") -> GateResult:
-    """Check every candidate stage against the baseline and the spec's limits.
+def agreement_checks(spec: GateSpec, t: PairedTest | None, cand: StageMetrics | None, base: StageMetrics | None,
+                     stage: str, labels: tuple[str, ...], not_run: str = "") -> list[Check]:
+    """Agreement with the baseline, the confusion matrix, the positive class, improvement beyond noise."""
+    if t is None or cand is None or base is None:
+        names = [("prediction agreement", f">= {spec.min_prediction_agreement:.4f}")]
+        if spec.require_identical_confusion:
+            names.append(("confusion matrix identical", "identical"))
+        if spec.positive_class is not None:
+            names += [(f"{m} of positive class '{labels[spec.positive_class]}'", f">= {minimum:.4f}")
+                      for m, minimum in (("recall", spec.min_positive_recall),
+                                         ("precision", spec.min_positive_precision)) if minimum is not None]
+        if spec.flag_improvement:
+            names.append(("no improvement beyond noise", f"McNemar p >= {SIGNIFICANCE} when better"))
+        return [missing(n, stage, limit, not_run, spec) for n, limit in names]
+    out = [Check("prediction agreement", stage, t.agreement, 1.0, f">= {spec.min_prediction_agreement:.4f}",
+                 at_least(t.agreement, spec.min_prediction_agreement),
+                 f"{t.disagreeing} row(s) differ; McNemar exact p={t.mcnemar_p:.3g} ({t.reference_only_correct} "
+                 f"rows only baseline right, {t.candidate_only_correct} only {stage} right)")]
+    if spec.require_identical_confusion:
+        same = cand.confusion == base.confusion and not any(cand.failed_by_class)
+        failed = sum(cand.failed_by_class)
+        out.append(Check("confusion matrix identical", stage, "identical" if same else "differs", None, "identical",
+                         same, f"{failed} row(s) without an answer" if failed else ""))
+    if spec.positive_class is not None:
+        label = labels[spec.positive_class]
+        for metric, minimum in (("recall", spec.min_positive_recall), ("precision", spec.min_positive_precision)):
+            if minimum is None:
+                continue
+            name = f"{metric} of positive class '{label}'"
+            v, b = cand.per_class[label][metric], base.per_class[label][metric]
+            if is_bad(v):
+                out.append(missing(name, stage, f">= {minimum:.4f}", f"{metric} of '{label}' is 0/0 in {stage}",
+                                   spec, evaluable_gap=True))
+            else:
+                out.append(Check(name, stage, v, b, f">= {minimum:.4f}", at_least(v, minimum)))
+    if spec.flag_improvement:
+        improved = t.candidate_only_correct > t.reference_only_correct and t.mcnemar_p < SIGNIFICANCE
+        out.append(Check("no improvement beyond noise", stage, t.delta_accuracy, 0.0,
+                         f"McNemar p >= {SIGNIFICANCE} when better", not improved,
+                         "metrics improved after packaging beyond noise: suspect the wrong data or model"
+                         if improved else f"delta accuracy {t.delta_accuracy:+.4f}, 95% CI "
+                         f"[{t.delta_accuracy_ci[0]:+.4f}, {t.delta_accuracy_ci[1]:+.4f}]"))
+    return out
+
+
+def output_check(spec: GateSpec, plan: GatePlan, t: PairedTest | None, stage: str, not_run: str = "",
+                 over: tuple[str, ...] = ()) -> Check:
+    """The largest |candidate - baseline| of the logits (or carried probabilities) against the one tolerance."""
+    name, limit = "max abs output difference", f"<= {spec.max_output_diff:g}"
+    planned = plan.output_quantity.get(stage, "")
+    if planned.startswith("not evaluable"):
+        return missing(name, stage, limit, planned.split(": ", 1)[-1], spec, evaluable_gap=True)
+    if t is None:
+        return missing(name, stage, limit, not_run or f"the {stage} stage has no results", spec)
+    d = t.output
+    if d.quantity is None or d.max_abs is None:
+        return missing(name, stage, limit, d.reason or "nothing to compare", spec, evaluable_gap=d.quantity is None)
+    detail = f"{d.quantity}, {d.rows_compared} row(s) compared"
+    if over:
+        detail += f"; largest beyond the tolerance: {', '.join(over)}"
+    return Check(name, stage, d.max_abs, 0.0, limit, at_most(d.max_abs, spec.max_output_diff), detail)
+
+
+def answered_checks(spec: GateSpec, facts: StageFacts | None, stage: str, why_missing: str) -> list[Check]:
+    """Every row answered and the run complete, for a stage that talks to a handler."""
+    rate_name, rate_limit = f"{stage} error rate", f"<= {spec.max_error_rate:.4f}"
+    if facts is None:
+        return [missing(rate_name, stage, rate_limit, why_missing, spec),
+                missing(f"{stage} complete", stage, "every row", why_missing, spec)]
+    errs = ", ".join(f"{k}: {v}" for k, v in sorted(facts.errors.items()))
+    return [
+        Check(rate_name, stage, facts.error_rate, None, rate_limit, at_most(facts.error_rate, spec.max_error_rate),
+              errs),
+        Check(f"{stage} complete", stage, "complete" if facts.complete else "incomplete", None, "every row",
+              facts.complete, facts.abort_reason or ""),
+    ]
+
+
+def probe_check(spec: GateSpec, inputs: GateInputs, stage: str) -> Check:
+    name = "probe inputs"
+    if stage not in inputs.probes_run:
+        return Check(name, stage, None, None, "none failed", False,
+                     f"not evaluated: the {stage} probes did not run", is_gating=spec.probes, evaluated=False)
+    failed = inputs.failed_probes.get(stage, ())
+    return Check(name, stage, f"{len(failed)} failed", None, "none failed", not failed, "; ".join(failed[:6]),
+                 is_gating=spec.probes)
+
+
+def export_ratio_checks(spec: GateSpec, inputs: GateInputs) -> list[Check]:
+    """The seeds' size and in-process speed checks: always reported, gated only when a limit is set."""
+    out = []
+    for name, ratio, limit, seed_limit, seed_words in (
+        ("exported size / eager weights size", inputs.export_size_ratio, spec.max_size_ratio, SEED_SIZE_RATIO,
+         "seeds: same or smaller"),
+        ("exported / eager latency, batch 1", inputs.export_latency_ratio, spec.max_export_latency_ratio,
+         SEED_LATENCY_RATIO, "seeds: 20% faster is good"),
+    ):
+        words = f"<= {limit:g}" if limit is not None else f"<= {seed_limit:g} ({seed_words}; not gated)"
+        if ratio is None:
+            out.append(Check(name, Stage.EXPORTED, None, 1.0, words, False, "not evaluated: no export result",
+                             is_gating=limit is not None, evaluated=False))
+            continue
+        out.append(Check(name, Stage.EXPORTED, ratio, 1.0, words, at_most(ratio, limit if limit is not None
+                                                                          else seed_limit),
+                         is_gating=limit is not None))
+    return out
+
+
+def served_latency_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs) -> list[Check]:
+    out = []
+    served = cmp.stages.get(Stage.SERVED) if cmp else None
+    if spec.max_served_p99_ms is not None:
+        p99 = served.latency.p99 if served and served.latency else None
+        out.append(Check("served latency p99 (ms)", Stage.SERVED, p99, None, f"<= {spec.max_served_p99_ms:g}",
+                         at_most(p99, spec.max_served_p99_ms), "" if p99 is not None else "not evaluated: no latency"))
+    if spec.max_model_time_ratio is not None:
+        srv = cmp.served_server_latency if cmp else None
+        ratio = srv.p50 / inputs.eager_p50_ms if srv and inputs.eager_p50_ms else None
+        out.append(Check("served model time p50 / eager p50", Stage.SERVED, ratio, 1.0,
+                         f"<= {spec.max_model_time_ratio:g}", at_most(ratio, spec.max_model_time_ratio),
+                         "" if ratio is not None else "not evaluated: no server-side time or eager latency"))
+    return out
+
+
+def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs) -> list[Check]:
+    out = []
+    served = cmp.stages.get(Stage.SERVED) if cmp else None
+    for metric, th in spec.metrics.items():
+        if th.max_drop is None:
+            continue
+        name, limit = f"{metric} drop vs {inputs.prior_label}", f"drop <= {th.max_drop:.4f}"
+        b = (inputs.prior_metrics or {}).get(metric)
+        v = served.get(metric) if served else None
+        if is_bad(b) or is_bad(v):
+            out.append(missing(name, Stage.SERVED, limit, "the served metric or the earlier run's is missing", spec))
+            continue
+        out.append(Check(name, Stage.SERVED, v, b, limit, at_most(b - v, th.max_drop), f"drop {b - v:+.4f}"))
+    return out
+
+
+def leakage_check(spec: GateSpec, inputs: GateInputs) -> Check:
+    leaked = inputs.leaked_ids
+    if leaked is None:
+        return Check("eval rows not in training data", "dataset", None, None, "0 leaked", False,
+                     "not evaluated: the training rows were not read", is_gating=spec.fail_on_leakage,
+                     evaluated=False)
+    return Check("eval rows not in training data", "dataset", f"{len(leaked)} leaked", None, "0 leaked",
+                 not leaked, ", ".join(leaked[:10]), is_gating=spec.fail_on_leakage)
+
+
+def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs: GateInputs,
+                 stage: str, base_name: str, labels: tuple[str, ...]) -> list[Check]:
+    """Every check of one planned candidate stage."""
+    checks: list[Check] = []
+    have = cmp is not None and stage in cmp.stages and base_name in cmp.stages
+    why = inputs.not_run.get(stage) or f"the {stage} stage has no results"
+    cand = cmp.stages[stage] if have else None
+    base = cmp.stages[base_name] if have else None
+    t = cmp.tests[stage] if have else None
+    checks += agreement_checks(spec, t, cand, base, stage, labels, why)
+    checks += metric_checks(spec, cand, base, stage, why)
+    over = tuple(r.id for r in cmp.diverging if r.stage == stage) if cmp is not None else ()
+    checks.append(output_check(spec, plan, t, stage, why, over))
+    if stage in plan.probes:
+        checks.append(probe_check(spec, inputs, stage))
+    if stage == Stage.EXPORTED:
+        checks += export_ratio_checks(spec, inputs)
+    if stage in (Stage.HANDLED, Stage.SERVED) or stage.startswith(f"{Stage.HANDLED}@"):
+        checks += answered_checks(spec, inputs.answered.get(stage), stage, why)
+    if stage == Stage.SERVED:
+        checks += served_latency_checks(spec, cmp, inputs)
+        if plan.has_prior:
+            checks += prior_checks(spec, cmp, inputs)
+    return checks
+
+
+def evaluate_gate(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs: GateInputs,
+                  base_name: str = Stage.BASELINE) -> GateResult:
+    """Every planned check of every planned candidate, against the baseline and the spec's limits.
 
     Args:
         spec: the gate section of the spec.
-        cmp: side-by-side metrics from ``compare_stages``.
-        inputs: export consistency, replay accounting, latency and leakage facts.
+        plan: the candidate stages and checks the run planned.
+        cmp: side-by-side metrics from ``compare_stages`` (None when nothing could be compared).
+        inputs: export, probe, row-accounting, latency, leakage and prior-run facts.
         base_name: the reference stage.
 
     Returns:
-        Every check with value, baseline and limit; ``passed`` is True only if all gating
-        checks passed.
+        Every check with value, baseline and limit; ``passed`` only if there is at least one
+        gating check and every gating check passed.
     """
     checks: list[Check] = []
-    candidates = [s for s in cmp.stages if s != base_name]
-    base = cmp.stages[base_name]
-
-    if "exported" in cmp.stages:
-        d = inputs.export_max_abs_diff
-        ids = inputs.export_diverging_ids
-        checks.append(Check(
-            "max abs output difference", "exported", d, 0.0, f"<= {spec.max_output_diff:g}",
-            not _bad(d) and d <= spec.max_output_diff and not ids,
-            f"{len(ids)} row(s) over tolerance: {', '.join(ids[:10])}" if ids else "",
-        ))
-        probes = inputs.export_failed_probes
-        checks.append(Check(
-            "probe inputs (batch sizes, zeros, domain edges)", "exported", f"{len(probes)} failed", None,
-            "none failed", not probes, "; ".join(probes[:6]),
-        ))
-
-        # The seeds: size the same or smaller, in-process latency 20% lower is good. Gated only when set.
-        for name, ratio, limit, seed_limit, seed_words in (
-            ("exported size / eager weights size", inputs.export_size_ratio, spec.max_size_ratio, 1.0,
-             "seeds: same or smaller"),
-            ("exported / eager latency, batch 1", inputs.export_latency_ratio, spec.max_export_latency_ratio, 0.8,
-             "seeds: 20% faster is good"),
-        ):
-            if ratio is not None:
-                checks.append(Check(name, "exported", ratio, 1.0,
-                                    f"<= {limit:g}" if limit else f"<= {seed_limit:g} ({seed_words}; not gated)",
-                                    not _bad(ratio) and ratio <= (limit or seed_limit), is_gating=limit is not None))
-
-    for stage in candidates:
-        t = cmp.tests[stage]
-        cand = cmp.stages[stage]
-        checks.append(Check("prediction agreement", stage, t.agreement, 1.0, f">= {spec.min_prediction_agreement:.4f}",
-                            not _bad(t.agreement) and t.agreement >= spec.min_prediction_agreement,
-                            f"McNemar exact p={t.mcnemar_p:.3g} ({t.baseline_only_correct} rows only baseline right, "
-                            f"{t.candidate_only_correct} only {stage} right)"))
-        if spec.require_identical_confusion:
-            same = cand.confusion == base.confusion and not any(cand.failed_by_class)
-            checks.append(Check("confusion matrix identical", stage, "identical" if same else "differs",
-                                None, "identical", same))
-        checks.extend(_metric_checks(spec, cmp, stage, base_name))
-        if spec.positive_class is not None:
-            label = cmp.labels[spec.positive_class]
-            for metric, minimum in (("recall", spec.min_positive_recall), ("precision", spec.min_positive_precision)):
-                if minimum is not None:
-                    v = cand.per_class[label][metric]
-                    checks.append(Check(f"{metric} of positive class '{label}'", stage, v,
-                                        base.per_class[label][metric], f">= {minimum:.4f}",
-                                        not _bad(v) and v >= minimum))
-        if spec.flag_improvement:
-            improved = t.candidate_only_correct > t.baseline_only_correct and t.mcnemar_p < SIGNIFICANCE
-            checks.append(Check("no improvement beyond noise", stage, t.delta_accuracy, 0.0,
-                                f"McNemar p >= {SIGNIFICANCE} when better", not improved,
-                                "metrics improved after packaging beyond noise: suspect the wrong data or model"
-                                if improved else f"delta accuracy {t.delta_accuracy:+.4f}, 95% CI "
-                                f"[{t.delta_accuracy_ci[0]:+.4f}, {t.delta_accuracy_ci[1]:+.4f}]"))
-
-    if "served" in cmp.stages:
-        t = cmp.tests["served"]
-        if t.max_logit_diff is not None:
-            checks.append(Check("max abs output difference", "served", t.max_logit_diff, 0.0,
-                                f"<= {spec.max_output_diff:g}",
-                                not _bad(t.max_logit_diff) and t.max_logit_diff <= spec.max_output_diff))
-        er = inputs.replay_error_rate
-        errs = ", ".join(f"{k}: {v}" for k, v in sorted(inputs.replay_errors.items()))
-        checks.append(Check("replay error rate", "served", er, None, f"<= {spec.max_error_rate:.4f}",
-                            not _bad(er) and er <= spec.max_error_rate, errs))
-        checks.append(Check("replay complete", "served", "complete" if inputs.replay_complete else "incomplete",
-                            None, "every row sent", inputs.replay_complete, inputs.replay_abort_reason or ""))
-        lat = cmp.stages["served"].latency
-        p99 = lat.p99 if lat else None
-        if spec.max_served_p99_ms is not None:
-            checks.append(Check("served latency p99 (ms)", "served", p99, None, f"<= {spec.max_served_p99_ms:g}",
-                                not _bad(p99) and p99 <= spec.max_served_p99_ms))
-        srv = cmp.served_server_latency
-        if spec.max_model_time_ratio is not None:
-            ratio = srv.p50 / inputs.eager_p50_ms if srv and inputs.eager_p50_ms else None
-            checks.append(Check("served model time p50 / eager p50", "served", ratio, 1.0,
-                                f"<= {spec.max_model_time_ratio:g}",
-                                not _bad(ratio) and ratio <= spec.max_model_time_ratio))
-
-    if inputs.prior_metrics is not None and "served" in cmp.stages:
-        served = cmp.stages["served"]
-        for metric, th in spec.metrics.items():
-            b = inputs.prior_metrics.get(metric)
-            if b is None or th.max_drop is None:
-                continue
-            v = served.get(metric)
-            ok = not _bad(v) and not _bad(b) and (b - v) <= th.max_drop + 1e-12
-            checks.append(Check(f"{metric} drop vs {inputs.prior_label}", "served", v, b,
-                                f"drop <= {th.max_drop:.4f}", ok,
-                                f"drop {b - v:+.4f}" if not (_bad(v) or _bad(b)) else "not measured"))
-
-    if inputs.leaked_ids is not None:
-        leaked = inputs.leaked_ids
-        checks.append(Check("eval rows not in training data", "dataset", f"{len(leaked)} leaked", None, "0 leaked",
-                            not leaked, ", ".join(leaked[:10]), is_gating=spec.fail_on_leakage))
+    if not plan.candidates:
+        checks.append(Check("a candidate stage to gate", "run", None, None, ">= 1 planned", False,
+                            "nothing was planned after the baseline: there is nothing to vouch for"))
+    for stage in plan.candidates:
+        checks += stage_checks(spec, plan, cmp, inputs, stage, base_name, plan.labels)
+    if plan.has_training_data:
+        checks.append(leakage_check(spec, inputs))
+    answered = [cmp.stages[s].answered for s in plan.candidates if cmp is not None and s in cmp.stages]
+    if plan.candidates and not any(answered):
+        checks.append(Check("rows answered", "run", 0, None, ">= 1", False, "no candidate stage answered any row"))
     return GateResult(checks=tuple(checks))

@@ -6,10 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.spec import GATED_METRICS
 from pipeline.errors import ReportError
-
-REPORT_SCHEMA = "package-validate/report/v1"
+from pipeline.report.schema import SCHEMA as REPORT_SCHEMA
+from pipeline.spec import GATED_METRICS
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""In-process scoring shared by the baseline and export stages: outputs and per-row latency."""
+"""In-process forward passes shared by the baseline and export stages: outputs and per-row latency."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -14,7 +14,10 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Scores:
-    """Outputs of one model on every row, scored one row at a time as a server would."""
+    """Outputs of one model on every row, scored one row at a time as a server would.
+
+    Rows that produced no output (their input failed) have NaN logits and latency.
+    """
 
     logits: np.ndarray  # float32 [N, C]
     latencies_ms: np.ndarray  # float64 [N], one forward call per row
@@ -25,47 +28,75 @@ class Scores:
 
     @property
     def predictions(self) -> np.ndarray:
-        return self.logits.argmax(axis=1).astype(np.int64)
+        ok = np.isfinite(self.logits).all(axis=1)
+        pred = np.where(ok, np.nan_to_num(self.logits, nan=-np.inf).argmax(axis=1), -1)
+        return pred.astype(np.int64)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax in float64; rows holding NaN stay NaN."""
+    out = np.full(logits.shape, np.nan)
+    ok = np.isfinite(logits).all(axis=1) if logits.ndim == 2 and logits.shape[1] else np.zeros(len(logits), bool)
+    if ok.any():
+        z = logits[ok].astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        out[ok] = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
-def score_rows(forward: Forward, features: np.ndarray, *, warmup: int = 5) -> Scores:
+def output_rows(y: torch.Tensor, n: int) -> np.ndarray:
+    """A model output as float32 [n, C]; TypeError for outputs that are not one tensor."""
+    if isinstance(y, (tuple, list)):
+        raise TypeError(f"the model returns a {type(y).__name__} of {len(y)} outputs; "
+                        "package-validate validates models that return one logits tensor")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"the model returns {type(y).__name__}, not a tensor of logits")
+    return y.detach().to(torch.float32).reshape(n, -1).numpy()
+
+
+def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], torch.Tensor]], n_rows: int,
+                 warmup: int = 5) -> Scores:
     """Run ``forward`` on each row at batch 1, timing each call with a monotonic clock.
 
     Args:
-        forward: the model's forward, taking a [1, *shape] float32 tensor.
-        features: float32 [N, *shape].
-        warmup: untimed calls before the first row.
+        forward: the model's forward, taking a [1, *shape] tensor.
+        chunks: (row indices, stacked inputs) as ``inputs.stream.reference_chunks`` yields them.
+        n_rows: the dataset's row count; rows never yielded keep NaN.
+        warmup: untimed calls on the first row before timing starts.
 
     Returns:
         Logits and per-row latency in milliseconds.
     """
-    x = torch.from_numpy(np.ascontiguousarray(features))
-    outs = []
-    lat = np.empty(len(x), dtype=np.float64)
+    logits: np.ndarray | None = None
+    lat = np.full(n_rows, np.nan)
+    warmed = False
     with torch.inference_mode():
-        for _ in range(min(warmup, len(x))):
-            forward(x[:1])
-        for i in range(len(x)):
-            row = x[i : i + 1]
-            t0 = time.perf_counter_ns()
-            y = forward(row)
-            lat[i] = (time.perf_counter_ns() - t0) / 1e6
-            outs.append(y.detach().to(torch.float32).reshape(1, -1).numpy())
-    return Scores(logits=np.concatenate(outs, axis=0), latencies_ms=lat)
+        for index, batch in chunks:
+            if not warmed:
+                for _ in range(warmup):
+                    forward(batch[:1])
+                warmed = True
+            for j, i in enumerate(index):
+                row = batch[j : j + 1]
+                t0 = time.perf_counter_ns()
+                y = forward(row)
+                lat[i] = (time.perf_counter_ns() - t0) / 1e6
+                out = output_rows(y, 1)
+                if logits is None:
+                    logits = np.full((n_rows, out.shape[1]), np.nan, np.float32)
+                logits[i] = out[0]
+    if logits is None:
+        logits = np.full((n_rows, 0), np.nan, np.float32)
+    return Scores(logits=logits, latencies_ms=lat)
 
 
-def run_batched(forward: Forward, features: np.ndarray, batch_size: int) -> np.ndarray:
-    """Outputs of ``forward`` on ``features`` fed in batches of ``batch_size``."""
-    x = torch.from_numpy(np.ascontiguousarray(features))
+def run_batched(forward: Forward, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs of ``forward`` on ``x`` fed in batches of ``batch_size``."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
     outs = []
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            batch = x[i : i + batch_size]
-            outs.append(forward(batch).detach().to(torch.float32).reshape(len(batch), -1).numpy())
+        for i in range(0, len(t), batch_size):
+            b = t[i : i + batch_size]
+            outs.append(output_rows(forward(b), len(b)))
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)

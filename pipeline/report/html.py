@@ -14,10 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.report.text import metric as metric_text  # noqa: E402
+
 if TYPE_CHECKING:
     import pandas as pd
 
-STAGE_COLORS = {"baseline": "#4C72B0", "exported": "#DD8452", "served": "#55A868"}
+STAGE_COLORS = {"baseline": "#4C72B0", "exported": "#DD8452", "handled": "#8172B3", "served": "#55A868"}
 SPLIT_COLORS = {"total": "#8C8C8C", "model": "#2E7D32", "overhead": "#C44E52"}
 SPLIT_LABELS = {"total": "client total (HTTP round trip)", "model": "model time (server PredictionTime)",
                 "overhead": "HTTP + queue overhead"}
@@ -98,7 +100,7 @@ def _latency_plot(rows) -> str | None:
     if rows is None:
         return None
     series = [(n, rows[f"{n}_latency_ms"].dropna().to_numpy(dtype=float))
-              for n in ("baseline", "exported", "served") if f"{n}_latency_ms" in rows]
+              for n in ("baseline", "exported", "handled", "served") if f"{n}_latency_ms" in rows]
     series = [(n, v[v > 0]) for n, v in series]
     series = [(n, v) for n, v in series if v.size]
     if not series:
@@ -108,7 +110,7 @@ def _latency_plot(rows) -> str | None:
     bins = np.logspace(np.log10(every.min() * 0.95), np.log10(every.max() * 1.05), 70)
     fig, ax = plt.subplots(figsize=(10, 3.8))
     names = {"baseline": "baseline (eager, in-process)", "exported": "exported (in-process)",
-             "served": "served (HTTP round trip)"}
+             "handled": "handled (handler in-process)", "served": "served (HTTP round trip)"}
     for n, v in series:
         color = STAGE_COLORS.get(n)
         p50, p99 = np.percentile(v, [50, 99])
@@ -197,8 +199,8 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     gate = report.get("gate")
     facts = [f"status {report.get('status')}", f"exit code {report.get('exit_code')}"]
     if gate:
-        failed = sum(1 for c in gate["checks"] if c["is_gating"] and not c["passed"])
-        facts.insert(0, f"{len(gate['checks']) - failed} of {len(gate['checks'])} checks passed")
+        passed = sum(1 for c in gate["checks"] if c["passed"])
+        facts.insert(0, f"{passed} of {len(gate['checks'])} checks passed")
     facts += [f"started {report.get('started_at')}", f"run folder {report.get('run_dir')}"]
     parts.append(f"<p class='facts'>{e('; '.join(facts))}</p>")
     if report.get("error"):
@@ -207,8 +209,12 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         parts.append("<ul>" + "".join(f"<li>{e(d)}</li>" for d in (err.get("details") or [])[:20]) + "</ul>")
     if not report.get("complete"):
         parts.append("<p class='bad'>This run did not complete: its figures are partial and it is not a pass.</p>")
-    if report.get("attribution"):
-        parts.append(f"<p>Attribution: {e(report['attribution'])}</p>")
+    attribution = report.get("attribution")
+    if attribution:
+        parts.append(f"<p><b>Attribution</b>: {e(attribution['summary'])}</p>")
+        parts.append(_table(["stage", "against", "result", "rows with another prediction", "max output diff"],
+                            [[e(s["stage"]), e(s["reference"]), e("differs" if s["differs"] else "same"),
+                              e(s["disagreeing"]), e(_fmt(s["max_output_diff"]))] for s in attribution["steps"]]))
     if gate:
         parts.append("<h2>Gate checks</h2>")
         trs = []
@@ -221,7 +227,7 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     if metrics:
         names = list(metrics)
         parts.append("<h2>Metrics</h2>")
-        parts.append(_table(["metric"] + names, [[m] + [e(_fmt(metrics[n][m])) for n in names] for m in
+        parts.append(_table(["metric"] + names, [[m] + [e(metric_text(metrics[n], m)) for n in names] for m in
                      ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
@@ -229,10 +235,11 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         if uri:
             parts.append(f"<h2>{e(heading)}</h2><img alt='{e(heading)}' src='{uri}'>")
     if report.get("flipped_rows"):
-        parts.append(f"<h2>Flipped rows ({e(report['flipped_total'])})</h2>")
-        parts.append(_table(["id", "label", "baseline", "exported", "served"],
-                            [[e(r["id"]), e(r["label"]), e(_fmt(r["baseline"])), e(_fmt(r["exported"])),
-                              e(_fmt(r["served"]))] for r in report["flipped_rows"]]))
+        stages = list(report["flipped_rows"][0]["predictions"])
+        parts.append(f"<h2>Rows whose prediction differs from the baseline's ({e(report['flipped_total'])})</h2>")
+        parts.append(_table(["id", "label"] + stages,
+                            [[e(r["id"]), e(r["label"])] + [e(_fmt(r["predictions"][s][0])) for s in stages]
+                             for r in report["flipped_rows"]]))
     env = report.get("environment") or {}
     parts.append("<h2>Environment</h2>" + _table(["what", "version"], [[e(k), e(v)] for k, v in env.items()]))
     parts.append("</body></html>")

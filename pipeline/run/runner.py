@@ -1,8 +1,9 @@
-"""The whole validation: baseline, export, archive, serve, replay, compare, gate, report.
+"""The whole validation: plan, then dataset, baseline, export, archive, handled, serve, replay, compare, gate.
 
-``run_validation`` calls each stage in order and always writes a report into the run
-folder, also when a stage fails or the run is interrupted; such a report is marked
-incomplete and never reads as a pass.
+``run_validation`` runs the plan's stages in order and always writes a report into the run
+folder, also when a stage fails, the run is interrupted, or package-validate itself breaks
+(an internal error, exit 3, with the traceback's tail). Such a report is marked incomplete
+and never reads as a pass. The checked .mar is published only when the gate passes.
 """
 
 from __future__ import annotations
@@ -11,69 +12,45 @@ import logging
 import os
 import signal
 import time
+import traceback
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.report import builder as report_mod
-from pipeline.stages.archive import ArchiveConfig, ArchiveResult, build_archive, check_publish_target
-from pipeline.stages.baseline import BaselineResult, load_model, score_baseline
-from pipeline.evaluate.compare import Comparison, StageOutputs, compare_stages
-from pipeline.spec import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, Spec, load_spec
-from pipeline.stages.dataset import Dataset, load_dataset, load_training_hashes
-from pipeline.errors import Interrupted, PipelineError, ReplayError, ReportError
-from pipeline.stages.export import ExportResult, export_model
-from pipeline.evaluate.gate import GateInputs, GateResult, evaluate_gate
+from pipeline.errors import Interrupted, InternalError, PipelineError, ReplayError, ReportError
+from pipeline.evaluate.attribution import attribute
+from pipeline.evaluate.compare import StageOutputs, compare_stages
+from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
+from pipeline.history.prior import load_prior_report
 from pipeline.history.store import HISTORY_FILE, last_passing, record_run
-from pipeline.history.prior import PriorRun, load_prior_report
-from pipeline.stages.replay import ReplayResult, replay_config_for, replay_dataset
-from pipeline.stages.serve import ServeConfig, ServerHandle, explain_failure, remote_handle, serve_model
+from pipeline.model.loading import load_model
+from pipeline.names import Stage
+from pipeline.record import RunRecord
+from pipeline.report.builder import build_report, build_rows
+from pipeline.report.writer import write_reports
+from pipeline.run.options import RunOptions, apply_options
+from pipeline.run.plan import Plan, plan_run
+from pipeline.run.publish import check_publish_target, publish_archive
+from pipeline.spec import load_spec
+from pipeline.stages.archive import ArchiveConfig, build_archive
+from pipeline.stages.baseline import score_baseline
+from pipeline.stages.dataset import load_dataset
+from pipeline.stages.export import export_model
+from pipeline.stages.handled import HandledConfig, run_handled
+from pipeline.stages.outcomes import RowOutcome, stage_outputs
+from pipeline.stages.replay import ReplayConfig, replay_dataset
+from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
+from pipeline.torchserve.errors import SERVER_FAILURES
+from pipeline.torchserve.logs import explain_failure, handler_exceptions
+from pipeline.torchserve.process import Ports, check_ports, find_java
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything a run needs besides the spec; built from the CLI at the edge."""
-
-    spec_path: Path
-    reports_dir: Path = DEFAULT_REPORTS_DIR
-    model_store: Path = DEFAULT_MODEL_STORE
-    force: bool = False
-    prebuilt_mar: Path | None = None
-    expected_sha256: str | None = None
-    endpoint: str | None = None
-    endpoint_token: str | None = None
-    export_mode: str | None = None
-    rate: float | None = None
-    concurrency: int | None = None
-    show_progress: bool = False
-    baseline_report: Path | None = None
-    against_last_pass: bool = False
-
-
-@dataclass
-class RunState:
-    """What the stages produced so far; the report is built from whatever is here."""
-
-    spec: Spec | None = None
-    run_dir: Path | None = None
-    data: Dataset | None = None
-    baseline: BaselineResult | None = None
-    exported: ExportResult | None = None
-    archive: ArchiveResult | None = None
-    server: ServerHandle | None = None
-    replay: ReplayResult | None = None
-    comparison: Comparison | None = None
-    gate: GateResult | None = None
-    leaked_ids: tuple[str, ...] | None = None
-    prior: PriorRun | None = None
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    started_at: str = ""
+StageEvent = Callable[[str, str, dict], None]  # stage, "start" | "end", facts
 
 
 @dataclass(frozen=True)
@@ -85,15 +62,31 @@ class RunOutcome:
     error: BaseException | None = None
 
 
-@contextmanager
-def _timed(state: RunState, stage: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    log.info("stage %s: start", stage)
-    try:
-        yield
-    finally:
-        state.stage_seconds[stage] = round(time.perf_counter() - t0, 3)
-        log.info("stage %s: %.2f s", stage, state.stage_seconds[stage])
+class _Run:
+    """Holds the record while the stages run; every stage replaces it with a richer one."""
+
+    def __init__(self, opts: RunOptions, events: StageEvent | None) -> None:
+        self.opts = opts
+        self.record = RunRecord(started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self.events = events or (lambda stage, phase, facts: None)
+
+    def update(self, **changes) -> None:
+        self.record = replace(self.record, **changes)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[dict]:
+        facts: dict = {}
+        t0 = time.perf_counter()
+        log.info("stage %s: start", stage)
+        self.events(stage, "start", facts)
+        try:
+            yield facts
+        finally:
+            seconds = round(time.perf_counter() - t0, 3)
+            self.update(stage_seconds=self.record.stage_seconds + ((stage, seconds),))
+            facts["seconds"] = seconds
+            self.events(stage, "end", facts)
+            log.info("stage %s: %.2f s", stage, seconds)
 
 
 def _make_run_dir(reports_dir: Path, name: str) -> Path:
@@ -113,193 +106,155 @@ def _make_run_dir(reports_dir: Path, name: str) -> Path:
     return run_dir
 
 
-def _effective_spec(spec: Spec, opts: RunOptions) -> Spec:
-    if opts.export_mode and opts.export_mode != spec.export.mode:
-        spec = spec.model_copy(update={"export": spec.export.model_copy(update={"mode": opts.export_mode})})
-    return spec
+def _ports(plan: Plan) -> Ports | None:
+    p = plan.spec.serving.ports
+    return None if p is None else Ports(p.inference, p.management, p.metrics, p.grpc_inference, p.grpc_management)
 
 
-def _served_outputs(replay: ReplayResult, n_classes: int) -> tuple[StageOutputs, np.ndarray]:
-    n = len(replay.rows)
-    probs = np.full((n, n_classes), np.nan)
-    logits = np.full((n, n_classes), np.nan)
-    lat = np.full(n, np.nan)
-    server = np.full(n, np.nan)
-    has_logits = False
-    for r in replay.rows:
-        if r.is_ok:
-            probs[r.index] = r.probabilities
-            if r.logits is not None:
-                logits[r.index] = r.logits
-                has_logits = True
-            lat[r.index] = r.latency_ms
-        if r.server_ms is not None:
-            server[r.index] = r.server_ms
-    preds = np.array([r.prediction if r.is_ok else -1 for r in replay.rows], dtype=np.int64)
-    return StageOutputs("served", preds, probs, logits if has_logits else None, lat), server
+def _stages(run: _Run, stack: ExitStack) -> None:
+    opts, plan = run.opts, run.record.plan
+    spec = plan.spec
+    with run.timed("dataset") as facts:
+        dataset = load_dataset(spec)
+        run.update(dataset=dataset)
+        facts.update(rows=len(dataset.rows), kind=dataset.rows.kind)
+    rows = dataset.rows
+    with run.timed("baseline") as facts:
+        model = load_model(spec)
+        baseline = score_baseline(spec, model, rows, plan.reference)
+        run.update(baseline=baseline)
+        facts.update(reference=plan.reference.name, accuracy=float((baseline.scores.predictions == rows.labels).mean()))
+    with run.timed("export") as facts:
+        exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
+        run.update(exported=exported)
+        facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
+    with run.timed("archive") as facts:
+        archive = build_archive(spec, ArchiveConfig(work_dir=run.record.run_dir / "archive", prebuilt_mar=opts.prebuilt_mar,
+                                                    expected_sha256=opts.expected_sha256),
+                                plan.handler, exported, baseline.input_shape)
+        run.update(archive=archive)
+        facts.update(size_bytes=archive.size_bytes)
+    envelope = plan.codec.envelope.service_envelope
+    with run.timed("handled") as facts:
+        handled = run_handled(HandledConfig(
+            work_dir=run.record.run_dir / "handled", mar_path=archive.mar_path, model_name=spec.name,
+            batch_size=spec.serving.batch_size, load_timeout_s=spec.serving.startup_timeout_s,
+            response_timeout_s=spec.serving.response_timeout_s, service_envelope=envelope), rows, plan.codec)
+        run.update(handled=handled)
+        facts.update(answered=sum(r.is_ok for r in handled.batch1), rows=len(rows))
+    codec = handled.codec
+    if opts.endpoint is None:
+        with run.timed("serve") as facts:
+            server = stack.enter_context(serve_model(spec, ServeConfig(
+                run_dir=run.record.run_dir, mar_path=archive.mar_path, startup_timeout_s=spec.serving.startup_timeout_s,
+                envelope=envelope, ports=_ports(plan))))
+            run.update(server=server)
+            facts.update(startup_s=server.startup_s)
+        metrics_log = server.log_dir / "model_metrics.log"
+    else:
+        server = remote_handle(opts.endpoint, spec.name, opts.endpoint_token)
+        run.update(server=server)
+        metrics_log = None
+    r = spec.replay
+    with run.timed("replay") as facts:
+        replay = replay_dataset(ReplayConfig(
+            url=server.inference_url + codec.envelope.path(spec.name), token=server.inference_token, codec=codec,
+            concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
+            request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
+            max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
+            ca_file=r.ca_file, metrics_log=metrics_log, progress=opts.progress), rows)
+        run.update(replay=replay)
+        facts.update(answered=replay.answered, rows=len(rows), rps=replay.throughput_rps)
+        if server.log_dir is not None and replay.error_counts().get("handler_error"):
+            run.update(server_failures=tuple(tuple(x) for x in handler_exceptions(server.log_dir)))
 
 
-def _compare_and_gate(state: RunState) -> None:
-    spec, data, base = state.spec, state.data, state.baseline
-    stages = [StageOutputs.from_scores("baseline", base.scores)]
-    ex = state.exported
-    if ex is not None:
-        stages.append(StageOutputs.from_scores("exported", ex.scores))
+def _outputs(record: RunRecord) -> tuple[list[StageOutputs], np.ndarray | None]:
+    plan, c = record.plan, record.plan.spec.model.num_classes
+    stages = [StageOutputs.from_scores(Stage.BASELINE, record.baseline.scores)]
+    if record.exported is not None:
+        stages.append(StageOutputs.from_scores(Stage.EXPORTED, record.exported.scores))
+    if record.handled is not None:
+        stages.append(stage_outputs(Stage.HANDLED, record.handled.batch1, c))
+        if record.handled.batched is not None and plan.batched_stage:
+            stages.append(stage_outputs(plan.batched_stage, record.handled.batched, c))
     server_ms = None
-    if state.replay is not None:
-        served, server_ms = _served_outputs(state.replay, spec.model.num_classes)
-        stages.append(served)
-    state.comparison = compare_stages(data.ids, data.labels, spec.class_labels, stages, server_ms,
-                                      atol=spec.gate.max_output_diff)
-    rp = state.replay
-    failed_probes = ()
-    if ex is not None:
-        failed_probes = tuple(f"{p.name} @ batch {p.batch_size}: max diff {p.max_abs_diff:.3g}"
-                              + (f" ({p.error})" if p.error else "")
-                              for p in ex.consistency.probes if not p.is_ok)
-    inputs = GateInputs(
-        export_max_abs_diff=ex.consistency.max_abs_diff if ex else None,
-        export_diverging_ids=ex.consistency.diverging_ids if ex else (),
-        export_failed_probes=failed_probes,
+    if record.replay is not None:
+        stages.append(stage_outputs(Stage.SERVED, record.replay.rows, c))
+        server_ms = np.array([r.server_ms if r.server_ms is not None else np.nan for r in record.replay.rows])
+    return stages, server_ms
+
+
+def _answered_facts(outcomes: tuple[RowOutcome, ...], complete: bool, abort: str | None) -> StageFacts:
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if not o.is_ok:
+            errors[o.error_class or "unknown"] = errors.get(o.error_class or "unknown", 0) + 1
+    n = len(outcomes)
+    return StageFacts(error_rate=sum(errors.values()) / n if n else None, errors=errors, complete=complete,
+                      abort_reason=abort)
+
+
+def _gate_inputs(record: RunRecord) -> GateInputs:
+    ex, base, plan = record.exported, record.baseline, record.plan
+    failed, probes_run = {}, []
+    if ex is not None and plan.spec.export.probe:
+        probes_run.append(Stage.EXPORTED)
+        failed[Stage.EXPORTED] = tuple(
+            f"{p.name} @ batch {p.batch_size}: max diff {p.max_abs_diff:.3g}" + (f" ({p.error})" if p.error else "")
+            for p in ex.consistency.failed_probes)
+    answered = {}
+    if record.handled is not None:
+        answered[Stage.HANDLED] = _answered_facts(record.handled.batch1, True, None)
+        if record.handled.batched is not None and plan.batched_stage:
+            answered[plan.batched_stage] = _answered_facts(record.handled.batched, True, None)
+    if record.replay is not None:
+        rp = record.replay
+        answered[Stage.SERVED] = _answered_facts(rp.rows, rp.is_complete, rp.abort_reason)
+    not_run = {s: "the run stopped before this stage finished" for s in plan.stages}
+    return GateInputs(
         export_size_ratio=ex.size_bytes / base.weights_size_bytes if ex and base.weights_size_bytes else None,
         export_latency_ratio=next((t.ratio for t in ex.timings if t.batch_size == 1), None) if ex else None,
-        replay_error_rate=rp.error_rate if rp else None,
-        replay_errors=rp.error_counts() if rp else {},
-        replay_complete=rp.is_complete if rp else False,
-        replay_abort_reason=rp.abort_reason if rp else None,
-        eager_p50_ms=float(np.median(base.scores.latencies_ms)),
-        leaked_ids=state.leaked_ids,
-        prior_metrics=state.prior.metrics if state.prior else None,
-        prior_label=f"run of {state.prior.started_at}" if state.prior else "previous run",
+        failed_probes=failed, probes_run=tuple(probes_run), answered=answered,
+        eager_p50_ms=float(np.nanmedian(base.scores.latencies_ms)),
+        leaked_ids=record.dataset.leaked_ids if record.dataset else None,
+        prior_metrics=record.prior.metrics if record.prior else None,
+        prior_label=f"run of {record.prior.started_at}" if record.prior else "previous run",
+        not_run=not_run,
     )
-    state.gate = evaluate_gate(spec.gate, state.comparison, inputs)
 
 
-def _leakage(spec: Spec, data: Dataset) -> tuple[str, ...] | None:
-    train = load_training_hashes(spec)
-    if train is None:
-        return None
-    train_set = set(train)
-    return tuple(i for i, h in zip(data.ids, data.content_hashes) if h in train_set)
+def compare_and_gate(record: RunRecord) -> RunRecord:
+    """The record with every stage compared with the baseline and the gate evaluated on the plan."""
+    stages, server_ms = _outputs(record)
+    spec = record.plan.spec
+    cmp = compare_stages(record.rows.ids, record.rows.labels, record.plan.class_map.labels, stages, server_ms,
+                         tolerance=spec.gate.max_output_diff)
+    gate = evaluate_gate(spec.gate, record.plan.gate, cmp, _gate_inputs(record))
+    return replace(record, comparison=cmp, gate=gate)
 
 
-def _stages(state: RunState, opts: RunOptions, stack: ExitStack) -> None:
-    spec = state.spec
-    archive_cfg = ArchiveConfig(work_dir=state.run_dir / "archive", model_store=opts.model_store,
-                                force=opts.force, prebuilt_mar=opts.prebuilt_mar,
-                                expected_sha256=opts.expected_sha256)
-    if opts.endpoint is None:
-        check_publish_target(spec, archive_cfg)
-    with _timed(state, "dataset"):
-        state.data = load_dataset(spec)
-        state.leaked_ids = _leakage(spec, state.data)
-    with _timed(state, "baseline"):
-        model = load_model(spec)
-        state.baseline = score_baseline(spec, model, state.data)
-    with _timed(state, "export"):
-        state.exported = export_model(spec, model, state.data, state.baseline.scores, state.run_dir / "export")
-    if opts.endpoint is None:
-        with _timed(state, "archive"):
-            state.archive = build_archive(spec, archive_cfg, state.exported.path)
-        with _timed(state, "serve"):
-            state.server = stack.enter_context(serve_model(spec, ServeConfig(
-                run_dir=state.run_dir, mar_path=state.archive.mar_path,
-                startup_timeout_s=spec.serving.startup_timeout_s,
-                ports=None if spec.serving.ports is None else _ports(spec))))
-        metrics_log = state.server.log_dir / "model_metrics.log"
-    else:
-        state.server = remote_handle(opts.endpoint, spec.name, opts.endpoint_token)
-        metrics_log = None
-    with _timed(state, "replay"):
-        cfg = replay_config_for(spec, state.server.predict_url, state.server.inference_token, metrics_log,
-                                opts.show_progress, opts.rate, opts.concurrency)
-        state.replay = replay_dataset(cfg, state.data)
+def _compare_and_gate(run: _Run) -> None:
+    run.record = compare_and_gate(run.record)
 
 
-def _ports(spec: Spec):
-    from pipeline.stages.serve import Ports
-
-    p = spec.serving.ports
-    return Ports(p.inference, p.management, p.metrics, p.grpc_inference, p.grpc_management)
-
-
-def run_validation(opts: RunOptions) -> RunOutcome:
-    """Run every stage and write the report; never raises for a pipeline failure.
-
-    Args:
-        opts: the spec path and run options.
-
-    Returns:
-        The outcome: passed (exit 0), failed gate (1), bad input (2), runtime failure (3),
-        or interrupted (130 for SIGINT, 143 for SIGTERM), with the report written.
-    """
-    state = RunState(started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    error: BaseException | None = None
-    status = "error"
-    try:
-        state.spec = _effective_spec(load_spec(opts.spec_path), opts)
-        prior_path = opts.baseline_report
-        if prior_path is None and opts.against_last_pass:
-            last = last_passing(opts.reports_dir / HISTORY_FILE, state.spec.name)
-            if last is None:
-                raise ReportError(
-                    f"--against-last-pass: no passing run of {state.spec.name} in "
-                    f"{opts.reports_dir / HISTORY_FILE}. Run once without it to record a baseline."
-                )
-            prior_path = Path(last.run_dir)
-        if prior_path is not None:
-            state.prior = load_prior_report(prior_path, state.spec.name)
-        state.run_dir = _make_run_dir(opts.reports_dir, state.spec.name)
-        with ExitStack() as stack:  # leaving it stops the server before the comparison
-            _stages(state, opts, stack)
-        with _timed(state, "compare"):
-            _compare_and_gate(state)
-        status = "passed" if state.gate.passed else "failed"
-        server_error = _server_failure(state)
-        if server_error is not None:
-            status, error = "error", server_error
-    except PipelineError as e:
-        error = e
-        status = "error"
-    except (KeyboardInterrupt, Interrupted) as e:
-        error = e
-        status = "interrupted"
-    if error is not None and state.data is not None and state.baseline is not None and state.comparison is None:
-        try:
-            _compare_and_gate(state)
-        except Exception as e:  # a partial report must still be written
-            log.warning("could not compare the partial results: %s", e)
-    exit_code = _exit_code(status, error)
-    report = None
-    if state.run_dir is not None:
-        report = report_mod.build_report(state, status, exit_code, error)
-        report_mod.write_reports(state.run_dir, report, report_mod.build_rows(state))
-        try:
-            record_run(opts.reports_dir / HISTORY_FILE, report)
-        except ReportError as e:  # history is for trends; it must never break a run
-            log.warning("could not record the run: %s", e)
-    return RunOutcome(status=status, exit_code=exit_code, run_dir=state.run_dir, report=report, error=error)
-
-
-# Failures of the server, not of the model: the run cannot vouch for the model (exit 3).
-SERVER_FAILURES = ("worker_died", "timeout", "connection_error", "not_found", "unauthorized")
-
-
-def _server_failure(state: RunState) -> ReplayError | None:
-    rp = state.replay
+def _server_failure(record: RunRecord) -> ReplayError | None:
+    rp = record.replay
     if rp is None:
         return None
     counts = {k: v for k, v in rp.error_counts().items() if k in SERVER_FAILURES}
     if rp.is_complete and not counts:
         return None
     focus = r"did not respond|responseTimeout|Worker died|died|Connection refused|Address"
-    logs = explain_failure(state.server.log_dir, focus) if state.server and state.server.log_dir else []
+    logs = explain_failure(record.server.log_dir, focus) if record.server and record.server.log_dir else []
     what = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     if not rp.is_complete:
         msg = f"replay incomplete: {rp.abort_reason}. {rp.answered} of {len(rp.rows)} rows answered."
     else:
         msg = (f"the server failed on {sum(counts.values())} of {len(rp.rows)} rows ({what}); "
                "this is a serving failure, not a model difference: see the causes below and the TorchServe logs.")
+        if "unauthorized" in counts and record.server and not record.server.started_by_pipeline:
+            msg += " The token comes from $PACKAGE_VALIDATE_TOKEN: check it."
     return ReplayError(msg, details=logs[:12])
 
 
@@ -315,3 +270,94 @@ def _exit_code(status: str, error: BaseException | None) -> int:
     if isinstance(error, PipelineError):
         return error.exit_code
     return 3
+
+
+def _internal(e: BaseException) -> InternalError:
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    tail = [ln.rstrip() for chunk in tb[-6:] for ln in chunk.splitlines() if ln.strip()][-12:]
+    err = InternalError(f"package-validate failed inside itself: {type(e).__name__}: {e}. This is a bug in the "
+                        "tool, not a verdict on the model: report it with the run folder.", details=tail)
+    err.__cause__ = e
+    return err
+
+
+def _prepare(run: _Run) -> None:
+    opts = run.opts
+    spec = apply_options(load_spec(opts.spec_path), opts)
+    run.update(spec=spec)
+    run.update(run_dir=_make_run_dir(opts.reports_dir, spec.name))
+    prior_path = opts.baseline_report
+    if prior_path is None and opts.against_last_pass:
+        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name)
+        if last is None:
+            raise ReportError(
+                f"--against-last-pass: no passing run of {spec.name} in {opts.reports_dir / HISTORY_FILE}. "
+                "Run once without it to record a baseline."
+            )
+        prior_path = Path(last.run_dir)
+    if prior_path is not None:
+        run.update(prior=load_prior_report(prior_path, spec.name))
+    plan = plan_run(spec, prior=run.record.prior is not None)
+    run.update(plan=plan)
+    if opts.publish:
+        check_publish_target(spec.name, opts.model_store, opts.force)
+    if opts.endpoint is None:  # the server's preconditions, before any stage does work
+        find_java()
+        if _ports(plan) is not None:
+            check_ports(_ports(plan))
+
+
+def run_validation(opts: RunOptions, events: StageEvent | None = None) -> RunOutcome:
+    """Run every stage and write the report; never raises for a pipeline failure.
+
+    Args:
+        opts: the spec path and run options.
+        events: called at each stage's start and end (the console's progress), or None.
+
+    Returns:
+        The outcome: passed (exit 0), failed gate (1), bad input (2), runtime failure (3),
+        or interrupted (130 for SIGINT, 143 for SIGTERM), with the report written.
+    """
+    run = _Run(opts, events)
+    error: BaseException | None = None
+    status = "error"
+    try:
+        _prepare(run)
+        with ExitStack() as stack:  # leaving it stops the server before the comparison
+            _stages(run, stack)
+        with run.timed("compare"):
+            _compare_and_gate(run)
+        status = "passed" if run.record.gate.passed else "failed"
+        server_error = _server_failure(run.record)
+        if server_error is not None:
+            status, error = "error", server_error
+    except PipelineError as e:
+        error, status = e, "error"
+    except (KeyboardInterrupt, Interrupted) as e:
+        error, status = e, "interrupted"
+    except Exception as e:  # a bug of the tool: never read as a failed model
+        log.debug("internal error", exc_info=True)
+        error, status = _internal(e), "error"
+    record = run.record
+    if error is not None and record.baseline is not None and record.comparison is None and record.plan is not None:
+        try:
+            _compare_and_gate(run)
+        except Exception as e:  # a partial report must still be written
+            log.warning("could not compare the partial results: %s", e)
+    if status == "passed" and opts.publish and run.record.archive is not None:
+        try:
+            run.update(published=publish_archive(run.record.archive.mar_path, run.record.spec.name, opts.model_store,
+                                                 opts.force))
+        except PipelineError as e:
+            status, error = "error", e
+    exit_code = _exit_code(status, error)
+    report = None
+    if run.record.run_dir is not None:
+        report = build_report(run.record, status, exit_code, error)
+        write_reports(run.record.run_dir, report, build_rows(run.record))
+        try:
+            record_run(opts.reports_dir / HISTORY_FILE, report)
+        except ReportError as e:  # history is for trends; it must never break a run
+            log.warning("could not record the run: %s", e)
+    return RunOutcome(status=status, exit_code=exit_code, run_dir=run.record.run_dir, report=report, error=error)
+

@@ -2,6 +2,9 @@
 
 A spec is YAML. Relative paths in it are resolved against the spec file's folder, so a
 spec and its model, weights and data can move together. See ``examples/*/spec.yaml``.
+This module checks the shape of each field; combinations that need knowledge of
+TorchServe (a built-in handler with an AOTInductor package, a KServe envelope with
+batching, ...) are checked by ``pipeline.run.plan`` before any stage runs.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HANDLERS_DIR = REPO_ROOT / "handlers"
-DEFAULT_HANDLER = "tensor_classifier"
-DEFAULT_MODEL_STORE = REPO_ROOT / "model_store"
-DEFAULT_REPORTS_DIR = REPO_ROOT / "reports"
+__all__ = [
+    "DEFAULT_MAX_METRIC_DROP", "DEFAULT_OUTPUT_ATOL", "GATED_METRICS", "INPUT_KINDS", "ANSWER_FORMATS",
+    "ENVELOPES", "EXPORT_MODES", "AnswersSpec", "AnswerMapping", "DatasetSpec", "ExportSpec", "GateSpec",
+    "HandlerSpec", "MetricThreshold", "ModelSpec", "PortsSpec", "ReplaySpec", "ServingSpec", "Spec",
+    "is_finite", "load_spec", "parse_spec",
+]
 
 # The seeds: metrics within 1 point, outputs within 1e-5, identical confusion matrices.
 DEFAULT_MAX_METRIC_DROP = 0.01
 DEFAULT_OUTPUT_ATOL = 1e-5
+DEFAULT_TIMEOUT_S = 3600.0
 GATED_METRICS = (
     "accuracy",
     "precision_macro",
@@ -33,69 +38,189 @@ GATED_METRICS = (
     "recall_weighted",
     "f1_weighted",
 )
+INPUT_KINDS = ("tensor", "image", "text", "json")
+ANSWER_FORMATS = ("auto", "package_validate", "topk", "logits", "mapping")
+ENVELOPES = ("none", "kserve_v1", "kserve_v2")
+EXPORT_MODES = ("script", "trace", "export", "eager")
+
+# Fields that moved: the old name, where it lives now and why.
+_MOVED = {
+    ("export", "atol"): "gate.max_output_diff (one output tolerance decides the diverging rows and the printed limit)",
+    ("export", "rtol"): "gate.max_output_diff (one absolute output tolerance for every stage)",
+}
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
 
+def _check_callable_ref(v: str, what: str) -> str:
+    module, sep, func = v.partition(":")
+    if not sep or not module or not func.isidentifier():
+        raise ValueError(f"expected 'package.module:function' or 'path/to/file.py:function' for {what}")
+    return v
+
+
 class ModelSpec(_Frozen):
-    """Where the eager model comes from."""
+    """Where the eager model comes from, and the preprocessing it was trained with."""
 
     factory: str = Field(description="'package.module:function' or 'file.py:function'")
     weights: Path
     num_classes: int = Field(ge=2)
     class_names: tuple[str, ...] | None = None
+    preprocess: str | None = Field(
+        default=None,
+        description="reference preprocessing: 'file.py:function' taking what the worker hands the handler "
+                    "(bytes, str or parsed JSON) and returning one row's input tensor; "
+                    "'builtin:image_classifier' for TorchServe's image transforms",
+    )
 
     @field_validator("factory")
     @classmethod
-    def _factory_has_colon(cls, v: str) -> str:
-        module, sep, func = v.partition(":")
-        if not sep or not module or not func.isidentifier():
-            raise ValueError("expected 'package.module:function' or 'path/to/file.py:function'")
-        return v
+    def _factory_ref(cls, v: str) -> str:
+        return _check_callable_ref(v, "model.factory")
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess_ref(cls, v: str | None) -> str | None:
+        if v is None or v.startswith("builtin:"):
+            return v
+        return _check_callable_ref(v, "model.preprocess")
 
     @model_validator(mode="after")
     def _names_match_classes(self) -> "ModelSpec":
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
-            )
+        if self.class_names is not None:
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(
+                    f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+                )
+            dup = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+            if dup:
+                raise ValueError(f"class_names must be unique, {dup} appear more than once")
         return self
 
 
 class DatasetSpec(_Frozen):
-    """The labeled rows to score: a CSV or Parquet file."""
+    """The labeled rows to score, and what a client sends for each."""
 
-    path: Path
+    kind: Literal["tensor", "image", "text", "json"] = Field(
+        default="tensor",
+        description="tensor: numeric columns sent as JSON; image: files sent as raw bytes; "
+                    "text: a text column sent as UTF-8; json: one JSON object per row",
+    )
+    path: Path = Field(description="CSV or Parquet manifest; for kind image also an ImageFolder-style folder")
     label_column: str = "label"
     id_column: str = "id"
     feature_columns: tuple[str, ...] | None = Field(
-        default=None, description="default: every column but the id and the label, in file order"
+        default=None, description="tensor: the numeric columns; json: the named fields of each record"
     )
-    input_shape: tuple[int, ...] = Field(description="shape of one row's tensor, e.g. [1, 8, 8] or [30]")
+    input_shape: tuple[int, ...] | None = Field(
+        default=None, description="shape of one row's tensor, e.g. [1, 8, 8]; required for kind tensor"
+    )
+    path_column: str = Field(default="path", description="image manifests: file path relative to the manifest")
+    text_column: str = Field(default="text", description="kind text: the column holding each row's text")
+    json_column: str | None = Field(
+        default=None, description="kind json: a column holding each row's JSON document (else feature_columns)"
+    )
     train_path: Path | None = Field(default=None, description="training rows, for the leakage check")
+    chunk_rows: int = Field(default=256, ge=1, le=65536, description="rows held in memory at once")
 
     @field_validator("input_shape")
     @classmethod
-    def _positive_dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(d <= 0 for d in v):
+    def _positive_dims(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or any(d <= 0 for d in v)):
             raise ValueError("expected a non-empty list of positive integers")
         return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "DatasetSpec":
+        if self.kind == "tensor" and self.input_shape is None:
+            raise ValueError("dataset.input_shape is required for kind tensor (e.g. [30] or [1, 8, 8])")
+        if self.kind == "json" and self.json_column is None and not self.feature_columns:
+            raise ValueError("kind json needs dataset.feature_columns (the record's fields) or dataset.json_column")
+        return self
+
+
+class HandlerSpec(_Frozen):
+    """The handler the .mar ships: one of this project's, a TorchServe built-in, or a file."""
+
+    name: str = Field(
+        default="tensor_classifier",
+        description="a handler of this project (tensor_classifier), a TorchServe built-in "
+                    "(image_classifier, base_handler, ...) or a path to a .py file",
+    )
+    extra_files: tuple[Path, ...] = Field(default=(), description="label maps, vocabularies, configs")
+    requirements: Path | None = Field(
+        default=None, description="requirements.txt packed into the .mar; checked, never installed"
+    )
+
+    @property
+    def is_file(self) -> bool:
+        return "/" in self.name or self.name.endswith(".py")
 
 
 class ExportSpec(_Frozen):
     """How the eager model becomes the artefact inside the .mar."""
 
-    mode: Literal["script", "trace", "export"] = "script"
-    atol: float = Field(default=DEFAULT_OUTPUT_ATOL, gt=0)
-    rtol: float = Field(default=0.0, ge=0)
+    mode: Literal["script", "trace", "export", "eager"] = Field(
+        default="script",
+        description="script | trace (TorchScript), export (torch.export + AOTInductor), "
+                    "eager (the model file and its state_dict, as TorchServe's --model-file)",
+    )
     probe: bool = Field(default=True, description="also check batch sizes and extreme inputs")
     probe_value_range: tuple[float, float] | None = Field(
-        default=None, description="[low, high] of valid feature values; default: the dataset's range"
+        default=None, description="[low, high] of valid input values; default: the dataset's range"
     )
     optimize: bool = Field(default=False, description="try freeze + optimize_for_inference (script only)")
     latency_repeats: int = Field(default=200, ge=10)
+
+
+class AnswerMapping(_Frozen):
+    """Where a custom answer keeps its figures: dotted paths into the JSON, e.g. 'result.scores'."""
+
+    prediction: str | None = Field(default=None, description="path to the predicted class index")
+    label: str | None = Field(default=None, description="path to the predicted class name")
+    probabilities: str | None = Field(
+        default=None, description="path to a list of probabilities or a {label: probability} object"
+    )
+    logits: str | None = Field(default=None, description="path to a list of logits")
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> "AnswerMapping":
+        if not (self.prediction or self.label or self.probabilities or self.logits):
+            raise ValueError("answers.mapping needs at least one of prediction, label, probabilities, logits")
+        return self
+
+
+class AnswersSpec(_Frozen):
+    """What the served answers look like and what each must carry."""
+
+    format: Literal["auto", "package_validate", "topk", "logits", "mapping"] = Field(
+        default="auto",
+        description="auto: from the handler; package_validate: this project's JSON; topk: the built-in "
+                    "classifiers' {label: probability}; logits: a list of numbers; mapping: paths you declare",
+    )
+    top_k: int | Literal["all"] | None = Field(
+        default=None, description="classes every answer must carry; default: what the format promises"
+    )
+    envelope: Literal["none", "kserve_v1", "kserve_v2"] = Field(
+        default="none", description="KServe v1 or v2 (Open Inference Protocol) requests and answers"
+    )
+    mapping: AnswerMapping | None = None
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_positive(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("expected a whole number >= 1 or 'all'")
+        return v
+
+    @model_validator(mode="after")
+    def _mapping_given(self) -> "AnswersSpec":
+        if self.format == "mapping" and self.mapping is None:
+            raise ValueError("answers.format mapping needs answers.mapping (where prediction, label, "
+                             "probabilities sit in the answer)")
+        return self
 
 
 class PortsSpec(_Frozen):
@@ -117,6 +242,8 @@ class ServingSpec(_Frozen):
     response_timeout_s: int = Field(default=30, ge=1)
     startup_timeout_s: float = Field(default=120.0, gt=0)
     job_queue_size: int = Field(default=100, ge=1)
+    max_request_size: int = Field(default=6_553_500, ge=1024, description="TorchServe's max_request_size, bytes")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of TorchServe and its workers")
     ports: PortsSpec | None = None
 
 
@@ -127,11 +254,16 @@ class ReplaySpec(_Frozen):
     warmup_requests: int = Field(default=20, ge=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=5, ge=0, description="retries of 'queue full' answers only")
+    max_consecutive_timeouts: int = Field(
+        default=3, ge=1, description="timeouts in a row that end the replay (a hung handler)"
+    )
     rate: float | None = Field(default=None, gt=0, description="open-loop requests/s; default closed loop")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (e.g. a KServe host)")
+    ca_file: Path | None = Field(default=None, description="CA bundle for an https --endpoint")
 
 
 class MetricThreshold(_Frozen):
-    """Limits on one metric of a candidate (exported or served) against the baseline."""
+    """Limits on one metric of a candidate (exported, handled or served) against the baseline."""
 
     min: float | None = Field(default=None, ge=0, le=1)
     max_drop: float | None = Field(default=None, ge=0, le=1, description="absolute, e.g. 0.01 = 1 point")
@@ -146,7 +278,10 @@ class GateSpec(_Frozen):
     """What a candidate must satisfy for the run to pass."""
 
     metrics: dict[str, MetricThreshold] = Field(default_factory=_default_metric_thresholds)
-    max_output_diff: float = Field(default=DEFAULT_OUTPUT_ATOL, gt=0)
+    max_output_diff: float = Field(
+        default=DEFAULT_OUTPUT_ATOL, gt=0,
+        description="largest allowed |candidate - baseline| of any logit or probability, every stage",
+    )
     min_prediction_agreement: float = Field(default=1.0, ge=0, le=1)
     require_identical_confusion: bool = True
     positive_class: int | None = Field(default=None, ge=0)
@@ -165,6 +300,10 @@ class GateSpec(_Frozen):
     )
     flag_improvement: bool = Field(default=True, description="a metric that improves beyond noise fails")
     fail_on_leakage: bool = True
+    probes: bool = Field(default=True, description="failed export and handler probes fail the gate")
+    allow_not_evaluable: tuple[str, ...] = Field(
+        default=(), description="checks that may show as WARN when the answers cannot support them"
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -183,35 +322,43 @@ class GateSpec(_Frozen):
         return self
 
 
+def _handler_shorthand(v: Any) -> Any:
+    return {"name": v} if isinstance(v, str) else v
+
+
 class Spec(_Frozen):
-    """One validation: the model, its data, how to export, serve, replay and gate it."""
+    """One validation: the model, its data, how to export, archive, serve, replay and gate it."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$", description="TorchServe model name")
     version: str = Field(default="1.0", pattern=r"^[0-9A-Za-z.\-_]+$")
     model: ModelSpec
     dataset: DatasetSpec
     export: ExportSpec = ExportSpec()
-    handler: str = DEFAULT_HANDLER
+    handler: HandlerSpec = HandlerSpec()
+    answers: AnswersSpec = AnswersSpec()
     serving: ServingSpec = ServingSpec()
     replay: ReplaySpec = ReplaySpec()
     gate: GateSpec = GateSpec()
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="deadline of the whole run")
     spec_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("handler", mode="before")
+    @classmethod
+    def _handler_str(cls, v: Any) -> Any:
+        return _handler_shorthand(v)
 
     @model_validator(mode="after")
     def _positive_class_in_range(self) -> "Spec":
         pc = self.gate.positive_class
         if pc is not None and pc >= self.model.num_classes:
             raise ValueError(
-                f"gate.positive_class is {pc} but the model has {self.model.num_classes} classes (0..{self.model.num_classes - 1})"
+                f"gate.positive_class is {pc} but the model has {self.model.num_classes} classes "
+                f"(0..{self.model.num_classes - 1})"
             )
+        k = self.answers.top_k
+        if isinstance(k, int) and k > self.model.num_classes:
+            raise ValueError(f"answers.top_k is {k} but the model has {self.model.num_classes} classes")
         return self
-
-    @property
-    def handler_path(self) -> Path:
-        """The handler file shipped in the .mar: a name in handlers/ or a path."""
-        if "/" not in self.handler and not self.handler.endswith(".py"):
-            return HANDLERS_DIR / f"{self.handler}.py"
-        return Path(self.handler)
 
     @property
     def class_labels(self) -> tuple[str, ...]:
@@ -225,10 +372,31 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _format_validation_error(err: ValidationError, source: str) -> ConfigError:
-    lines = []
+def _resolve_ref(base: Path, ref: str | None) -> str | None:
+    """'file.py:fn' becomes '/abs/file.py:fn'; 'package.module:fn' and 'builtin:x' stay."""
+    if ref is None or ref.startswith("builtin:"):
+        return ref
+    module, _, fn = ref.rpartition(":")
+    if module.endswith(".py"):
+        return f"{_resolve(base, Path(module))}:{fn}"
+    return ref
+
+
+def _moved_fields(data: dict) -> list[str]:
+    out = []
+    for (section, field), where in _MOVED.items():
+        if isinstance(data.get(section), dict) and field in data[section]:
+            out.append(f"{section}.{field}: moved to {where}")
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str, moved: list[str]) -> ConfigError:
+    moved_locs = {m.split(":", 1)[0] for m in moved}
+    lines = list(moved)
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if loc in moved_locs:
+            continue
         if e["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown field (check its spelling and where it is nested)")
             continue
@@ -257,24 +425,30 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    moved = _moved_fields(data)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        raise _format_validation_error(e, source) from e
-    handler = spec.handler
-    if "/" in handler or handler.endswith(".py"):
-        handler = str(_resolve(base_dir, Path(handler)))
-    model = spec.model.model_copy(update={"weights": _resolve(base_dir, spec.model.weights)})
-    factory_mod, _, factory_fn = spec.model.factory.partition(":")
-    if factory_mod.endswith(".py"):
-        model = model.model_copy(update={"factory": f"{_resolve(base_dir, Path(factory_mod))}:{factory_fn}"})
-    dataset = spec.dataset.model_copy(
-        update={
-            "path": _resolve(base_dir, spec.dataset.path),
-            "train_path": _resolve(base_dir, spec.dataset.train_path),
-        }
-    )
-    return spec.model_copy(update={"model": model, "dataset": dataset, "handler": handler})
+        raise _format_validation_error(e, source, moved) from e
+    if moved:
+        raise ConfigError(f"{source}: {len(moved)} invalid field(s). Fix the spec and re-run.", details=moved)
+    h = spec.handler
+    handler = h.model_copy(update={
+        "name": str(_resolve(base_dir, Path(h.name))) if h.is_file else h.name,
+        "extra_files": tuple(_resolve(base_dir, p) for p in h.extra_files),
+        "requirements": _resolve(base_dir, h.requirements),
+    })
+    model = spec.model.model_copy(update={
+        "weights": _resolve(base_dir, spec.model.weights),
+        "factory": _resolve_ref(base_dir, spec.model.factory),
+        "preprocess": _resolve_ref(base_dir, spec.model.preprocess),
+    })
+    dataset = spec.dataset.model_copy(update={
+        "path": _resolve(base_dir, spec.dataset.path),
+        "train_path": _resolve(base_dir, spec.dataset.train_path),
+    })
+    replay = spec.replay.model_copy(update={"ca_file": _resolve(base_dir, spec.replay.ca_file)})
+    return spec.model_copy(update={"model": model, "dataset": dataset, "handler": handler, "replay": replay})
 
 
 def load_spec(path: Path) -> Spec:
@@ -295,7 +469,9 @@ def load_spec(path: Path) -> Spec:
             f"spec file {path} does not exist. Pass the path of a YAML spec, e.g. examples/digits/spec.yaml."
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e}). Save the spec as UTF-8.") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}. Fix the syntax and re-run.") from e
     spec = parse_spec(data, base_dir=path.resolve().parent, source=str(path))

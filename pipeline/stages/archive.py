@@ -1,9 +1,10 @@
 """Stage 3, archive: torch-model-archiver packs the exported model and the handler into a .mar.
 
-The archive is built inside the run folder, checked (a zip, a manifest, the files it names)
-and only then published to ``model_store/<name>.mar``, so two runs never share a half-built
-file. torch-model-archiver stages its files in ``$TMPDIR/<model name>`` and deletes that
-folder first, so it runs as a subprocess with the run's own TMPDIR.
+The archive is built inside the run folder and checked (a zip, a manifest, the files it
+names, the files the spec asked for); publishing it to the model store is a separate step
+that happens only when the gate passes (``pipeline.run.publish``). torch-model-archiver
+stages its files in ``$TMPDIR/<model name>`` and deletes that folder first, so it runs as a
+subprocess with the run's own TMPDIR.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.spec import Spec
 from pipeline.errors import ArchiveError
 from pipeline.files import file_sha256
+from pipeline.spec import Spec
+from pipeline.stages.export import ExportResult
+from pipeline.torchserve.handlers import HandlerInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,9 @@ ARCHIVER_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    """Where the archive goes and what it must match."""
+    """Where the archive is built and what it must match."""
 
     work_dir: Path  # run-private: staging, TMPDIR, the store TorchServe serves from
-    model_store: Path  # where the checked .mar is published
-    force: bool = False
     prebuilt_mar: Path | None = None  # validate this .mar instead of building one
     expected_sha256: str | None = None
 
@@ -45,11 +46,12 @@ class ArchiveConfig:
 @dataclass(frozen=True)
 class ArchiveResult:
     mar_path: Path  # the run's copy, served by TorchServe
-    published_path: Path | None  # model_store/<name>.mar, None for a prebuilt archive
     sha256: str
     size_bytes: int
     manifest: dict
     model_config: dict
+    members: tuple[str, ...]
+    prebuilt: bool = False
 
 
 def model_config_for(spec: Spec) -> dict:
@@ -65,7 +67,7 @@ def model_config_for(spec: Spec) -> dict:
     }
 
 
-def inspect_archive(path: Path, expected_sha256: str | None = None) -> tuple[dict, dict]:
+def inspect_archive(path: Path, expected_sha256: str | None = None) -> tuple[dict, dict, tuple[str, ...]]:
     """Check that a .mar is a complete archive TorchServe can load.
 
     Args:
@@ -73,7 +75,7 @@ def inspect_archive(path: Path, expected_sha256: str | None = None) -> tuple[dic
         expected_sha256: refuse the file unless its sha256 is this.
 
     Returns:
-        The manifest and the model config found inside (empty when absent).
+        The manifest, the model config found inside (empty when absent) and the member names.
 
     Raises:
         ArchiveError: missing, truncated or not a zip, no manifest, a file the manifest
@@ -101,7 +103,10 @@ def inspect_archive(path: Path, expected_sha256: str | None = None) -> tuple[dic
                 )
             manifest = json.loads(zf.read(MANIFEST))
             model = manifest.get("model", {})
-            wanted = [model.get(k) for k in ("serializedFile", "handler", "configFile") if model.get(k)]
+            handler = model.get("handler", "")
+            wanted = [model.get(k) for k in ("serializedFile", "configFile", "modelFile") if model.get(k)]
+            if handler.endswith(".py"):
+                wanted.append(handler)
             missing = [w for w in wanted if w not in names]
             if missing:
                 raise ArchiveError(f"archive {path}: the manifest names {missing} but the archive lacks them.")
@@ -113,45 +118,52 @@ def inspect_archive(path: Path, expected_sha256: str | None = None) -> tuple[dic
         ) from e
     except (KeyError, ValueError, yaml.YAMLError) as e:
         raise ArchiveError(f"archive {path}: unreadable manifest or model config: {e}") from e
-    return manifest, config or {}
+    return manifest, config or {}, tuple(sorted(names))
 
 
-def check_publish_target(spec: Spec, cfg: ArchiveConfig) -> None:
-    """Fail early, before any work, when the published .mar exists and --force is not given."""
-    target = cfg.model_store / f"{spec.name}.mar"
-    if cfg.prebuilt_mar is None and target.exists() and not cfg.force:
-        raise ArchiveError(f"{target} already exists. Re-run with --force to overwrite.")
-
-
-def _run_archiver(spec: Spec, serialized: Path, cfg: ArchiveConfig, store: Path) -> None:
-    staging = cfg.work_dir / "staging"
-    tmp = cfg.work_dir / "tmp"
-    for d in (staging, tmp, store):
-        d.mkdir(parents=True, exist_ok=True)
-    meta = {
+def _meta(spec: Spec, base_input_shape: tuple[int, ...]) -> dict:
+    return {
         "name": spec.name,
-        "input_shape": list(spec.dataset.input_shape),
+        "input_shape": list(spec.dataset.input_shape or base_input_shape),
         "num_classes": spec.model.num_classes,
         "class_names": list(spec.class_labels),
         "export_mode": spec.export.mode,
     }
-    (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _run_archiver(spec: Spec, handler: HandlerInfo, exported: ExportResult, input_shape: tuple[int, ...],
+                  cfg: ArchiveConfig, store: Path) -> None:
+    staging = cfg.work_dir / "staging"
+    tmp = cfg.work_dir / "tmp"
+    for d in (staging, tmp, store):
+        d.mkdir(parents=True, exist_ok=True)
+    extra = list(spec.handler.extra_files)
+    if handler.origin == "project":
+        (staging / META_FILE).write_text(json.dumps(_meta(spec, input_shape), indent=2))
+        extra.append(staging / META_FILE)
+    names = [p.name for p in extra]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ArchiveError(f"handler.extra_files: two files are named {clash}; the .mar keeps one folder, so "
+                           "one would replace the other. Rename one of them.")
     (staging / "model-config.yaml").write_text(yaml.safe_dump(model_config_for(spec), sort_keys=False))
-    handler = spec.handler_path
-    if not handler.is_file():
-        raise ArchiveError(f"handler {handler} does not exist. Set handler to a file in handlers/ or a path.")
     cmd = [
         sys.executable, "-m", "model_archiver.model_packaging",
         "--model-name", spec.name,
         "--version", spec.version,
-        "--serialized-file", str(serialized),
-        "--handler", str(handler),
-        "--extra-files", str(staging / META_FILE),
+        "--serialized-file", str(exported.path),
+        "--handler", handler.archiver_ref,
         "--config-file", str(staging / "model-config.yaml"),
         "--export-path", str(store),
         "--archive-format", "default",
         "--force",
     ]
+    if extra:
+        cmd += ["--extra-files", ",".join(str(p) for p in extra)]
+    if exported.model_file is not None:
+        cmd += ["--model-file", str(exported.model_file)]
+    if spec.handler.requirements is not None:
+        cmd += ["--requirements-file", str(spec.handler.requirements)]
     env = {**os.environ, "TMPDIR": str(tmp)}
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=ARCHIVER_TIMEOUT_S)
@@ -162,43 +174,43 @@ def _run_archiver(spec: Spec, serialized: Path, cfg: ArchiveConfig, store: Path)
         raise ArchiveError(f"torch-model-archiver failed with exit code {proc.returncode}.", details=tail)
 
 
-def build_archive(spec: Spec, cfg: ArchiveConfig, serialized: Path) -> ArchiveResult:
-    """Pack (or take the prebuilt) .mar, check it, and publish it to the model store.
+def _check_contents(spec: Spec, members: tuple[str, ...], path: Path) -> None:
+    wanted = [p.name for p in spec.handler.extra_files]
+    if spec.handler.requirements is not None:
+        wanted.append(spec.handler.requirements.name)
+    missing = [w for w in wanted if w not in members]
+    if missing:
+        raise ArchiveError(f"archive {path} lacks {missing}, which the spec's handler section ships. "
+                           f"Members: {list(members)[:20]}.")
+
+
+def build_archive(spec: Spec, cfg: ArchiveConfig, handler: HandlerInfo, exported: ExportResult,
+                  input_shape: tuple[int, ...]) -> ArchiveResult:
+    """Pack (or take the prebuilt) .mar into the run folder and check it.
 
     Args:
-        spec: the validated spec (name, version, handler, serving settings).
-        cfg: where to build and publish, --force, a prebuilt .mar and its expected sha256.
-        serialized: the exported model file.
+        spec: the validated spec (name, version, handler files, serving settings).
+        cfg: where to build, a prebuilt .mar and its expected sha256.
+        handler: the resolved handler.
+        exported: the export stage's artefact (and model file, in eager mode).
+        input_shape: one row's model input shape, for the project handler's metadata.
 
     Returns:
-        The run's .mar, the published copy, sha256, size, manifest and model config.
+        The run's .mar, sha256, size, manifest, model config and member names.
 
     Raises:
-        ArchiveError: the target exists without --force, the archiver fails, or the .mar
-            is truncated, lacks a manifest or does not match the expected sha256.
+        ArchiveError: the archiver fails, or the .mar is truncated, lacks a manifest or a
+            file the spec ships, or does not match the expected sha256.
     """
     store = cfg.work_dir / "model_store"
+    mar = store / f"{spec.name}.mar"
     if cfg.prebuilt_mar is not None:
-        manifest, model_config = inspect_archive(cfg.prebuilt_mar, cfg.expected_sha256)
+        manifest, model_config, members = inspect_archive(cfg.prebuilt_mar, cfg.expected_sha256)
         store.mkdir(parents=True, exist_ok=True)
-        mar = store / f"{spec.name}.mar"
         shutil.copyfile(cfg.prebuilt_mar, mar)
-        published = None
     else:
-        check_publish_target(spec, cfg)
-        _run_archiver(spec, serialized, cfg, store)
-        mar = store / f"{spec.name}.mar"
-        manifest, model_config = inspect_archive(mar, cfg.expected_sha256)
-        cfg.model_store.mkdir(parents=True, exist_ok=True)
-        published = cfg.model_store / f"{spec.name}.mar"
-        tmp = published.with_name(f".{published.name}.{os.getpid()}.tmp")
-        shutil.copyfile(mar, tmp)
-        os.replace(tmp, published)
-    return ArchiveResult(
-        mar_path=mar,
-        published_path=published,
-        sha256=file_sha256(mar),
-        size_bytes=mar.stat().st_size,
-        manifest=manifest,
-        model_config=model_config,
-    )
+        _run_archiver(spec, handler, exported, input_shape, cfg, store)
+        manifest, model_config, members = inspect_archive(mar, cfg.expected_sha256)
+        _check_contents(spec, members, mar)
+    return ArchiveResult(mar_path=mar, sha256=file_sha256(mar), size_bytes=mar.stat().st_size, manifest=manifest,
+                         model_config=model_config, members=members, prebuilt=cfg.prebuilt_mar is not None)

@@ -1,148 +1,98 @@
-"""Stage 1, baseline: the eager model, built from the spec, scores every row in-process."""
+"""Stage 1, baseline: the eager model scores every row in-process, through the reference preprocessing.
+
+The reference preprocessing is the one the model was trained and evaluated with (the
+user's ``model.preprocess``, or the input kind's default); it gets what TorchServe's worker
+would hand the handler for the row. Rows stream through in chunks of
+``dataset.chunk_rows``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
+import numpy as np
 from torch import nn
 
-from pipeline.spec import Spec
-from pipeline.stages.dataset import Dataset
-from pipeline.errors import ModelError
+from pipeline.errors import DatasetError, ModelError, UserCodeError
 from pipeline.files import file_sha256
-from pipeline.model.forward import Scores, score_rows
+from pipeline.inputs.base import Reference, Rows
+from pipeline.inputs.stream import StreamFacts, reference_chunks
+from pipeline.model.forward import Scores, score_chunks
+from pipeline.spec import Spec
+from pipeline.usercode import user_frame
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """The eager model's outputs on the dataset: the reference every candidate is held to."""
+    """The eager model's outputs on the dataset: the reference every candidate is held to.
+
+    Attributes:
+        scores: logits and per-row forward latency.
+        reference: the preprocessing that ran (its name is in every report).
+        input_shape, input_dtype: one row's model input.
+        input_low, input_high: elementwise range of the inputs over all rows (export probes).
+        sample: the first rows' inputs (export example and probes).
+        preprocess_ms_p50: median time of the reference preprocessing per row.
+    """
 
     scores: Scores
-    weights_path: Path
+    reference: Reference
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    input_low: np.ndarray
+    input_high: np.ndarray
+    sample: np.ndarray
+    preprocess_ms_p50: float
+    weights_path: object
     weights_sha256: str
     weights_size_bytes: int
 
 
-def _import_factory(factory: str):
-    module_name, _, func_name = factory.rpartition(":")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise ModelError(f"model.factory: file {path} does not exist. Fix the path in the spec.")
-            mod_name = f"_pv_model_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ModelError:
-        raise
-    except Exception as e:
-        raise ModelError(
-            f"model.factory: cannot import {module_name!r}: {type(e).__name__}: {e}. "
-            "Check the import path and that the module is importable from the repo root or the spec's folder."
-        ) from e
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise ModelError(f"model.factory: {module_name!r} has no callable {func_name!r}. Fix model.factory.")
-    return fn
+def preprocess_failure(spec: Spec, reference: Reference, facts: StreamFacts, total: int) -> DatasetError:
+    return DatasetError(
+        f"the reference preprocessing ({reference.name}) failed on {facts.failed_count} of {total} rows. "
+        "Fix those rows (a missing, unreadable or wrongly encoded input) or the preprocessing; no row is skipped.",
+        details=[f"id {i}: {why}" for i, why in facts.failures],
+    )
 
 
-def _state_dict_mismatch(model: nn.Module, state: dict) -> list[str]:
-    own = model.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing:
-        problems.append(f"missing in the weights file: {missing[:10]}")
-    if unexpected:
-        problems.append(f"not in the model: {unexpected[:10]}")
-    for k in sorted(set(own) & set(state)):
-        a, b = own[k], state[k]
-        if hasattr(b, "shape") and tuple(a.shape) != tuple(b.shape):
-            problems.append(f"{k}: model has shape {list(a.shape)}, weights file has {list(b.shape)}")
-    return problems
-
-
-def load_model(spec: Spec) -> nn.Module:
-    """Build the eager model from the spec's factory and load its weights strictly.
-
-    Args:
-        spec: the validated spec.
-
-    Returns:
-        The model in eval mode, on the CPU.
-
-    Raises:
-        ModelError: the factory cannot be imported or called, the weights file is missing
-            or unreadable, or its keys or shapes differ from the model's (all listed).
-    """
-    factory = _import_factory(spec.model.factory)
-    try:
-        model = factory()
-    except Exception as e:
-        raise ModelError(f"model.factory {spec.model.factory} raised {type(e).__name__}: {e}") from e
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model.factory {spec.model.factory} returned {type(model).__name__}, not a torch.nn.Module.")
-    weights = spec.model.weights
-    if not weights.is_file():
-        raise ModelError(
-            f"weights file {weights} does not exist. Train the model first "
-            "(for the examples: make examples) or fix model.weights in the spec."
-        )
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(
-            f"weights file {weights} ({weights.stat().st_size} bytes) could not be loaded: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. It may be truncated or not a torch.save'd state_dict."
-        ) from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"weights file {weights} holds a {type(state).__name__}, expected a state_dict.")
-    problems = _state_dict_mismatch(model, state)
-    if problems:
-        raise ModelError(
-            f"weights file {weights} does not match the architecture built by {spec.model.factory}.",
-            details=problems,
-        )
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def score_baseline(spec: Spec, model: nn.Module, data: Dataset) -> BaselineResult:
+def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Reference) -> BaselineResult:
     """Score every row with the eager model, one row at a time.
 
     Args:
         spec: the validated spec.
         model: the eager model from ``load_model``.
-        data: the labeled rows.
+        rows: the labeled rows.
+        reference: the reference preprocessing.
 
     Returns:
-        Outputs, per-row latency and the weights file's identity.
+        Outputs, per-row latency, the inputs' shape and range, and the weights file's identity.
 
     Raises:
-        ModelError: the model fails on the dataset's tensors or returns the wrong shape.
+        DatasetError: the reference preprocessing failed on some rows (all listed).
+        UserCodeError: the model raised on its input (a shape the model does not take).
+        ModelError: the model returns the wrong number of outputs.
     """
+    facts = StreamFacts()
     try:
-        scores = score_rows(model, data.features)
+        scores = score_chunks(model, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts), len(rows))
+    except TypeError as e:
+        raise ModelError(f"{e}.") from e
     except Exception as e:
-        raise ModelError(
-            f"the eager model failed on a [1, {', '.join(map(str, spec.dataset.input_shape))}] input: "
-            f"{type(e).__name__}: {e}. Check dataset.input_shape."
+        shape = ", ".join(map(str, facts.shape)) if facts.shape else "?"
+        raise UserCodeError(
+            f"the eager model raised on a [1, {shape}] input from "
+            f"{reference.name}: {type(e).__name__}: {str(e)[:300]}{user_frame(e)}. Check that the preprocessing "
+            "returns what the model takes (dataset.input_shape for kind tensor)."
         ) from e
+    if facts.failed_count:
+        raise preprocess_failure(spec, reference, facts, len(rows))
+    if spec.dataset.input_shape is not None and facts.shape != tuple(spec.dataset.input_shape):
+        raise DatasetError(f"the reference preprocessing gives inputs of shape {list(facts.shape)} but "
+                           f"dataset.input_shape is {list(spec.dataset.input_shape)}. Fix one of them.")
     if scores.logits.shape[1] != spec.model.num_classes:
         raise ModelError(
             f"the eager model returns {scores.logits.shape[1]} outputs per row but model.num_classes is "
@@ -150,5 +100,8 @@ def score_baseline(spec: Spec, model: nn.Module, data: Dataset) -> BaselineResul
         )
     w = spec.model.weights
     return BaselineResult(
-        scores=scores, weights_path=w, weights_sha256=file_sha256(w), weights_size_bytes=w.stat().st_size
+        scores=scores, reference=reference, input_shape=facts.shape, input_dtype=facts.dtype,
+        input_low=facts.low, input_high=facts.high, sample=facts.sample_array(),
+        preprocess_ms_p50=float(np.median(facts.preprocess_ms)) if facts.preprocess_ms else float("nan"),
+        weights_path=w, weights_sha256=file_sha256(w), weights_size_bytes=w.stat().st_size,
     )

@@ -1,36 +1,44 @@
-"""Stage 2, export: script, trace or torch.export the model, then prove it is the same model.
+"""Stage 2, export: script, trace, torch.export, or ship eager; then prove it is the same model.
 
-The saved artefact is loaded back from disk and compared with the eager model on every
-dataset row and on probe inputs that exercise what tracing misses: several batch sizes,
-zeros, the edges of the input domain and random points inside it.
+The saved artefact is loaded back from disk the way the handler will load it and compared
+with the eager model on every dataset row (streamed through the reference preprocessing)
+and on probe inputs that exercise what tracing misses: several batch sizes, zeros, the
+edges of the input domain and random points inside it. ``export.mode: eager`` ships the
+model's source file and its state_dict (TorchServe's ``--model-file``); the check then
+proves that the file and the weights rebuild the same model.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import statistics
 import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.spec import Spec
-from pipeline.stages.dataset import Dataset
 from pipeline.errors import ExportError
 from pipeline.files import file_sha256
-from pipeline.model.forward import Forward, Scores, run_batched, score_rows
+from pipeline.inputs.base import Reference, Rows
+from pipeline.inputs.stream import StreamFacts, reference_chunks
+from pipeline.model.forward import Forward, Scores, run_batched, score_chunks
+from pipeline.model.loading import model_file_for_eager
+from pipeline.spec import Spec
+from pipeline.stages.baseline import BaselineResult
+from pipeline.usercode import import_module_ref
 
 log = logging.getLogger(__name__)
 
 PROBE_BATCH_SIZES = (1, 2, 7, 64)
 TIMING_BATCH_SIZES = (1, 32)
 _AOTI_MAX_BATCH = 1024
+_LARGE_INPUT = 4096  # elements per row above which random probes use fewer rows
 
 
 @dataclass(frozen=True)
@@ -55,20 +63,24 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Consistency:
-    """How far the exported model's outputs are from the eager model's."""
+    """How far the exported model's outputs are from the eager model's, with one tolerance."""
 
     rows: int
     max_abs_diff: float
     mean_abs_diff: float
     max_rel_diff: float
     agreement: float
-    atol: float
+    tolerance: float
     diverging_ids: tuple[str, ...]
     probes: tuple[ProbeResult, ...] = ()
 
     @property
+    def failed_probes(self) -> tuple[ProbeResult, ...]:
+        return tuple(p for p in self.probes if not p.is_ok)
+
+    @property
     def is_consistent(self) -> bool:
-        return not self.diverging_ids and all(p.is_ok for p in self.probes)
+        return not self.diverging_ids and not self.failed_probes
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,14 @@ class Timing:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The artefact that goes into the .mar, and the proof that it is the eager model.
+
+    Attributes:
+        mode: script, trace, export or eager.
+        path: the serialized file (TorchScript .pt, AOTInductor .pt2, or the state_dict).
+        model_file: the model's source file (eager mode only: the archive's --model-file).
+    """
+
     mode: str
     path: Path
     sha256: str
@@ -96,12 +116,14 @@ class ExportResult:
     consistency: Consistency
     timings: tuple[Timing, ...]
     warnings: tuple[CapturedWarning, ...]
+    model_file: Path | None = None
     optimized: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _capture(recorded: list[warnings.WarningMessage]) -> tuple[CapturedWarning, ...]:
-    counts = Counter((w.category.__name__, str(w.message).strip().splitlines()[0][:300]) for w in recorded)
+    counts = Counter((w.category.__name__, str(w.message).strip().splitlines()[0][:300]) for w in recorded
+                     if str(w.message).strip())
     return tuple(CapturedWarning(c, m, n) for (c, m), n in counts.most_common())
 
 
@@ -115,9 +137,9 @@ def _script_or_trace(spec: Spec, model: nn.Module, example: torch.Tensor, out: P
     except Exception as e:
         first = str(e).strip().splitlines()
         hint = (
-            "Try export.mode: trace (if forward has no data-dependent control flow) or export.mode: export."
+            "Try export.mode: trace (if forward has no data-dependent control flow), export or eager."
             if mode == "script"
-            else "Try export.mode: script or export.mode: export."
+            else "Try export.mode: script, export or eager."
         )
         raise ExportError(
             f"torch.jit.{mode} could not export {spec.model.factory}: {type(e).__name__}: "
@@ -135,12 +157,21 @@ def _aoti_package(spec: Spec, model: nn.Module, example: torch.Tensor, out: Path
         first = " ".join(str(e).strip().splitlines()[:6])[:800]
         raise ExportError(
             f"torch.export could not export {spec.model.factory}: {type(e).__name__}: {first}. "
-            "Try export.mode: script."
+            "Try export.mode: script or eager."
         ) from e
 
 
-def load_exported(path: Path) -> Forward:
-    """Load an exported artefact the way the handler does: TorchScript .pt or AOTInductor .pt2."""
+def load_exported(path: Path, model_file: Path | None = None) -> Forward:
+    """Load an artefact the way TorchServe's handlers do: TorchScript .pt, AOTInductor .pt2, or
+    (eager) the one class of ``model_file`` built with no arguments plus the state_dict."""
+    if model_file is not None:
+        import inspect
+
+        module = import_module_ref(str(model_file), "model.factory")
+        (cls,) = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+        m = cls()
+        m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return m.eval()
     if path.suffix == ".pt2":
         runner = torch._inductor.aoti_load_package(str(path))
         return lambda x: runner(x)
@@ -149,44 +180,54 @@ def load_exported(path: Path) -> Forward:
     return m
 
 
-def _compare(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> tuple[np.ndarray, float, float, float]:
+def _compare(ref: np.ndarray, got: np.ndarray, tolerance: float) -> tuple[np.ndarray, float, float, float]:
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    row_max = diff.max(axis=1)
-    limit = atol + rtol * np.abs(ref).max(axis=1)
+    row_max = np.nan_to_num(diff, nan=np.inf).max(axis=1) if diff.size else np.zeros(len(ref))
     rel = diff / np.maximum(np.abs(ref), 1e-12)
-    return row_max > limit, float(diff.max()), float(diff.mean()), float(rel.max())
+    finite = diff[np.isfinite(diff)]
+    return (row_max > tolerance, float(finite.max()) if finite.size else float("nan"),
+            float(finite.mean()) if finite.size else float("nan"),
+            float(np.nanmax(rel)) if rel.size else float("nan"))
 
 
-def _probe_inputs(spec: Spec, data: Dataset) -> list[tuple[str, np.ndarray]]:
+def _probe_inputs(spec: Spec, base: BaselineResult) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    flat = data.features.reshape(len(data), -1)
+    sample = base.sample.astype(np.float32)
+    flat = sample.reshape(len(sample), -1)
+    width = flat.shape[1]
     if spec.export.probe_value_range is not None:
-        lo = np.full(flat.shape[1], spec.export.probe_value_range[0], np.float32)
-        hi = np.full(flat.shape[1], spec.export.probe_value_range[1], np.float32)
+        lo = np.full(width, spec.export.probe_value_range[0], np.float32)
+        hi = np.full(width, spec.export.probe_value_range[1], np.float32)
     else:
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
-    shape = (-1, *spec.dataset.input_shape)
-    n = 64
-    uniform = rng.uniform(lo, hi, size=(n, flat.shape[1])).astype(np.float32)
-    corners = np.where(rng.random((n, flat.shape[1])) < 0.5, lo, hi).astype(np.float32)
-    shuffled = np.stack([flat[rng.integers(0, len(flat), flat.shape[1]), np.arange(flat.shape[1])] for _ in range(n)])
+        lo, hi = base.input_low.reshape(-1).astype(np.float32), base.input_high.reshape(-1).astype(np.float32)
+    shape = (-1, *base.input_shape)
+    n = 64 if width <= _LARGE_INPUT else 8
+    uniform = rng.uniform(lo, hi, size=(n, width)).astype(np.float32)
+    corners = np.where(rng.random((n, width)) < 0.5, lo, hi).astype(np.float32)
+    mixed = np.stack([flat[rng.integers(0, len(flat), width), np.arange(width)] for _ in range(n)])
     return [
-        ("zeros", np.zeros((4, flat.shape[1]), np.float32).reshape(shape)),
+        ("zeros", np.zeros((4, width), np.float32).reshape(shape)),
         ("domain minimum", np.tile(lo, (4, 1)).reshape(shape)),
         ("domain maximum", np.tile(hi, (4, 1)).reshape(shape)),
         ("random corners of the domain", corners.reshape(shape)),
         ("uniform in the domain", uniform.reshape(shape)),
-        ("features mixed across rows", shuffled.astype(np.float32).reshape(shape)),
+        ("features mixed across rows", mixed.astype(np.float32).reshape(shape)),
         ("negated rows", (-flat[:n]).reshape(shape)),
         ("rows scaled x2", (2 * flat[:n]).reshape(shape)),
     ]
 
 
-def _run_probes(spec: Spec, eager: Forward, exported: Forward, data: Dataset) -> tuple[ProbeResult, ...]:
-    atol, rtol = spec.export.atol, spec.export.rtol
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def _run_probes(spec: Spec, eager: Forward, exported: Forward, base: BaselineResult) -> tuple[ProbeResult, ...]:
+    tol = spec.gate.max_output_diff
     results = []
+    dtype = getattr(np, base.input_dtype, np.float32) if base.input_dtype else np.float32
 
     def check(name: str, x: np.ndarray, batch: int) -> None:
+        x = x.astype(dtype)
         try:
             ref = run_batched(eager, x, batch)
         except Exception as e:  # the eager model itself rejects this input: nothing to compare
@@ -196,21 +237,20 @@ def _run_probes(spec: Spec, eager: Forward, exported: Forward, data: Dataset) ->
         try:
             got = run_batched(exported, x, batch)
         except Exception as e:
-            results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), False,
-                                       f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"))
+            results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), False, _first_line(e)))
             return
         if ref.shape != got.shape:
             results.append(ProbeResult(name, len(x), batch, float("nan"), 0.0, False,
                                        f"output shape {got.shape} differs from eager {ref.shape}"))
             return
-        bad, max_abs, _, _ = _compare(ref, got, atol, rtol)
+        bad, max_abs, _, _ = _compare(ref, got, tol)
         agree = float((ref.argmax(1) == got.argmax(1)).mean())
         results.append(ProbeResult(name, len(x), batch, max_abs, agree, not bad.any()))
 
-    rows = data.features[: max(PROBE_BATCH_SIZES) * 2]
+    rows = base.sample[: max(PROBE_BATCH_SIZES) * 2]
     for b in PROBE_BATCH_SIZES:
         check(f"dataset rows at batch {b}", rows, b)
-    for name, x in _probe_inputs(spec, data):
+    for name, x in _probe_inputs(spec, base):
         check(name, x, 1)
         check(name, x, len(x))
     return tuple(results)
@@ -229,35 +269,41 @@ def _median_iqr(fn: Forward, x: torch.Tensor, repeats: int) -> tuple[float, floa
     return statistics.median(samples), q[2] - q[0]
 
 
-def _time_models(spec: Spec, eager: Forward, exported: Forward, data: Dataset) -> tuple[Timing, ...]:
+def _time_models(spec: Spec, eager: Forward, exported: Forward, base: BaselineResult) -> tuple[Timing, ...]:
     out = []
+    sample = base.sample
     for b in TIMING_BATCH_SIZES:
-        idx = np.arange(b) % len(data)
-        x = torch.from_numpy(np.ascontiguousarray(data.features[idx]))
+        idx = np.arange(b) % len(sample)
+        x = torch.from_numpy(np.ascontiguousarray(sample[idx]))
         # Interleave the two so that machine noise hits both alike.
-        e1, ei1 = _median_iqr(eager, x, spec.export.latency_repeats // 2)
-        x1, xi1 = _median_iqr(exported, x, spec.export.latency_repeats // 2)
-        e2, ei2 = _median_iqr(eager, x, spec.export.latency_repeats // 2)
-        x2, xi2 = _median_iqr(exported, x, spec.export.latency_repeats // 2)
+        half = spec.export.latency_repeats // 2
+        e1, ei1 = _median_iqr(eager, x, half)
+        x1, xi1 = _median_iqr(exported, x, half)
+        e2, ei2 = _median_iqr(eager, x, half)
+        x2, xi2 = _median_iqr(exported, x, half)
         out.append(Timing(b, (e1 + e2) / 2, (ei1 + ei2) / 2, (x1 + x2) / 2, (xi1 + xi2) / 2))
     return tuple(out)
 
 
-def _consistency(spec: Spec, ref: Scores, got: Scores, data: Dataset, probes: tuple[ProbeResult, ...]) -> Consistency:
-    bad, max_abs, mean_abs, max_rel = _compare(ref.logits, got.logits, spec.export.atol, spec.export.rtol)
+def _consistency(spec: Spec, ref: Scores, got: Scores, rows: Rows, probes: tuple[ProbeResult, ...]) -> Consistency:
+    tol = spec.gate.max_output_diff
+    bad, max_abs, mean_abs, max_rel = _compare(ref.logits, got.logits, tol)
     return Consistency(
-        rows=len(data),
-        max_abs_diff=max_abs,
-        mean_abs_diff=mean_abs,
-        max_rel_diff=max_rel,
-        agreement=float((ref.predictions == got.predictions).mean()),
-        atol=spec.export.atol,
-        diverging_ids=tuple(np.asarray(data.ids)[bad].tolist()),
-        probes=probes,
+        rows=len(rows), max_abs_diff=max_abs, mean_abs_diff=mean_abs, max_rel_diff=max_rel,
+        agreement=float((ref.predictions == got.predictions).mean()), tolerance=tol,
+        diverging_ids=tuple(np.asarray(rows.ids)[bad].tolist()), probes=probes,
     )
 
 
-def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, data: Dataset) -> tuple[Path, list[str]]:
+def score_exported(spec: Spec, forward: Forward, rows: Rows, reference: Reference) -> Scores:
+    """The artefact's outputs on every row, streamed through the reference preprocessing again."""
+    facts = StreamFacts()
+    return score_chunks(forward, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts,
+                                                  keep_range=False), len(rows))
+
+
+def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, rows: Rows, base: BaselineResult
+                  ) -> tuple[Path, list[str]]:
     """freeze + optimize_for_inference: kept only when consistent and faster at batch 1."""
     notes = []
     opt_path = path.with_name(path.stem + ".optimized.pt")
@@ -269,13 +315,13 @@ def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, data: Dataset) -
     except Exception as e:
         notes.append(f"optimize: freeze/optimize_for_inference failed ({type(e).__name__}: {e}); kept the plain export")
         return path, notes
-    opt_scores = score_rows(opt, data.features)
-    bad, max_abs, _, _ = _compare(eager_scores.logits, opt_scores.logits, spec.export.atol, spec.export.rtol)
-    x = torch.from_numpy(np.ascontiguousarray(data.features[:1]))
+    opt_scores = score_exported(spec, opt, rows, base.reference)
+    bad, max_abs, _, _ = _compare(eager_scores.logits, opt_scores.logits, spec.gate.max_output_diff)
+    x = torch.from_numpy(np.ascontiguousarray(base.sample[:1]))
     plain_us, _ = _median_iqr(torch.jit.load(str(path)).eval(), x, spec.export.latency_repeats)
     opt_us, _ = _median_iqr(opt, x, spec.export.latency_repeats)
     if bad.any():
-        notes.append(f"optimize: not used, max abs diff {max_abs:.3g} exceeds atol {spec.export.atol:g}")
+        notes.append(f"optimize: not used, max abs diff {max_abs:.3g} exceeds {spec.gate.max_output_diff:g}")
         return path, notes
     if opt_us >= plain_us:
         notes.append(f"optimize: not used, batch-1 median {opt_us:.1f} us is not faster than {plain_us:.1f} us")
@@ -284,42 +330,43 @@ def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, data: Dataset) -
     return opt_path, notes
 
 
-def verify_export(spec: Spec, model: nn.Module, path: Path, data: Dataset, eager_scores: Scores
-                  ) -> tuple[Scores, Consistency, Forward]:
+def verify_export(spec: Spec, model: nn.Module, path: Path, rows: Rows, base: BaselineResult,
+                  model_file: Path | None = None) -> tuple[Scores, Consistency, Forward]:
     """Load an exported file back and compare it with the eager model on every row and on probes.
 
     Args:
-        spec: the validated spec (tolerances, probe settings).
+        spec: the validated spec (tolerance, probe settings).
         model: the eager model, the reference.
-        path: the exported TorchScript (.pt) or AOTInductor (.pt2) file.
-        data: the labeled rows.
-        eager_scores: the eager model's outputs on ``data``.
+        path: the exported TorchScript (.pt) or AOTInductor (.pt2) file, or the state_dict (eager).
+        rows: the labeled rows.
+        base: the baseline (eager outputs, input sample and range, reference preprocessing).
+        model_file: eager mode: the model's source file.
 
     Returns:
         The exported model's scores, the consistency report and the loaded model.
 
     Raises:
-        ExportError: the file cannot be loaded or run on the dataset's tensors.
+        ExportError: the file cannot be loaded or run on the dataset's inputs.
     """
     try:
-        exported = load_exported(path)
-        scores = score_rows(exported, data.features)
+        exported = load_exported(path, model_file)
+        scores = score_exported(spec, exported, rows, base.reference)
     except Exception as e:
         raise ExportError(
             f"the exported model {path} could not be loaded or run: {type(e).__name__}: {str(e)[:500]}"
         ) from e
-    probes = _run_probes(spec, model, exported, data) if spec.export.probe else ()
-    return scores, _consistency(spec, eager_scores, scores, data, probes), exported
+    probes = _run_probes(spec, model, exported, base) if spec.export.probe else ()
+    return scores, _consistency(spec, base.scores, scores, rows, probes), exported
 
 
-def export_model(spec: Spec, model: nn.Module, data: Dataset, eager_scores: Scores, out_dir: Path) -> ExportResult:
+def export_model(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult, out_dir: Path) -> ExportResult:
     """Export the model, load the saved file back and check it against the eager model.
 
     Args:
-        spec: the validated spec (``export.mode``: script, trace or export).
+        spec: the validated spec (``export.mode``: script, trace, export or eager).
         model: the eager model in eval mode.
-        data: the labeled rows; the first row is the tracing example.
-        eager_scores: the baseline's outputs, the reference.
+        rows: the labeled rows.
+        base: the baseline's outputs (the reference) and its input sample (the tracing example).
         out_dir: folder for the exported file.
 
     Returns:
@@ -328,38 +375,42 @@ def export_model(spec: Spec, model: nn.Module, data: Dataset, eager_scores: Scor
 
     Raises:
         ExportError: the model cannot be scripted, traced or exported, or the exported
-            file cannot be loaded back or run on the dataset's tensors.
+            file cannot be loaded back or run on the dataset's inputs.
+        ModelError: eager mode, and the model file is not what TorchServe's --model-file needs.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = spec.export.mode
-    path = out_dir / (f"{spec.name}.pt2" if mode == "export" else f"{spec.name}.pt")
-    example = torch.from_numpy(np.ascontiguousarray(data.features[:1]))
+    model_file = None
+    if mode == "export":
+        path = out_dir / f"{spec.name}.pt2"
+    elif mode == "eager":
+        path = out_dir / f"{spec.name}_state_dict.pt"
+    else:
+        path = out_dir / f"{spec.name}.pt"
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
+        sample = torch.from_numpy(np.ascontiguousarray(base.sample))
         if mode == "export":
             # Batch 1 would be specialised to a constant (0/1 specialisation): trace with two rows.
-            _aoti_package(spec, model, torch.from_numpy(np.ascontiguousarray(data.features[:2])), path)
+            example = sample[:2] if len(sample) >= 2 else torch.cat([sample[:1], sample[:1]])
+            _aoti_package(spec, model, example, path)
+        elif mode == "eager":
+            model_file = model_file_for_eager(spec)
+            shutil.copyfile(spec.model.weights, path)
         else:
-            _script_or_trace(spec, model, example, path)
+            _script_or_trace(spec, model, sample[:1], path)
         log.info("export %s took %.1f s", mode, time.perf_counter() - t0)
         optimized = False
-        if spec.export.optimize and mode != "export":
-            new_path, notes = _try_optimize(spec, path, eager_scores, data)
+        if spec.export.optimize and mode in ("script", "trace"):
+            new_path, notes = _try_optimize(spec, path, base.scores, rows, base)
             optimized = new_path != path
             path = new_path
-        scores, consistency, exported = verify_export(spec, model, path, data, eager_scores)
-        timings = _time_models(spec, model, exported, data)
+        scores, consistency, exported = verify_export(spec, model, path, rows, base, model_file)
+        timings = _time_models(spec, model, exported, base)
     return ExportResult(
-        mode=mode,
-        path=path,
-        sha256=file_sha256(path),
-        size_bytes=path.stat().st_size,
-        scores=scores,
-        consistency=consistency,
-        timings=timings,
-        warnings=_capture(recorded),
-        optimized=optimized,
-        notes=tuple(notes),
+        mode=mode, path=path, sha256=file_sha256(path), size_bytes=path.stat().st_size, scores=scores,
+        consistency=consistency, timings=timings, warnings=_capture(recorded), model_file=model_file,
+        optimized=optimized, notes=tuple(notes),
     )

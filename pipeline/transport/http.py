@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -39,15 +41,23 @@ class Target:
     port: int
     path: str
     host_header: str
+    tls: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> "Target":
         u = urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
-            raise ValueError(f"expected an http://host:port/path URL, got {url!r}")
-        port = u.port or 80
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"expected an http(s)://host:port/path URL, got {url!r}")
+        port = u.port or (443 if u.scheme == "https" else 80)
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        return cls(u.hostname, port, path, f"{u.hostname}:{port}")
+        return cls(u.hostname, port, path, f"{u.hostname}:{port}", u.scheme == "https")
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A verifying TLS client context: the system's CAs, or ``ca_file`` (a private CA)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def build_request(target: Target, body: bytes, headers: dict[str, str]) -> bytes:
@@ -148,8 +158,9 @@ def _expire(fut: asyncio.Future) -> None:
 class Connection:
     """One keep-alive connection; reconnects after a close, a timeout or a protocol error."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
+        self.tls = tls if tls is not None or not target.tls else tls_context()
         self._proto: _Protocol | None = None
         self.deadline: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -165,7 +176,11 @@ class Connection:
         if self._proto is None or self._proto.closed:
             loop = asyncio.get_running_loop()
             try:
-                _, proto = await loop.create_connection(_Protocol, self.target.host, self.target.port)
+                _, proto = await loop.create_connection(
+                    _Protocol, self.target.host, self.target.port, ssl=self.tls,
+                    server_hostname=self.target.host if self.tls else None)
+            except ssl.SSLError as e:
+                raise HttpConnectionError(f"TLS handshake with {self.target.host_header} failed: {e}") from e
             except OSError as e:
                 raise HttpConnectionError(f"cannot connect to {self.target.host_header}: {e.strerror or e}") from e
             self._proto = proto

@@ -26,12 +26,13 @@ import torch
 
 
 class Faulty:
-    """Raises on rows with f1 > 1.5, answers garbage for f2 > 1.5, sleeps past the timeout for f3 > SLOW."""
+    """Raises on rows with f1 > 1.5, answers garbage for f2 > 1.5, sleeps past the timeout for f3 > SLOW
+    when $PV_TEST_DELAY_ON is set (so only where the spec's serving.env sets it: in TorchServe's worker)."""
 
     def initialize(self, context):
         d = context.system_properties.get("model_dir")
         self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"]))
-        self.batch_mismatch = os.path.exists(os.path.join(d, "model_meta.json")) and BATCH_MISMATCH
+        self.batch_mismatch = BATCH_MISMATCH
 
     def handle(self, data, context):
         out = []
@@ -41,7 +42,7 @@ class Faulty:
             f = body["features"]
             if f[1] > 1.5:
                 raise RuntimeError(f"feature f1={f[1]:.3f} is out of range for this handler")
-            if f[3] > SLOW:
+            if f[3] > SLOW and os.environ.get("PV_TEST_DELAY_ON"):
                 time.sleep(5)
             logits = self.model(torch.tensor(f, dtype=torch.float32).reshape(1, -1))[0]
             if f[2] > 1.5:
@@ -57,7 +58,7 @@ class Faulty:
 
 
 def _handler(tmp: Path, slow: float = 99.0, batch_mismatch: bool = False) -> Path:
-    src = FAULTY_HANDLER.replace("SLOW", repr(slow)).replace("BATCH_MISMATCH", repr(batch_mismatch))
+    src = FAULTY_HANDLER.replace("> SLOW", f"> {slow!r}").replace("BATCH_MISMATCH", repr(batch_mismatch))
     return write_handler(tmp / "faulty_handler.py", src)
 
 
@@ -83,8 +84,12 @@ def test_handler_errors_and_malformed_answers_are_counted_and_fail_the_gate(no_l
     rp = rep["stages"]["replay"]
     assert rp["errors"] == {"handler_error": raising, "bad_response": garbage}
     assert rp["answered"] + rp["failed"] == 80 and rp["complete"] is True
-    error_rate = next(c for c in rep["gate"]["checks"] if c["name"] == "replay error rate")
+    assert rep["stages"]["handled"]["batch1"]["errors"] == rp["errors"], "found in-process already"
+    error_rate = next(c for c in rep["gate"]["checks"] if c["name"] == "served error rate")
     assert not error_rate["passed"] and "handler_error" in error_rate["detail"]
+    # the handler's own exception, quoted from TorchServe's model log where the user looks
+    assert "RuntimeError: feature f1=" in res.stdout and "out of range for this handler" in res.stdout
+    assert any("RuntimeError: feature f1=" in line for exc in rep["server_failures"] for line in exc)
     rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet")
     assert len(rows) == 80
     failed = rows[rows.served_error_class == "bad_response"]
@@ -113,7 +118,7 @@ def test_worker_slower_than_response_timeout_exits_3_with_cause(no_leftovers):
     tmp = no_leftovers
     spec = make_project(tmp / "proj", rows=30, spec_overrides={
         "handler": str(_handler(tmp, slow=1.8)),
-        "serving": {"response_timeout_s": 1, "startup_timeout_s": 90},
+        "serving": {"response_timeout_s": 1, "startup_timeout_s": 90, "env": {"PV_TEST_DELAY_ON": "1"}},
     })
     df = _rows(tmp)
     assert (df.f3 > 1.8).any()

@@ -18,8 +18,9 @@ def _mar(path, manifest=True, files=("m.pt", "h.py")):
 
 
 def test_good_archive(tmp_path):
-    manifest, config = inspect_archive(_mar(tmp_path / "m.mar"))
+    manifest, config, members = inspect_archive(_mar(tmp_path / "m.mar"))
     assert manifest["model"]["serializedFile"] == "m.pt" and config == {}
+    assert members == ("MAR-INF/MANIFEST.json", "h.py", "m.pt")
 
 
 def test_truncated_archive(tmp_path):

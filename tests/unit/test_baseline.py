@@ -1,20 +1,19 @@
 import pytest
 import torch
 
-from pipeline.stages.baseline import load_model, score_baseline
+from pipeline.errors import ModelError, UserCodeError
+from pipeline.model.loading import load_model
 from pipeline.spec import load_spec
-from pipeline.stages.dataset import load_dataset
-from pipeline.errors import ModelError
-from tests.helpers import make_project
+from tests.helpers import in_process, make_project
 
 
 def test_loads_and_scores(tmp_path):
-    spec = load_spec(make_project(tmp_path))
-    model = load_model(spec)
-    res = score_baseline(spec, model, load_dataset(spec))
+    p = in_process(make_project(tmp_path))
+    res = p.base
     assert res.scores.logits.shape == (60, 3)
-    assert (res.scores.predictions == load_dataset(spec).labels).all()
+    assert (res.scores.predictions == p.rows.labels).all()
     assert len(res.weights_sha256) == 64 and (res.scores.latencies_ms > 0).all()
+    assert res.input_shape == (4,) and res.reference.name == "builtin:tensor"
 
 
 def test_missing_weights(tmp_path):
@@ -48,12 +47,12 @@ def test_wrong_architecture_lists_keys_and_shapes(tmp_path):
 def test_unknown_factory_import_path(tmp_path):
     spec_path = make_project(tmp_path, spec_overrides={"model": {"factory": "no_such_pkg.models:build",
                                                                  "weights": "weights.pt", "num_classes": 3}})
-    with pytest.raises(ModelError, match="cannot import 'no_such_pkg.models'"):
+    with pytest.raises(UserCodeError, match="cannot import 'no_such_pkg.models'"):
         load_model(load_spec(spec_path))
 
 
 def test_factory_function_missing(tmp_path):
     spec_path = make_project(tmp_path, spec_overrides={"model": {"factory": "tiny_model.py:nope",
                                                                  "weights": "weights.pt", "num_classes": 3}})
-    with pytest.raises(ModelError, match="no callable 'nope'"):
+    with pytest.raises(UserCodeError, match="no callable 'nope'"):
         load_model(load_spec(spec_path))

@@ -77,7 +77,9 @@ def test_baseline_report_missing_or_other_schema_exits_2(tmp_path, capsys, conte
     if content is not None:
         prior.write_text(content)
     assert _run(tmp_path, str(spec), "--baseline-report", str(prior)) == 2
-    assert msg in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert msg in captured.out + captured.err
+    assert _report(tmp_path)["error"]["type"] == "ReportError"
 
 
 def test_java_missing_exits_3_and_names_the_fix(tmp_path, capsys, monkeypatch):

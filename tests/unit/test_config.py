@@ -29,7 +29,16 @@ def test_valid_spec_resolves_paths_against_its_folder(tmp_path):
     assert spec.model.factory == f"{(tmp_path / 'model.py').resolve()}:build"
     assert spec.export.mode == "script"
     assert spec.gate.metrics["accuracy"].max_drop == 0.01
-    assert spec.handler_path.name == "tensor_classifier.py" and spec.handler_path.is_file()
+    assert spec.handler.name == "tensor_classifier" and spec.dataset.kind == "tensor"
+
+
+def test_moved_tolerance_field_says_where_it_went(tmp_path):
+    data = _valid()
+    data["export"] = {"atol": 1e-4}
+    with pytest.raises(ConfigError) as e:
+        load_spec(_write(tmp_path, data))
+    assert "export.atol: moved to gate.max_output_diff" in str(e.value)
+    assert "unknown field" not in str(e.value)
 
 
 def test_missing_spec_file_names_the_path(tmp_path):

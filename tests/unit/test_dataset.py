@@ -3,9 +3,13 @@ import pandas as pd
 import pytest
 
 from pipeline.spec import load_spec
-from pipeline.stages.dataset import load_dataset, load_training_hashes
+from pipeline.stages.dataset import load_dataset as _load_dataset
 from pipeline.errors import DatasetError
 from tests.helpers import make_project
+
+
+def load_dataset(spec):
+    return _load_dataset(spec).rows
 
 
 @pytest.fixture
@@ -88,5 +92,6 @@ def test_parquet_and_leakage_hashes(tmp_path):
                                                                    "train_path": "data.csv"}})
     pd.read_csv(tmp_path / "data.csv").to_parquet(tmp_path / "data.parquet")
     spec = load_spec(spec_path)
-    data = load_dataset(spec)
-    assert set(data.content_hashes) == set(load_training_hashes(spec))
+    res = _load_dataset(spec)
+    assert len(res.rows) == 60 and res.training_rows == 60
+    assert sorted(res.leaked_ids) == sorted(res.rows.ids), "every eval row is also a training row"

@@ -8,9 +8,20 @@ import torch
 from handlers import tensor_classifier as h
 
 
+class _Metrics:
+    def add_time(self, *args, **kwargs):
+        pass
+
+
 class FakeContext:
+    """What BaseHandler.handle reads of a context: request headers, metrics, response setters."""
+
     def __init__(self):
         self.status, self.headers = {}, {}
+        self.metrics = _Metrics()
+
+    def get_request_header(self, idx, key):
+        return None
 
     def set_response_status(self, code, phrase="", idx=0):
         self.status[idx] = (code, phrase)
@@ -43,15 +54,22 @@ def test_logits_to_results_softmax_and_labels():
     assert abs(sum(out[0]["probabilities"]) - 1) < 1e-12 and out[1]["logits"] == [3.0, 1.0]
 
 
-def test_handle_answers_good_rows_and_rejects_bad_one_in_a_batch():
+def test_handle_answers_each_row_of_a_batch_with_its_own_result_and_rejects_a_bad_one():
+    torch.manual_seed(0)
     handler = h.TensorClassifierHandler()
-    handler.model = torch.nn.Linear(4, 3)
+    handler.model = torch.nn.Linear(4, 3).eval()
     handler.input_shape = [4]
     ctx = FakeContext()
-    data = [{"body": {"features": [1, 2, 3, 4]}}, {"body": b'{"features": [1]}'}, {"data": "[0, 0, 0, 1]"}]
+    rows = [[1.0, 2.0, 3.0, 4.0], [-4.0, 0.5, 2.0, -1.0], [0.0, 0.0, 0.0, 1.0], [9.0, -9.0, 3.0, 0.0]]
+    data = [{"body": {"features": rows[0]}}, {"body": b'{"features": [1]}'}, {"body": json.dumps(rows[1]).encode()},
+            {"data": "[0, 0, 0, 1]"}, {"body": {"features": [[9.0, -9.0], [3.0, 0.0]]}}]
     out = handler.handle(data, ctx)
-    assert len(out) == 3
-    assert json.loads(out[0])["prediction"] in (0, 1, 2) and json.loads(out[2])["prediction"] in (0, 1, 2)
+    assert len(out) == 5
+    expected = handler.model(torch.tensor([rows[0], rows[1], rows[2], rows[3]]))
+    for pos, k in ((0, 0), (2, 1), (3, 2), (4, 3)):
+        answer = json.loads(out[pos])
+        assert answer["logits"] == pytest.approx(expected[k].tolist(), abs=1e-6), f"answer {pos} is row {k}'s"
+        assert answer["prediction"] == int(expected[k].argmax())
     assert ctx.status == {1: (400, "expected 4 features for input shape [4], got 1")}
     assert json.loads(out[1])["code"] == 400
     assert set(ctx.headers.values()) == {"application/json"}

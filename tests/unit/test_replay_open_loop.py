@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from pipeline.stages.dataset import Dataset
 from pipeline.stages.replay import ReplayConfig, replay_dataset
+from tests.helpers import codec_for_tests, tensor_rows
 
 
 def _start_server(stall_s: float, script: list[tuple[int, bytes] | None] | None = None):
@@ -52,15 +52,14 @@ def _start_server(stall_s: float, script: list[tuple[int, bytes] | None] | None 
     return holder, t
 
 
-def _data(n: int) -> Dataset:
-    return Dataset(path=None, ids=tuple(f"r{i}" for i in range(n)), labels=np.zeros(n, np.int64),
-                   features=np.zeros((n, 2), np.float32), feature_columns=("a", "b"))
+def _data(n: int):
+    return tensor_rows(n)
 
 
 def _latencies(rate):
     holder, t = _start_server(0.3)
     try:
-        cfg = ReplayConfig(url=f"http://127.0.0.1:{holder['port']}/predictions/m", token=None, num_classes=2,
+        cfg = ReplayConfig(url=f"http://127.0.0.1:{holder['port']}/predictions/m", token=None, codec=codec_for_tests(2),
                            concurrency=1, warmup_requests=0, rate=rate)
         res = replay_dataset(cfg, _data(20))
     finally:
@@ -86,7 +85,7 @@ def test_queue_full_is_retried_and_handler_errors_are_not():
     failed = b'{"code": 503, "type": "InternalServerException", "message": "Prediction failed"}'
     holder, t = _start_server(0.0, script=[(503, no_worker), (503, no_worker), None, (503, failed)])
     try:
-        cfg = ReplayConfig(url=f"http://127.0.0.1:{holder['port']}/predictions/m", token=None, num_classes=2,
+        cfg = ReplayConfig(url=f"http://127.0.0.1:{holder['port']}/predictions/m", token=None, codec=codec_for_tests(2),
                            concurrency=1, warmup_requests=0, max_retries=5)
         res = replay_dataset(cfg, _data(3))
     finally:

@@ -3,7 +3,10 @@ import asyncio
 import pytest
 
 from pipeline.transport.http import Connection, HttpConnectionError, Target, build_request
-from pipeline.stages.replay import classify_status, parse_answer, read_server_times
+from pipeline.answers.base import AnswerError
+from pipeline.torchserve.errors import classify_status
+from pipeline.torchserve.logs import await_server_times, read_server_times
+from tests.helpers import codec_for_tests
 
 
 @pytest.mark.parametrize("status, body, cls", [
@@ -21,15 +24,16 @@ def test_classify_status(status, body, cls):
     assert classify_status(status, body)[0] == cls
 
 
-def test_parse_answer_checks_shape_and_range():
-    pred, probs, logits = parse_answer('{"prediction": 1, "probabilities": [0.2, 0.8], "logits": [0, 1]}', 2)
-    assert pred == 1 and probs == (0.2, 0.8) and logits == (0.0, 1.0)
-    with pytest.raises(ValueError, match="class index"):
-        parse_answer('{"prediction": 5, "probabilities": [0.2, 0.8]}', 2)
-    with pytest.raises(ValueError, match="list of 2"):
-        parse_answer('{"prediction": 1, "probabilities": [1.0]}', 2)
-    with pytest.raises(ValueError):
-        parse_answer("not json", 2)
+def test_project_answer_checks_shape_and_range():
+    codec = codec_for_tests(2)
+    pred = codec.decode(b'{"prediction": 1, "probabilities": [0.2, 0.8], "logits": [0, 1]}')
+    assert pred.index == 1 and pred.probabilities.tolist() == [0.2, 0.8] and pred.logits.tolist() == [0.0, 1.0]
+    with pytest.raises(AnswerError, match="class index"):
+        codec.decode(b'{"prediction": 5, "probabilities": [0.2, 0.8]}')
+    with pytest.raises(AnswerError, match="hold 2 numbers"):
+        codec.decode(b'{"prediction": 1, "probabilities": [1.0]}')
+    with pytest.raises(AnswerError, match="not JSON"):
+        codec.decode(b"not json")
 
 
 def test_read_server_times_single_and_batched(tmp_path):
@@ -115,8 +119,6 @@ def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
     import threading
     import time
 
-    from pipeline.stages.replay import _await_server_times
-
     log = tmp_path / "model_metrics.log"
     line = "x - PredictionTime.ms:{}|#ModelName:m,Level:Model|#hostname:vm,requestID:{},timestamp:1\n"
     log.write_text(line.format(1.0, "a"))
@@ -127,5 +129,5 @@ def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
             f.write(line.format(2.0, "b"))
 
     threading.Thread(target=late).start()
-    assert _await_server_times(log, {"a", "b"}) == {"a": 1.0, "b": 2.0}
-    assert _await_server_times(None, {"a"}) == {}
+    assert await_server_times(log, {"a", "b"}) == {"a": 1.0, "b": 2.0}
+    assert await_server_times(None, {"a"}) == {}

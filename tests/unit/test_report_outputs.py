@@ -8,41 +8,41 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from pipeline.stages.baseline import load_model, score_baseline
-from pipeline.spec import load_spec
-from pipeline.stages.dataset import load_dataset
-from pipeline.stages.export import export_model
+from pipeline.record import RunRecord
+from pipeline.report.builder import build_report, build_rows
 from pipeline.report.html import render_html
 from pipeline.report.junit import render_junit
-from pipeline.stages.replay import ReplayResult, RowOutcome
-from pipeline.report.builder import build_report, build_rows, write_reports
-from pipeline.run.runner import RunState, _compare_and_gate
-from tests.helpers import make_project
+from pipeline.report.writer import write_reports
+from pipeline.run.runner import compare_and_gate
+from pipeline.stages.dataset import DatasetResult
+from pipeline.stages.export import export_model
+from pipeline.stages.outcomes import RowOutcome, interpret
+from pipeline.stages.replay import ReplayResult
+from tests.helpers import in_process, make_project
 
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rep")
-    spec = load_spec(make_project(tmp / "p", rows=30))
-    data = load_dataset(spec)
-    model = load_model(spec)
-    base = score_baseline(spec, model, data)
-    ex = export_model(spec, model, data, base.scores, tmp / "export")
+    p = in_process(make_project(tmp / "p", rows=30))
+    data, base = p.rows, p.base
+    ex = export_model(p.spec, p.model, data, base, tmp / "export")
     rows = []
     for i, rid in enumerate(data.ids):
         k = int(base.scores.predictions[i])
         if i == 4:
-            rows.append(RowOutcome(i, rid, False, 503, None, None, None, 2.0, "req-4", None, "handler_error",
+            rows.append(RowOutcome(i, rid, False, 503, None, 2.0, "req-4", None, "handler_error",
                                    "Prediction failed", 1))
         else:
-            rows.append(RowOutcome(i, rid, True, 200, k, tuple(base.scores.probabilities[i]),
-                                   tuple(map(float, base.scores.logits[i])), 1.5, f"req-{i}", 0.4, None, None, 1))
+            body = json.dumps({"prediction": k, "probabilities": base.scores.probabilities[i].tolist(),
+                               "logits": base.scores.logits[i].tolist()}).encode()
+            rows.append(dataclasses.replace(interpret(i, rid, 200, body, p.plan.codec, latency=1.5,
+                                                      request_id=f"req-{i}"), server_ms=0.4))
     replay = ReplayResult(tuple(rows), 1.0, 1, None, 0, True, None)
-    st = RunState(spec=spec, run_dir=tmp / "run", data=data, baseline=base, exported=ex, replay=replay,
-                  started_at="2026-11-22T10:00:00+00:00")
-    st.run_dir.mkdir()
-    _compare_and_gate(st)
-    return st
+    (tmp / "run").mkdir()
+    record = RunRecord(started_at="2026-11-22T10:00:00+00:00", spec=p.spec, plan=p.plan, run_dir=tmp / "run",
+                       dataset=DatasetResult(data, None, None), baseline=base, exported=ex, replay=replay)
+    return compare_and_gate(record)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def written(state):
 def test_report_json_is_versioned_and_strict_json(written):
     rep, paths = written
     data = json.loads(paths["json"].read_text())
-    assert data["schema"] == "package-validate/report/v1" and data["verdict"] == "FAIL"
+    assert data["schema"] == "package-validate/report/v2" and data["verdict"] == "FAIL"
     assert data["stages"]["replay"]["errors"] == {"handler_error": 1}
     assert "NaN" not in paths["json"].read_text()
 
@@ -67,7 +67,7 @@ def test_junit_has_one_case_per_check_and_failures_with_values(written):
     assert len(cases) == len(rep["gate"]["checks"]) + 1
     failed = [c for c in rep["gate"]["checks"] if c["is_gating"] and not c["passed"]]
     assert int(suite.get("failures")) == len(failed) > 0
-    err = next(c for c in cases if c.get("name") == "replay error rate").find("failure")
+    err = next(c for c in cases if c.get("name") == "served error rate").find("failure")
     assert err is not None and "value 0.0333333" in err.get("message") and "limit <= 0.0000" in err.get("message")
 
 
@@ -82,9 +82,9 @@ def test_html_is_self_contained_with_every_plot(written):
 def test_rows_parquet_has_every_row_and_failures_keep_their_class(written, state):
     _, paths = written
     df = pd.read_parquet(paths["rows"])
-    assert len(df) == len(state.data) and list(df["id"]) == list(state.data.ids)
+    assert len(df) == len(state.rows) and list(df["id"]) == list(state.rows.ids)
     failed = df[df.served_error_class.notna()]
-    assert list(failed["id"]) == [state.data.ids[4]] and failed.served_message.iloc[0] == "Prediction failed"
+    assert list(failed["id"]) == [state.rows.ids[4]] and failed.served_message.iloc[0] == "Prediction failed"
     assert pd.isna(failed.served_pred.iloc[0]) and (df.baseline_pred == df.exported_pred).all()
 
 
@@ -128,13 +128,13 @@ def test_html_escapes_text_and_leaves_out_latency_plots_without_rows(written):
 
 def test_rows_of_an_interrupted_replay_mark_unsent_rows(state):
     rows = list(state.replay.rows)
-    rows[-3:] = [RowOutcome(r.index, r.id, False, None, None, None, None, None, None, None, "not_sent",
+    rows[-3:] = [RowOutcome(r.index, r.id, False, None, None, None, None, None, "not_sent",
                             "replay stopped", 0) for r in rows[-3:]]
     cut = dataclasses.replace(state, replay=dataclasses.replace(state.replay, rows=tuple(rows), is_complete=False))
     df = build_rows(cut)
-    assert len(df) == len(state.data)
+    assert len(df) == len(state.rows)
     assert list(df.served_error_class.iloc[-3:]) == ["not_sent"] * 3 and df.served_pred.iloc[-3:].isna().all()
-    assert df.served_prob.notna().sum() == len(state.data) - 4  # row 4 failed too
+    assert df.served_prob.notna().sum() == len(state.rows) - 4  # row 4 failed too
 
 
 def test_rows_left_out_when_the_replay_does_not_line_up(state):
@@ -150,7 +150,7 @@ def test_reports_still_written_when_rows_cannot_be_serialized(written, tmp_path)
 
 
 def test_a_run_that_failed_before_any_stage_still_renders(tmp_path):
-    rep = {"schema": "package-validate/report/v1", "status": "error", "verdict": "ERROR", "complete": False,
+    rep = {"schema": "package-validate/report/v2", "status": "error", "verdict": "ERROR", "complete": False,
            "exit_code": 2, "model": "tiny", "error": {"type": "DatasetError", "message": "data.csv: no rows",
                                                       "details": []}}
     paths = write_reports(tmp_path, rep, None)

@@ -1,0 +1,130 @@
+"""What every answer format provides: one ``Prediction`` per answer, or an ``AnswerError`` saying why not.
+
+A format decodes the handler's answer for one row (after any envelope is taken off) into a
+class index, the probabilities it carries (NaN for classes it leaves out) and logits when it
+has them. The class map turns the labels an answer uses back into class indices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class AnswerError(ValueError):
+    """An answer does not match its decoder; the row becomes ``bad_response`` with this reason."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One decoded answer.
+
+    Attributes:
+        index: the predicted class index.
+        probabilities: float64 [C]; NaN for the classes the answer does not carry; None when
+            the answer carries no probabilities at all.
+        logits: float64 [C], or None.
+    """
+
+    index: int
+    probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+    @property
+    def classes_carried(self) -> int:
+        if self.logits is not None:
+            return len(self.logits)
+        if self.probabilities is None:
+            return 0
+        return int(np.isfinite(self.probabilities).sum())
+
+
+@dataclass(frozen=True)
+class Carries:
+    """What a format's answers can hold, known before any answer arrives (for planning checks)."""
+
+    probabilities: str  # "all" | "top_k" | "none"
+    logits: bool
+
+    def describe(self) -> str:
+        parts = []
+        if self.logits:
+            parts.append("logits")
+        if self.probabilities == "all":
+            parts.append("probabilities of every class")
+        elif self.probabilities == "top_k":
+            parts.append("probabilities of the top-k classes")
+        return " and ".join(parts) or "only the predicted class"
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Class labels as answers name them, index order, and where they came from."""
+
+    labels: tuple[str, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {name: i for i, name in enumerate(self.labels)})
+
+    def index_of(self, label: str) -> int:
+        """The class index of ``label``; AnswerError when the model has no such class."""
+        index = self._index.get(label)  # type: ignore[attr-defined]
+        if index is None:
+            raise AnswerError(f"label {label!r} is not a class of the model "
+                              f"({self.source}: {list(self.labels)[:12]})")
+        return index
+
+
+def parse_json(body: bytes | str | Any) -> Any:
+    """The JSON document of an answer body (bytes or str); other values are already parsed."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AnswerError(f"the answer is not UTF-8 text: {e}") from e
+    if isinstance(body, str):
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise AnswerError(f"the answer is not JSON: {e}") from e
+    return body
+
+
+def numbers(values: Any, what: str, length: int | None = None) -> np.ndarray:
+    """A list of finite numbers as float64; AnswerError says what is wrong."""
+    if not isinstance(values, (list, tuple)):
+        raise AnswerError(f"{what} must be a list of numbers, got {type(values).__name__}")
+    if length is not None and len(values) != length:
+        raise AnswerError(f"{what} must hold {length} numbers, got {len(values)}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise AnswerError(f"{what} must hold only numbers, got {str(values)[:80]}")
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise AnswerError(f"{what} holds NaN or infinity")
+    return arr
+
+
+def check_probabilities(p: np.ndarray, what: str) -> None:
+    """Carried probabilities lie in [0, 1] and sum to at most 1 (to rounding)."""
+    carried = p[np.isfinite(p)]
+    if ((carried < -1e-6) | (carried > 1 + 1e-6)).any():
+        raise AnswerError(f"{what} holds values outside [0, 1]: {carried[:6].tolist()}")
+    if carried.sum() > 1 + 1e-4:
+        raise AnswerError(f"{what} sum to {carried.sum():.6f}, more than 1: not probabilities")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def argmax_carried(p: np.ndarray) -> int:
+    """Index of the largest carried probability (the first on ties)."""
+    masked = np.where(np.isfinite(p), p, -math.inf)
+    return int(np.argmax(masked))

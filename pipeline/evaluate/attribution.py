@@ -1,0 +1,87 @@
+"""Attribution: which layer a served difference comes from, read step by step along the pipeline.
+
+    exported vs baseline          export problem (the artefact differs in-process)
+    handled  vs exported          handler problem (the handler's pre/post-processing)
+    handled@batchN vs handled     handler problem that depends on the batch
+    served   vs handled           serving problem (the worker's environment, dynamic batching, concurrency)
+
+A step "differs" when a prediction changes or an output moves beyond the tolerance. The
+first step that differs is blamed; later steps that differ are listed too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.evaluate.compare import Comparison, PairedTest
+from pipeline.names import Stage
+
+LAYERS = (
+    (Stage.EXPORTED, "export problem", "the exported model already differs from the eager model in-process"),
+    (Stage.HANDLED, "handler problem", "the handler's pre/post-processing changes the answers of the same artefact"),
+    (f"{Stage.HANDLED}@", "handler problem that depends on the batch",
+     "the handler answers differently when it gets several requests at once"),
+    (Stage.SERVED, "serving problem", "the served answers differ from the same handler run in-process: the "
+     "worker's environment, dynamic batching or concurrency"),
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    reference: str
+    layer: str
+    why: str
+    differs: bool
+    disagreeing: int
+    max_output_diff: float | None
+    quantity: str | None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """The blamed layer (None when every stage matches the baseline) and every step's finding."""
+
+    layer: str | None
+    summary: str
+    steps: tuple[Step, ...]
+
+
+def _layer(stage: str) -> tuple[str, str]:
+    for prefix, layer, why in LAYERS:
+        if stage == prefix or (prefix.endswith("@") and stage.startswith(prefix)):
+            return layer, why
+    return "unknown layer", ""
+
+
+def step_differs(t: PairedTest, tolerance: float) -> bool:
+    moved = t.output.max_abs is not None and t.output.max_abs > tolerance
+    return t.disagreeing > 0 or moved
+
+
+def attribute(cmp: Comparison, tolerance: float) -> Attribution:
+    """Blame the first step along the pipeline whose answers differ from the step before.
+
+    Args:
+        cmp: the comparison (its ``steps``: each stage against the one before it).
+        tolerance: the output tolerance (``gate.max_output_diff``).
+
+    Returns:
+        The layer, a one-line summary, and each step's finding.
+    """
+    steps = []
+    for stage, t in cmp.steps.items():
+        layer, why = _layer(stage)
+        steps.append(Step(stage, t.reference, layer, why, step_differs(t, tolerance), t.disagreeing,
+                          t.output.max_abs, t.output.quantity))
+    bad = [s for s in steps if s.differs]
+    if not bad:
+        last = steps[-1].stage if steps else Stage.BASELINE
+        return Attribution(None, f"{last} matches the baseline at every step", tuple(steps))
+    first = bad[0]
+    diff = f", max {first.quantity} difference {first.max_output_diff:.3g}" if first.max_output_diff is not None else ""
+    summary = (f"{first.layer}: {first.why} ({first.stage} vs {first.reference}: {first.disagreeing} row(s) with "
+               f"another prediction{diff})")
+    if len(bad) > 1:
+        summary += "; also differs: " + ", ".join(f"{s.stage} vs {s.reference}" for s in bad[1:])
+    return Attribution(first.layer, summary, tuple(steps))

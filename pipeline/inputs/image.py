@@ -1,0 +1,157 @@
+"""Input kind ``image``: image files sent as their raw bytes, as a TorchServe client posts them.
+
+Two layouts: a manifest (CSV or Parquet) with a path column relative to the manifest's
+folder, or an ImageFolder-style folder whose sorted sub-folder names are the classes. Only
+paths are held in memory; each file is read when its chunk is scored or sent.
+
+The default reference preprocessing is TorchServe 0.12's ``image_classifier``:
+``Image.open`` on the bytes (no ``convert("RGB")``), Resize(256), CenterCrop(224),
+ToTensor, Normalize with the ImageNet mean and std. A model trained otherwise names its own
+``model.preprocess``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import DatasetError
+from pipeline.inputs.base import FileBodies, Reference, Rows, check_ids, labels_of, no_rows, read_table
+from pipeline.spec import Spec
+
+NAME = "image"
+CONTENT_TYPE = "application/octet-stream"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _from_folder(spec: Spec, root: Path) -> tuple[tuple[str, ...], np.ndarray, tuple[Path, ...], list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(
+            f"image folder {root} has no class sub-folders. Lay it out as {root}/<class name>/<image files>, "
+            "or point dataset.path at a CSV manifest with path and label columns."
+        )
+    names = spec.model.class_names
+    notes = []
+    if names is not None:
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise DatasetError(
+                f"image folder {root}: sub-folder(s) {unknown[:10]} are not class names of model.class_names "
+                f"{list(names)}. Rename the folders or fix model.class_names."
+            )
+        index = {n: i for i, n in enumerate(names)}
+        notes.append(f"classes from sub-folder names, mapped through model.class_names {list(names)}")
+    else:
+        if len(classes) > spec.model.num_classes:
+            raise DatasetError(
+                f"image folder {root} has {len(classes)} class sub-folders but model.num_classes is "
+                f"{spec.model.num_classes}: {classes[:12]}."
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        notes.append(f"class order is the sorted sub-folder names: {classes}")
+    ids, labels, paths = [], [], []
+    for c in classes:
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                ids.append(f.relative_to(root).as_posix())
+                labels.append(index[c])
+                paths.append(f)
+    return tuple(ids), np.asarray(labels, np.int64), tuple(paths), notes
+
+
+def _from_manifest(spec: Spec, path: Path, training: bool
+                   ) -> tuple[tuple[str, ...], np.ndarray, tuple[Path, ...], list[str]]:
+    ds = spec.dataset
+    df = read_table(path, "training manifest" if training else "image manifest")
+    if ds.path_column not in df.columns:
+        raise DatasetError(
+            f"{path}: path_column {ds.path_column!r} not found. Columns found: {list(df.columns)[:40]}. "
+            "Fix dataset.path_column in the spec."
+        )
+    if ds.id_column not in df.columns:
+        df = df.assign(**{ds.id_column: df[ds.path_column].astype(str)})
+    ids = check_ids(df, spec, path)
+    if ds.label_column not in df.columns:
+        if not training:
+            raise DatasetError(
+                f"{path}: label_column {ds.label_column!r} not found. Columns found: {list(df.columns)[:40]}. "
+                "Fix dataset.label_column in the spec."
+            )
+        labels, notes = np.zeros(len(df), np.int64), []
+    else:
+        labels, notes = labels_of(df[ds.label_column], spec, path, ids)
+    paths = tuple((path.parent / str(p)).resolve() if not Path(str(p)).is_absolute() else Path(str(p))
+                  for p in df[ds.path_column])
+    return ids, labels, paths, notes
+
+
+def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
+    """Rows of an image manifest or an ImageFolder-style folder.
+
+    Raises:
+        DatasetError: the manifest or folder is missing or empty, a path or label column is
+            missing, files named by the manifest do not exist (each listed with its id).
+    """
+    if path.is_dir():
+        ids, labels, paths, notes = _from_folder(spec, path)
+    else:
+        ids, labels, paths, notes = _from_manifest(spec, path, training)
+    if not ids:
+        raise no_rows(path)
+    missing = [(i, p) for i, p in zip(ids, paths) if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{path}: {len(missing)} image file(s) do not exist (paths are relative to the manifest's folder). "
+            "Fix the manifest or restore the files.",
+            details=[f"id {i}: {p}" for i, p in missing[:20]],
+        )
+    return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE,
+                bodies=FileBodies(paths), paths=paths, notes=tuple(notes))
+
+
+def image_classifier_transforms():
+    """TorchServe 0.12's ``ImageClassifier.image_processing``, built from torchvision."""
+    from pipeline.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+    ])
+
+
+def vision_handler_input(view: Any, transform) -> Any:
+    """What TorchServe 0.12's ``VisionHandler.preprocess`` does with one row (before stacking)."""
+    import torch
+    from PIL import Image
+
+    if isinstance(view, str):
+        view = base64.b64decode(view)
+    if isinstance(view, (bytes, bytearray)):
+        return transform(Image.open(io.BytesIO(view)))
+    return torch.FloatTensor(view)
+
+
+def builtin_reference() -> Reference:
+    transform = image_classifier_transforms()
+    return Reference(
+        "builtin:image_classifier",
+        "TorchServe 0.12 image_classifier: PIL open (no RGB conversion), Resize(256), CenterCrop(224), "
+        "ToTensor, Normalize(ImageNet mean/std)",
+        lambda view: vision_handler_input(view, transform),
+    )
+
+
+def default_reference(spec: Spec) -> Reference | None:
+    return builtin_reference()

@@ -1,0 +1,66 @@
+"""Input kind ``text``: one text column, each row sent as UTF-8 ``text/plain``.
+
+TorchServe's worker hands a ``text/*`` body to the handler as ``str``. Tokenisation is the
+model's own business, so there is no default reference: ``model.preprocess`` names the
+function that turns the text into the model's input tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DatasetError
+from pipeline.inputs.base import MemoryBodies, Reference, Rows, check_ids, labels_of, no_rows, read_table
+from pipeline.spec import Spec
+
+NAME = "text"
+CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
+    """Rows of a CSV/Parquet with an id, a label and a text column.
+
+    Raises:
+        DatasetError: missing file or columns, no rows, duplicate ids, empty cells, text that
+            is not valid UTF-8 (rows named), labels outside the model's classes.
+    """
+    ds = spec.dataset
+    df = read_table(path, "training data" if training else "dataset")
+    if training and ds.id_column not in df.columns:
+        df = df.assign(**{ds.id_column: [str(i) for i in range(len(df))]})
+    for col, field in ((ds.text_column, "text_column"), (ds.label_column, "label_column")):
+        if col not in df.columns and not (training and field == "label_column"):
+            raise DatasetError(
+                f"{path}: {field} {col!r} not found. Columns found: {list(df.columns)[:40]}. "
+                f"Fix dataset.{field} in the spec."
+            )
+    ids = check_ids(df, spec, path)
+    if len(df) == 0:
+        raise no_rows(path)
+    texts = df[ds.text_column]
+    missing = [ids[i] for i in np.nonzero(texts.isna().to_numpy())[0]]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} row(s) have no text in column {ds.text_column!r}: "
+                           f"ids {missing[:10]}. Fill or drop them (an empty string is allowed).")
+    texts = texts.astype(str).tolist()
+    bad = [ids[i] for i, t in enumerate(texts) if _has_surrogates(t)]
+    if bad:
+        raise DatasetError(
+            f"{path}: {len(bad)} row(s) hold text that is not valid UTF-8: ids {bad[:10]}. "
+            "Re-encode the file as UTF-8."
+        )
+    labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
+                     else (np.zeros(len(df), np.int64), []))
+    bodies = MemoryBodies(tuple(t.encode("utf-8") for t in texts))
+    return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE, bodies=bodies,
+                notes=tuple(notes))
+
+
+def default_reference(spec: Spec) -> Reference | None:
+    return None

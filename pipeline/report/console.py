@@ -1,0 +1,75 @@
+"""The verdict block printed at the end of a run: verdict first, then why, then where the report is."""
+
+from __future__ import annotations
+
+from pipeline.report.text import fmt, metric
+
+MAX_FAILED_SHOWN = 12
+
+
+def render_console(rep: dict, *, width: int = 12) -> str:
+    """Verdict, failed checks (value, baseline, limit), attribution, the stages side by side, the report's path."""
+    gate = rep.get("gate") or {}
+    checks = gate.get("checks", [])
+    failed = [c for c in checks if c["is_gating"] and not c["passed"]]
+    warned = [c for c in checks if not c["is_gating"] and not c["passed"]]
+    head = f"VERDICT: {rep['verdict']} (exit {rep['exit_code']})"
+    if checks and rep.get("complete"):
+        head += f"   {sum(1 for c in checks if c['passed'])}/{len(checks)} checks passed" + (
+            f", {len(warned)} warning(s)" if warned else "")
+    out = [head]
+    if rep.get("error"):
+        out.append(f"{rep['error']['type']}: {rep['error']['message']}")
+        out += [f"  - {d}" for d in rep["error"].get("details", [])[:15]]
+    if checks and not rep.get("complete"):
+        out.append(f"gate: not evaluated, the run did not complete ({len(failed)} failed check(s) on partial results)")
+    for c in failed[:MAX_FAILED_SHOWN]:
+        out.append(f"  FAIL {c['stage']}: {c['name']}: value {fmt(c['value'])}, baseline {fmt(c['baseline'])}, "
+                   f"limit {c['limit']}" + (f" ({c['detail']})" if c["detail"] else ""))
+    if len(failed) > MAX_FAILED_SHOWN:
+        out.append(f"  ... and {len(failed) - MAX_FAILED_SHOWN} more failed checks in the report")
+    for c in warned[:4]:
+        out.append(f"  WARN {c['stage']}: {c['name']}: value {fmt(c['value'])}, limit {c['limit']}")
+    a = rep.get("attribution")
+    if a and (rep.get("status") != "passed" or a.get("layer")):
+        out.append(f"attribution: {a['summary']}")
+    for exc in (rep.get("server_failures") or [])[:2]:
+        out.append("handler raised (from TorchServe's model_log.log):")
+        out += [f"  {ln}" for ln in exc]
+    metrics = rep.get("metrics") or {}
+    if metrics:
+        names = list(metrics)
+        w = 18
+        out.append("")
+        out.append("metric".ljust(w) + "".join(n.rjust(max(width, len(n) + 2)) for n in names))
+        for m in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
+            out.append(m.ljust(w) + "".join(metric(metrics[n], m).rjust(max(width, len(n) + 2)) for n in names))
+        out.append("rows answered".ljust(w) + "".join(f"{metrics[n]['answered']}/{metrics[n]['rows']}".rjust(
+            max(width, len(n) + 2)) for n in names))
+        for k in ("p50", "p99"):
+            vals = [metrics[n].get("latency") for n in names]
+            out.append(f"latency {k} (ms)".ljust(w) + "".join(
+                (fmt(v[k], 3) if v else "-").rjust(max(width, len(n) + 2)) for v, n in zip(vals, names)))
+        split = rep.get("served_latency_split") or {}
+        if split.get("server_prediction_time"):
+            out.append("served p50 split".ljust(w) + f"model {fmt(split['server_prediction_time']['p50'], 3)} ms, "
+                       f"overhead {fmt(split['overhead']['p50'], 3)} ms")
+    if rep.get("published"):
+        out.append(f"published: {rep['published']}")
+    elif rep.get("status") == "passed":
+        out.append("published: no (not asked to publish)")
+    out.append(f"report: {rep.get('run_dir')}/report.md")
+    return "\n".join(out)
+
+
+def verdict_json(rep: dict) -> dict:
+    """The report's verdict block, for ``--json``."""
+    gate = rep.get("gate") or {}
+    return {
+        "verdict": rep.get("verdict"), "status": rep.get("status"), "exit_code": rep.get("exit_code"),
+        "complete": rep.get("complete"), "model": rep.get("model"), "run_dir": rep.get("run_dir"),
+        "error": rep.get("error"),
+        "failed_checks": [c for c in gate.get("checks", []) if c["is_gating"] and not c["passed"]],
+        "checks": len(gate.get("checks", [])), "attribution": (rep.get("attribution") or {}).get("summary"),
+        "published": rep.get("published"),
+    }

@@ -1,0 +1,226 @@
+"""The plan: a spec and the run options turned into what will run and what will be checked.
+
+Everything that can be known before a stage runs is decided and checked here, so a bad
+combination is an input error (exit 2) before any work: the handler and what it answers,
+the reference preprocessing, the class map, the answer codec, the stages and the gate's
+checks, the handler's requirements, and the traps TorchServe 0.12 is known for.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.answers.base import ClassMap
+from pipeline.answers.classes import class_map_for
+from pipeline.answers.registry import AnswerCodec, codec_for
+from pipeline.errors import ConfigError
+from pipeline.evaluate.gate import GatePlan
+from pipeline.inputs.base import Reference
+from pipeline.inputs.registry import resolve_reference
+from pipeline.names import Stage
+from pipeline.spec import Spec
+from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run will do.
+
+    Attributes:
+        spec: the spec, with the run options applied.
+        handler: the handler the .mar ships, and what TorchServe does with it.
+        reference: the reference preprocessing of the baseline.
+        class_map: how answers name the classes.
+        codec: how rows travel and answers are read.
+        stages: the candidate stages, in order (``handled@batchN`` when the served batch size N > 1).
+        gate: the checks the gate must contain.
+        notes: decisions a reader of the report should know.
+    """
+
+    spec: Spec
+    handler: HandlerInfo
+    reference: Reference
+    class_map: ClassMap
+    codec: AnswerCodec
+    stages: tuple[str, ...]
+    gate: GatePlan
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def batched_stage(self) -> str | None:
+        return next((s for s in self.stages if s.startswith(f"{Stage.HANDLED}@")), None)
+
+
+def handled_batch_name(batch_size: int) -> str:
+    return f"{Stage.HANDLED}@batch{batch_size}"
+
+
+def check_requirements(path: Path | None) -> list[str]:
+    """The handler's requirements, each checked against the installed packages (never installed).
+
+    Returns:
+        One line per requirement, as found.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, a line is not a requirement, or a
+            requirement is not installed or not at an allowed version (all listed).
+    """
+    if path is None:
+        return []
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not path.is_file():
+        raise ConfigError(f"handler.requirements: {path} does not exist.")
+    problems, found = [], []
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-"):
+            problems.append(f"line {n}: {line!r}: pip options are not packages; TorchServe would run pip with them")
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as e:
+            problems.append(f"line {n}: {line!r} is not a requirement: {e}")
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            found.append(f"{req}: not for this platform")
+            continue
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{req.name} is not installed (line {n}: {line!r})")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"{req.name} {installed} is installed but line {n} asks for {req.specifier}")
+            continue
+        found.append(f"{req.name} {installed} satisfies {line!r}")
+    if problems:
+        raise ConfigError(
+            f"{path}: {len(problems)} requirement(s) of the handler are not met by the installed packages. "
+            "package-validate never installs packages at run time (TorchServe runs with "
+            "install_py_dep_per_model=false): install them into this environment, or fix the file.",
+            details=problems,
+        )
+    return found
+
+
+def _check_combination(spec: Spec, handler: HandlerInfo) -> None:
+    s, kind = spec.serving, spec.dataset.kind
+    problems = []
+    if handler.input_kinds is not None and kind not in handler.input_kinds:
+        problems.append(f"handler {handler.name} reads {'/'.join(handler.input_kinds)} inputs but dataset.kind is "
+                        f"{kind}: name a handler for {kind} rows (or a handler file of your own)")
+    if spec.export.mode == "export" and not handler.loads_pt2:
+        problems.append(f"handler {handler.name} cannot load an AOTInductor .pt2 package (TorchServe 0.12's "
+                        "BaseHandler loads .pt, .onnx, an AOTInductor .so, or --model-file): use export.mode "
+                        "script, trace or eager")
+    if handler.first_request_only and s.batch_size > 1:
+        problems.append(f"handler {handler.name} answers only the first request of a batch: serving.batch_size "
+                        f"{s.batch_size} would lose the others; use batch_size 1")
+    if spec.answers.envelope != "none" and s.batch_size > 1:
+        problems.append(f"answers.envelope {spec.answers.envelope}: TorchServe's KServe envelopes answer only the "
+                        f"first request of a server-side batch (serve issues #2158, #1302); serving.batch_size "
+                        f"{s.batch_size} would answer one row per batch: use batch_size 1")
+    c = spec.model.num_classes
+    if handler.top_k is not None and c < handler.top_k:
+        problems.append(f"handler {handler.name} returns its top {handler.top_k} classes but the model has {c}: "
+                        "torch.topk raises on every request (serve issue #411). Subclass it in a handler file "
+                        f"with topk = {c}")
+    k = spec.answers.top_k
+    want = c if k == "all" else k
+    if handler.top_k is not None and want is not None and want > handler.top_k:
+        problems.append(f"answers.top_k {k} asks for {want} classes per answer but handler {handler.name} answers "
+                        f"its top {handler.top_k}: lower answers.top_k or subclass the handler with a larger topk")
+    if problems:
+        raise ConfigError(f"{spec.spec_path or 'spec'}: {len(problems)} combination(s) TorchServe 0.12 cannot serve "
+                          "as asked.", details=problems)
+
+
+def _check_torchvision(handler: HandlerInfo, spec: Spec) -> None:
+    needs = handler.needs_torchvision or spec.model.preprocess == "builtin:image_classifier" or (
+        spec.dataset.kind == "image" and spec.model.preprocess is None)
+    if not needs:
+        return
+    missing = [m for m in ("torchvision", "captum", "PIL") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"{handler.name} and the image reference preprocessing need {missing}, which are not "
+                          "installed. Run make venv (or pip install -c constraints.txt torchvision captum pillow).")
+
+
+def _reference(spec: Spec, handler: HandlerInfo) -> Reference:
+    if spec.model.preprocess is None and spec.dataset.kind == "image" and handler.default_reference is None:
+        raise ConfigError(
+            f"dataset.kind image with handler {handler.name}: name the preprocessing your model was trained with "
+            "in model.preprocess (file.py:function, given the image's bytes, returning the input tensor), or "
+            "model.preprocess: builtin:image_classifier for TorchServe's ImageNet transforms."
+        )
+    if spec.model.preprocess is None and handler.default_reference is not None:
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"preprocess": handler.default_reference})})
+    return resolve_reference(spec)
+
+
+def _output_quantity(codec: AnswerCodec) -> str:
+    carries = codec.carries
+    if carries is None:
+        return "from the first answer"
+    if carries.logits:
+        return "logits"
+    if carries.probabilities != "none":
+        return "probabilities"
+    return (f"not evaluable: the {codec.format} answers carry only the predicted class (no logits or "
+            "probabilities); add them to answers.mapping, or list 'max abs output difference' in "
+            "gate.allow_not_evaluable")
+
+
+def plan_run(spec: Spec, *, prior: bool = False) -> Plan:
+    """Decide and check everything that can be known before a stage runs.
+
+    Args:
+        spec: the spec with the run options applied.
+        prior: a second baseline (an earlier run) is given.
+
+    Returns:
+        The plan.
+
+    Raises:
+        ConfigError: an unknown handler, a combination TorchServe 0.12 cannot serve, a label
+            map that disagrees with model.class_names, unmet handler requirements, missing
+            extra files, or no reference preprocessing for the input kind.
+        UserCodeError: the reference preprocessing cannot be imported.
+    """
+    handler = resolve_handler(spec)
+    _check_combination(spec, handler)
+    missing = [str(p) for p in spec.handler.extra_files if not p.is_file()]
+    if missing:
+        raise ConfigError(f"handler.extra_files: {len(missing)} file(s) do not exist. Fix the paths (relative to "
+                          "the spec).", details=missing)
+    notes = check_requirements(spec.handler.requirements)
+    _check_torchvision(handler, spec)
+    class_map = class_map_for(spec)
+    reference = _reference(spec, handler)
+    if spec.answers.format != "auto":
+        fmt, chosen = spec.answers.format, "answers.format in the spec"
+    elif handler.answer_format != "auto":
+        fmt, chosen = handler.answer_format, f"the handler {handler.name}"
+    else:
+        fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
+    codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)
+    stages = [Stage.EXPORTED, Stage.HANDLED]
+    if spec.serving.batch_size > 1:
+        stages.append(handled_batch_name(spec.serving.batch_size))
+    stages.append(Stage.SERVED)
+    quantity = {Stage.EXPORTED: "logits"}
+    for s in stages[1:]:
+        quantity[s] = _output_quantity(codec)
+    gate = GatePlan(
+        candidates=tuple(stages), labels=class_map.labels,
+        output_quantity=quantity, has_training_data=spec.dataset.train_path is not None, has_prior=prior,
+        probes=(Stage.EXPORTED,) if spec.export.probe else (),
+    )
+    return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
+                stages=tuple(stages), gate=gate, notes=tuple(notes))

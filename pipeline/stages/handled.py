@@ -1,0 +1,245 @@
+"""Stage 4, handled: the archive's own handler, run in-process through TorchServe's handler API.
+
+Every row is sent, with the very request body the replay sends, to the handler loaded from
+the run's .mar by ``ts.model_loader`` in a child process (``torchserve.inprocess``): once
+alone (batch 1) and once in batches of the served batch size. So a served answer that
+differs can be blamed on the right layer: the export, the handler's pre/post-processing,
+a handler that depends on its batch, or serving itself.
+
+The child has deadlines: ``serving.startup_timeout_s`` for ``initialize`` and
+``serving.response_timeout_s`` for each batch; a handler that hangs or crashes ends the
+stage with the handler named, and cannot touch this process's torch settings or modules.
+Two handlers with the same file name never share a module: each run has its own child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.answers.registry import AnswerCodec
+from pipeline.compat import worker_site_dir
+from pipeline.errors import HandledError, UserCodeError
+from pipeline.inputs.base import Rows
+from pipeline.stages.outcomes import RowOutcome, failed, interpret
+from pipeline.torchserve.inprocess import read_message, send_message
+from pipeline.torchserve.process import RUN_MARKER_ENV
+from pipeline.wire import worker_view
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class HandledConfig:
+    """Where the handler runs and how long it may take."""
+
+    work_dir: Path
+    mar_path: Path
+    model_name: str
+    batch_size: int
+    load_timeout_s: float
+    response_timeout_s: float
+    service_envelope: str | None = None  # kserve | kservev2
+
+
+@dataclass(frozen=True)
+class HandledResult:
+    """The handler's answers in-process, at batch 1 and at the served batch size.
+
+    Attributes:
+        batch1: one outcome per row, each row sent alone.
+        batched: one outcome per row, rows sent in consecutive batches of ``batch_size``
+            (None when the served batch size is 1).
+        codec: the answer codec, settled by the first answer when the format was "auto".
+        handler: the manifest's handler entry.
+        load_s: how long ``initialize`` took.
+        log_path: the handler's own output.
+    """
+
+    batch1: tuple[RowOutcome, ...]
+    batched: tuple[RowOutcome, ...] | None
+    batch_size: int
+    codec: AnswerCodec
+    handler: str
+    load_s: float
+    log_path: Path
+
+    def outcomes(self, variant: str) -> tuple[RowOutcome, ...] | None:
+        return self.batch1 if variant == "batch1" else self.batched
+
+
+def _extract(mar: Path, dest: Path) -> dict:
+    import json
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(dest)
+    return json.loads((dest / "MAR-INF" / "MANIFEST.json").read_text())
+
+
+class HandlerProcess:
+    """A child process holding the loaded handler; ``predict`` sends one batch with a deadline."""
+
+    def __init__(self, cfg: HandledConfig) -> None:
+        self.cfg = cfg
+        self.model_dir = cfg.work_dir / "model"
+        manifest = _extract(cfg.mar_path, self.model_dir)
+        self.handler = manifest["model"]["handler"]
+        self.log_path = cfg.work_dir / "handler.log"
+        self.proc: subprocess.Popen | None = None
+        self.load_s = 0.0
+
+    def __enter__(self) -> "HandlerProcess":
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = {**os.environ, RUN_MARKER_ENV: str(self.cfg.work_dir),
+               "PYTHONPATH": os.pathsep.join(p for p in (worker_site_dir(), os.environ.get("PYTHONPATH", "")) if p)}
+        cmd = [sys.executable, "-m", "pipeline.torchserve.inprocess", str(to_child_r), str(from_child_w),
+               str(self.model_dir), self.cfg.model_name, self.handler, str(self.cfg.batch_size),
+               self.cfg.service_envelope or ""]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.model_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, pass_fds=(to_child_r, from_child_w),
+                                         start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.to_child, self.from_child = to_child_w, from_child_r
+        try:
+            msg = self._receive(self.cfg.load_timeout_s, "initialize", "serving.startup_timeout_s")
+            if not msg.get("loaded"):
+                causes = msg.get("causes") or [msg.get("error")]
+                (self.log_path.parent / "load_traceback.txt").write_text(msg.get("traceback", ""))
+                raise UserCodeError(
+                    f"the handler {self.handler} cannot be loaded (TorchServe's worker would fail the same way): "
+                    f"{causes[0]}. Fix the handler or install what it imports; found before any server starts "
+                    f"(traceback in {self.log_path.parent / 'load_traceback.txt'}).",
+                    details=causes,
+                )
+            self.load_s = float(msg.get("seconds", 0.0))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _receive(self, timeout_s: float, phase: str, field: str) -> dict:
+        ready, _, _ = select.select([self.from_child], [], [], timeout_s)
+        if not ready:
+            raise HandledError(
+                f"the handler {self.handler} did not finish {phase} within {field}={timeout_s:g} s: it hangs "
+                f"(or is slower than allowed: raise {field}). Its output is in {self.log_path}.",
+                details=_log_tail(self.log_path),
+            )
+        try:
+            return read_message(self.from_child)
+        except (EOFError, OSError) as e:
+            code = self.proc.wait(timeout=5) if self.proc else None
+            raise HandledError(
+                f"the handler {self.handler} crashed the process during {phase} (exit code {code}): {e}. "
+                f"Its output is in {self.log_path}.",
+                details=_log_tail(self.log_path),
+            ) from e
+
+    def predict(self, requests: list[tuple[bytes, str]]) -> tuple[list[tuple[int, str, bytes]], float]:
+        """(status, content type, body) per request, and the batch's handling time in ms."""
+        send_message(self.to_child, {"requests": requests})
+        msg = self._receive(self.cfg.response_timeout_s, f"handle (a batch of {len(requests)})",
+                            "serving.response_timeout_s")
+        if "error" in msg:
+            raise HandledError(f"the in-process handler run failed: {msg['error']}",
+                               details=_traceback_tail(msg.get("traceback", "")))
+        return msg["answers"], float(msg["ms"])
+
+    def close(self) -> None:
+        for fd in ("to_child", "from_child"):
+            try:
+                os.close(getattr(self, fd))
+            except (AttributeError, OSError):
+                pass
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _traceback_tail(tb: str) -> list[str]:
+    lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
+    return lines[-6:]
+
+
+def _log_tail(path: Path) -> list[str]:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return []
+    return lines[-8:]
+
+
+def _batches(rows: Rows, size: int) -> Iterator[list[int]]:
+    for chunk in rows.chunks(size):
+        yield list(chunk)
+
+
+def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: int
+                 ) -> tuple[list[RowOutcome], AnswerCodec]:
+    out: list[RowOutcome | None] = [None] * len(rows)
+    for index in _batches(rows, batch):
+        requests = []
+        for i in index:
+            body = rows.body(i)
+            requests.append(codec.request(body, rows.content_type, worker_view(body, rows.content_type)))
+        answers, ms = proc.predict(requests)
+        per_row_ms = ms / len(index)
+        for i, (status, _ct, body) in zip(index, answers):
+            if status == 200:
+                codec = codec.settle(body)
+            out[i] = interpret(i, rows.ids[i], status, body, codec, latency=per_row_ms)
+    return [o if o is not None else failed(i, rows.ids[i], "not_sent", "no answer") for i, o in enumerate(out)], codec
+
+
+def run_handled(cfg: HandledConfig, rows: Rows, codec: AnswerCodec) -> HandledResult:
+    """Every row through the archive's handler in-process, at batch 1 and at the served batch size.
+
+    Args:
+        cfg: the run folder, the .mar, the served batch size, the deadlines, the envelope.
+        rows: the labeled rows.
+        codec: how rows travel and answers are read (the replay's).
+
+    Returns:
+        One outcome per row for each batch size, decoded like served answers.
+
+    Raises:
+        HandledError: the handler cannot be loaded, crashes the process, or misses a deadline.
+    """
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    with HandlerProcess(cfg) as proc:
+        t0 = time.perf_counter()
+        batch1, codec = _run_variant(proc, rows, codec, 1)
+        batched = None
+        if cfg.batch_size > 1:
+            batched, codec = _run_variant(proc, rows, codec, cfg.batch_size)
+        log.info("handled %d rows in %.2f s", len(rows), time.perf_counter() - t0)
+    return HandledResult(batch1=tuple(batch1), batched=tuple(batched) if batched is not None else None,
+                         batch_size=cfg.batch_size, codec=codec, handler=proc.handler, load_s=proc.load_s,
+                         log_path=proc.log_path)

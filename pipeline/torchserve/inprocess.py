@@ -1,0 +1,182 @@
+"""The archive's handler run in a child Python process through TorchServe 0.12's own handler API.
+
+The child (``python -m pipeline.torchserve.inprocess``) does what ``model_service_worker.py``
+does: ``ts.model_loader.TsModelLoader().load(...)`` builds the real ``Context`` (manifest,
+model-config.yaml, batch size, envelope, metrics) and calls the handler's ``initialize``;
+each batch of requests is shaped as the frontend sends it (one ``body`` parameter per request,
+decoded by content type as the worker decodes it) and goes through ``Service.predict``,
+whose binary answer is read back per request: status, content type, body. A failed batch
+becomes the JSON error TorchServe's frontend would send. So the handled stage sees what a
+client of the real server would see, minus the network.
+
+The parent talks to the child over two private pipes (length-prefixed pickles); the
+handler's own prints and logs go to a log file, never into the protocol. The child runs in
+its own session so a deadline can stop it and everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+import uuid
+from typing import Any
+
+from pipeline.wire import worker_view
+
+ERROR_TYPES = {400: "BadRequestException", 404: "ModelNotFoundException", 413: "RequestTooLarge",
+               503: "ServiceUnavailableException", 507: "InsufficientStorage"}
+
+
+def send_message(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(struct.pack("!Q", len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(fd, min(n - got, 1 << 20))
+        if not b:
+            raise EOFError("the other side closed the pipe")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def read_message(fd: int) -> Any:
+    (n,) = struct.unpack("!Q", _read_exact(fd, 8))
+    return pickle.loads(_read_exact(fd, n))
+
+
+def parse_predict_response(msg: bytes) -> tuple[int, str, list[tuple[str, int, str, bytes]]]:
+    """TorchServe's binary predict response (``otf_message_handler.create_predict_response``).
+
+    Returns:
+        The batch's code and message, and per request: id, HTTP status, content type, body.
+    """
+    pos = 0
+
+    def i32() -> int:
+        nonlocal pos
+        (v,) = struct.unpack_from("!i", msg, pos)
+        pos += 4
+        return v
+
+    def chunk() -> bytes:
+        nonlocal pos
+        n = i32()
+        if n < 0:
+            return b""
+        b = bytes(msg[pos : pos + n])
+        pos += n
+        return b
+
+    code = i32()
+    message = chunk().decode("utf-8", errors="replace")
+    out = []
+    while pos < len(msg):
+        n = i32()
+        if n == -1:
+            break
+        req_id = bytes(msg[pos : pos + n]).decode("utf-8", errors="replace")
+        pos += n
+        content_type = chunk().decode("utf-8", errors="replace")
+        status = i32()
+        chunk()  # reason phrase
+        for _ in range(i32()):  # response headers
+            chunk()
+            chunk()
+        out.append((req_id, status, content_type, chunk()))
+    return code, message, out
+
+
+def frontend_answers(code: int, message: str, per_request: list[tuple[str, int, str, bytes]], n: int
+                     ) -> list[tuple[int, str, bytes]]:
+    """(status, content type, body) per request, as TorchServe's frontend answers a client."""
+    if code != 200 or len(per_request) != n:
+        body = json.dumps({"code": code, "type": ERROR_TYPES.get(code, "InternalServerException"),
+                           "message": message}).encode()
+        return [(code, "application/json", body)] * n
+    return [(status, ct, body) for _, status, ct, body in per_request]
+
+
+def causes(e: BaseException) -> list[str]:
+    """Every exception of a chain, innermost (the root cause) first, each with its innermost frame.
+
+    TorchServe's loader hides a handler's own ImportError behind a second one (it then tries
+    ``ts.torch_handler.<name>``), so the root cause is what the user needs to see.
+    """
+    chain, seen = [], set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    out = []
+    for exc in reversed(chain):
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+        out.append(f"{type(exc).__name__}: {exc}{where}")
+    return out
+
+
+def _otf_batch(requests: list[tuple[bytes, str]]) -> list[dict]:
+    batch = []
+    for body, content_type in requests:
+        batch.append({
+            "requestId": str(uuid.uuid4()).encode(),
+            "parameters": [{"name": "body", "contentType": content_type,
+                            "value": worker_view(body, content_type)}],
+            "headers": [{"name": b"Content-Type", "value": content_type.encode()}],
+        })
+    return batch
+
+
+def _child(argv: list[str]) -> int:
+    in_fd, out_fd, model_dir, model_name, handler, batch_size, envelope = argv
+    sys.path.insert(0, model_dir)
+    in_fd, out_fd = int(in_fd), int(out_fd)
+    t0 = time.perf_counter()
+    try:
+        import ts
+        from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+        from ts.model_loader import TsModelLoader
+
+        metrics = MetricsCacheYamlImpl(config_file_path=os.path.join(os.path.dirname(ts.__file__), "configs",
+                                                                     "metrics.yaml"))
+        metrics.initialize_cache()
+        metrics.model_name = model_name
+        service = TsModelLoader().load(model_name, model_dir, handler, None, int(batch_size), envelope or None,
+                                       True, metrics)
+        service.set_cl_socket(None)
+    except BaseException as e:  # the handler's initialize (or import) failed: report it whole
+        send_message(out_fd, {"loaded": False, "error": f"{type(e).__name__}: {e}", "causes": causes(e),
+                              "traceback": traceback.format_exc()})
+        return 1
+    send_message(out_fd, {"loaded": True, "seconds": time.perf_counter() - t0})
+    while True:
+        try:
+            msg = read_message(in_fd)
+        except EOFError:
+            return 0
+        requests = msg["requests"]
+        t = time.perf_counter_ns()
+        try:
+            raw = service.predict(_otf_batch(requests))
+            code, message, per_request = parse_predict_response(raw)
+            answers = frontend_answers(code, message, per_request, len(requests))
+            send_message(out_fd, {"answers": answers, "ms": (time.perf_counter_ns() - t) / 1e6})
+        except BaseException as e:  # never expected: Service.predict catches the handler's errors
+            send_message(out_fd, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))
