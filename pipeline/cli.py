@@ -49,6 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, help="open-loop replay at this many requests/s")
     run.add_argument("--concurrency", type=int, help="override replay.concurrency")
     run.add_argument("--timeout", type=float, help="deadline of the whole run in seconds (overrides timeout_s)")
+    run.add_argument("--until", choices=["export", "handled", "served"],
+                     help="stop after this stage: 'handled' checks the handler in-process in seconds, without "
+                          "TorchServe; the gate covers the stages that ran, and nothing is published")
     run.add_argument("--wait", action="store_true",
                      help="when another run holds this model's store entry, wait for it instead of failing")
     run.add_argument("--baseline-report", type=Path,
@@ -63,7 +66,42 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="the folder whose history.sqlite to read")
     hist.add_argument("--model", help="only this model")
     hist.add_argument("--limit", type=_positive_int, default=20, help="at most this many runs, newest first")
+    init = sub.add_parser("init", help="write a commented spec for your model, inferred from its factory, weights "
+                                       "and data (and checked by running the model)")
+    init.add_argument("--factory", required=True, help="file.py:function or package.module:function")
+    init.add_argument("--weights", required=True, type=Path, help="the model's torch.save'd state_dict")
+    init.add_argument("--data", required=True, type=Path,
+                      help="labeled rows: a CSV/Parquet table, or a folder of class sub-folders of images")
+    init.add_argument("--handler", help="a handler name (tensor_classifier, image_classifier, ...) or a file.py")
+    init.add_argument("--out", type=Path, default=Path("spec.yaml"), help="the spec to write (default: ./spec.yaml)")
+    init.add_argument("--name", help="the TorchServe model name (default: from the factory's file or folder)")
+    init.add_argument("--preprocess", help="file.py:function: your model's preprocessing (needed for text)")
+    init.add_argument("--label-column", help="the label column, when init cannot tell it by its name")
+    init.add_argument("--id-column", help="the id column, when init cannot tell it by its name")
+    init.add_argument("--input-shape", help="one row's shape, e.g. 1,8,8: try only this one")
+    init.add_argument("--force", action="store_true", help="overwrite the spec (and label map) if they exist")
     return p
+
+
+def _init(args) -> int:
+    from pipeline.scaffold import InitConfig, parse_shape, write_spec
+
+    try:
+        cfg = InitConfig(factory=args.factory, weights=args.weights, data=args.data, out=args.out,
+                         base_dir=Path.cwd(), handler=args.handler, name=args.name, preprocess=args.preprocess,
+                         label_column=args.label_column, id_column=args.id_column,
+                         input_shape=parse_shape(args.input_shape) if args.input_shape else None, force=args.force)
+        result = write_spec(cfg)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    for line in result.decisions:
+        print(f"  {line}")
+    for line in result.todos:
+        print(f"  TODO: {line}")
+    print(f"wrote {', '.join(str(p) for p in result.written)}")
+    print(f"next: package-validate run {result.spec_path}")
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -89,7 +127,8 @@ def _run(args) -> int:
     console = Console.for_stream(sys.stderr, quiet=args.quiet or args.json)
     opts = RunOptions(
         spec_path=_absolute(args.spec), reports_dir=_absolute(args.reports_dir),
-        model_store=_absolute(args.model_store), force=args.force, publish=not args.no_publish and args.endpoint is None,
+        model_store=_absolute(args.model_store), force=args.force,
+        publish=not args.no_publish and args.endpoint is None and args.until in (None, "served"), until=args.until,
         prebuilt_mar=_absolute(args.mar), expected_sha256=args.expect_sha256, endpoint=args.endpoint,
         endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
         concurrency=args.concurrency, timeout_s=args.timeout, baseline_report=_absolute(args.baseline_report),
@@ -124,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "history":
         return _print_history(_absolute(args.reports_dir) / HISTORY_FILE, args.model, args.limit)
+    if args.command == "init":
+        return _init(args)
     return 2
 
 

@@ -36,6 +36,7 @@ class RunRecord:
     handled: HandledResult | None = None
     server: ServerHandle | None = None
     replay: ReplayResult | None = None
+    served_probes: tuple = ()  # stages.probing.ProbeOutcome, one per handler probe sent to the server
     comparison: Comparison | None = None
     gate: GateResult | None = None
     prior: Any = None  # pipeline.history.prior.PriorRun

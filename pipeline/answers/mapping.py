@@ -8,6 +8,7 @@ class (or the largest logit) does.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,8 @@ class Decoder:
             for label, p in value.items():
                 if isinstance(p, bool) or not isinstance(p, (int, float)):
                     raise AnswerError(f"probability of {label!r} must be a number, got {p!r}")
+                if not math.isfinite(p):
+                    raise AnswerError(f"probability of {label!r} is NaN or infinity")
                 probs[self.class_map.index_of(str(label))] = float(p)
         else:
             probs = numbers(value, f"{self.mapping.probabilities!r}", c)

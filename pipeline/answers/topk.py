@@ -8,6 +8,7 @@ class carried.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,15 +33,17 @@ class Decoder:
         if not isinstance(doc, dict) or not doc:
             raise AnswerError(f"expected a JSON object {{label: probability}}, got {str(doc)[:80]!r}")
         probs = np.full(self.num_classes, np.nan)
+        seen: set[int] = set()
         for label, p in doc.items():
             if isinstance(p, bool) or not isinstance(p, (int, float)):
                 raise AnswerError(f"probability of {label!r} must be a number, got {p!r}")
+            if not math.isfinite(p):
+                raise AnswerError(f"the answer holds NaN or infinity (class {label!r})")
             k = self.class_map.index_of(str(label))
-            if np.isfinite(probs[k]):
+            if k in seen:
                 raise AnswerError(f"class {k} appears twice in the answer")
+            seen.add(k)
             probs[k] = float(p)
-        if not np.isfinite(probs[np.isfinite(probs)]).all():
-            raise AnswerError("the answer holds NaN or infinity")
         check_probabilities(probs, "the answer's probabilities")
         return Prediction(argmax_carried(probs), probs, None)
 

@@ -61,6 +61,7 @@ class GatePlan:
     has_training_data: bool = False
     has_prior: bool = False
     probes: tuple[str, ...] = ()
+    warmup: bool = False  # the served warm-up answers are compared with the steady-state ones
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class GateInputs:
     prior_metrics: dict[str, float] | None = None  # served metrics of an earlier run (second baseline)
     prior_label: str = "previous run"
     not_run: dict[str, str] = field(default_factory=dict)  # planned stage -> why it has no results
+    warmup_checked: int | None = None  # rows answered both in the warm-up and in the replay
+    warmup_differing: tuple[str, ...] = ()  # those whose warm-up answer differs, with both answers
 
 
 @dataclass(frozen=True)
@@ -95,15 +98,26 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        gating = [c for c in self.checks if c.is_gating]
-        return bool(gating) and all(c.passed for c in gating)
+        return passes(self.checks)
 
     @property
     def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.is_gating and not c.passed)
+        return failures_of(self.checks)
 
     def names(self) -> set[tuple[str, str]]:
         return {(c.stage, c.name) for c in self.checks}
+
+
+# Plain functions rather than property bodies, so the mutation tester (mutmut skips decorated
+# functions) reaches the verdict itself.
+def passes(checks: tuple[Check, ...]) -> bool:
+    """At least one gating check, and every gating check passed."""
+    gating = [c for c in checks if c.is_gating]
+    return bool(gating) and all(c.passed for c in gating)
+
+
+def failures_of(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    return tuple(c for c in checks if c.is_gating and not c.passed)
 
 
 def is_bad(x: float | str | None) -> bool:
@@ -157,7 +171,8 @@ def metric_checks(spec: GateSpec, cand: StageMetrics | None, base: StageMetrics 
 
 
 def agreement_checks(spec: GateSpec, t: PairedTest | None, cand: StageMetrics | None, base: StageMetrics | None,
-                     stage: str, labels: tuple[str, ...], not_run: str = "") -> list[Check]:
+                     stage: str, labels: tuple[str, ...], not_run: str = "",
+                     flipped_ids: tuple[str, ...] = ()) -> list[Check]:
     """Agreement with the baseline, the confusion matrix, the positive class, improvement beyond noise."""
     if t is None or cand is None or base is None:
         names = [("prediction agreement", f">= {spec.min_prediction_agreement:.4f}")]
@@ -170,10 +185,11 @@ def agreement_checks(spec: GateSpec, t: PairedTest | None, cand: StageMetrics | 
         if spec.flag_improvement:
             names.append(("no improvement beyond noise", f"McNemar p >= {SIGNIFICANCE} when better"))
         return [missing(n, stage, limit, not_run, spec) for n, limit in names]
+    named = f" ({', '.join(flipped_ids[:8])}{', ...' if len(flipped_ids) > 8 else ''})" if flipped_ids else ""
     out = [Check("prediction agreement", stage, t.agreement, 1.0, f">= {spec.min_prediction_agreement:.4f}",
                  at_least(t.agreement, spec.min_prediction_agreement),
-                 f"{t.disagreeing} row(s) differ; McNemar exact p={t.mcnemar_p:.3g} ({t.reference_only_correct} "
-                 f"rows only baseline right, {t.candidate_only_correct} only {stage} right)")]
+                 f"{t.disagreeing} row(s) differ{named}; McNemar exact p={t.mcnemar_p:.3g} ({t.reference_only_correct}"
+                 f" rows only baseline right, {t.candidate_only_correct} only {stage} right)")]
     if spec.require_identical_confusion:
         same = cand.confusion == base.confusion and not any(cand.failed_by_class)
         failed = sum(cand.failed_by_class)
@@ -280,6 +296,18 @@ def served_latency_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateIn
     return out
 
 
+def warmup_check(inputs: GateInputs) -> Check:
+    """Warm-up answers equal the steady-state answers of the same rows (a first request that scores
+    differently is a known TorchServe trap: serve issue #2983)."""
+    name = "warm-up answers equal steady-state answers"
+    if not inputs.warmup_checked:
+        return Check(name, Stage.SERVED, None, None, "0 rows differ", False,
+                     "not evaluated: no row was answered both during the warm-up and the replay", evaluated=False)
+    n = len(inputs.warmup_differing)
+    return Check(name, Stage.SERVED, f"{n} of {inputs.warmup_checked} differ", None, "0 rows differ", n == 0,
+                 "; ".join(inputs.warmup_differing[:5]))
+
+
 def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs) -> list[Check]:
     out = []
     served = cmp.stages.get(Stage.SERVED) if cmp else None
@@ -315,7 +343,9 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
     cand = cmp.stages[stage] if have else None
     base = cmp.stages[base_name] if have else None
     t = cmp.tests[stage] if have else None
-    checks += agreement_checks(spec, t, cand, base, stage, labels, why)
+    flipped = tuple(r.id for r in cmp.flipped if r.predictions.get(stage, (None,))[0] != r.predictions.get(
+        base_name, (None,))[0]) if have else ()
+    checks += agreement_checks(spec, t, cand, base, stage, labels, why, flipped)
     checks += metric_checks(spec, cand, base, stage, why)
     over = tuple(r.id for r in cmp.diverging if r.stage == stage) if cmp is not None else ()
     checks.append(output_check(spec, plan, t, stage, why, over))
@@ -327,6 +357,8 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
         checks += answered_checks(spec, inputs.answered.get(stage), stage, why)
     if stage == Stage.SERVED:
         checks += served_latency_checks(spec, cmp, inputs)
+        if plan.warmup:
+            checks.append(warmup_check(inputs))
         if plan.has_prior:
             checks += prior_checks(spec, cmp, inputs)
     return checks

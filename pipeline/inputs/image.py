@@ -155,3 +155,69 @@ def builtin_reference() -> Reference:
 
 def default_reference(spec: Spec) -> Reference | None:
     return builtin_reference()
+
+
+def _encode(im, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _exif_rotated(rgb) -> bytes:
+    """A JPEG whose pixels are stored rotated, with EXIF orientation 6 saying how to show it upright
+    (what phone cameras write): a handler that honours EXIF sees the original."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(rgb.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _noise_png(min_bytes: int) -> bytes:
+    """A PNG of random pixels (it does not compress) larger than ``min_bytes``."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    side = int(math.sqrt(min_bytes / 3)) + 64
+    pixels = np.random.default_rng(0).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    return _encode(Image.fromarray(pixels, "RGB"), "PNG", compress_level=1)
+
+
+def handler_probes(rows: Rows, spec: Spec, index: int = 0) -> list:
+    """Other modes and encodings of one row's image, tiny and huge sizes, one above max_request_size.
+
+    A variant whose pixels equal the original's (RGBA, an exact palette, grayscale of a gray
+    image) or that only re-encodes it (JPEG, CMYK, EXIF orientation) must get the original's
+    class; a lossy change of content (grayscale of a colour image, a 4x4 thumbnail) may get any
+    answer, but not a crash.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.inputs.probes import ANSWER, REFUSE, SAME, HandlerProbe
+
+    with Image.open(io.BytesIO(rows.body(index))) as im:
+        rgb = im.convert("RGB")
+    pixels = np.asarray(rgb)
+    is_gray = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+    exact_palette = bool((np.asarray(palette.convert("RGB")) == pixels).all())
+    ct = CONTENT_TYPE
+    limit = spec.serving.max_request_size
+    return [
+        HandlerProbe("grayscale (mode L) PNG", _encode(rgb.convert("L"), "PNG"), ct, SAME if is_gray else ANSWER,
+                     index, note="" if is_gray else "the original has colour: grayscale changes the content"),
+        HandlerProbe("RGBA PNG", _encode(rgb.convert("RGBA"), "PNG"), ct, SAME, index),
+        HandlerProbe("palette (mode P) PNG", _encode(palette, "PNG"), ct, SAME if exact_palette else ANSWER, index),
+        HandlerProbe("CMYK JPEG", _encode(rgb.convert("CMYK"), "JPEG", quality=95), ct, SAME, index),
+        HandlerProbe("EXIF-rotated JPEG (orientation 6)", _exif_rotated(rgb), ct, SAME, index,
+                     note="shown upright by any viewer; a handler that ignores EXIF sees it rotated"),
+        HandlerProbe("re-encoded JPEG (quality 90)", _encode(rgb, "JPEG", quality=90), ct, SAME, index),
+        HandlerProbe("very small image (4x4)", _encode(rgb.resize((4, 4)), "PNG"), ct, ANSWER, index),
+        HandlerProbe("very large image (4000x4000)", _encode(rgb.resize((4000, 4000), Image.Resampling.NEAREST),
+                                                             "PNG"), ct, ANSWER, index),
+        HandlerProbe(f"above max_request_size ({limit} bytes)", _noise_png(limit + 1), ct, REFUSE, index,
+                     stages=("served",), note="TorchServe's frontend refuses it before the handler"),
+    ]

@@ -135,3 +135,20 @@ def default_reference(spec: Spec) -> Reference | None:
 
     return Reference("builtin:records", f"fields {list(cols)[:3]}... in feature_columns order as float32 "
                      f"{list(shape)}", fields_tensor)
+
+
+def handler_probes(rows: Rows, spec: Spec, index: int = 0) -> list:
+    """A record missing a field (refuse) and one with an extra field (same)."""
+    import json as _json
+
+    from pipeline.inputs.probes import REFUSE, SAME, HandlerProbe
+
+    record = _json.loads(rows.body(index))
+    probes = []
+    if isinstance(record, dict) and record:
+        first = next(iter(record))
+        probes.append(HandlerProbe(f"field {first!r} missing", encode_json({k: v for k, v in record.items()
+                                                                            if k != first}), CONTENT_TYPE, REFUSE, index))
+        probes.append(HandlerProbe("an extra field", encode_json({**record, "client_extra_field": 1}), CONTENT_TYPE,
+                                   SAME, index))
+    return probes

@@ -1,7 +1,7 @@
 """The input kinds: the only place that switches on ``dataset.kind``.
 
 Each kind module provides ``NAME``, ``CONTENT_TYPE``, ``load(spec, path, training=False) ->
-Rows`` and ``default_reference(spec) -> Reference | None``.
+Rows``, ``default_reference(spec) -> Reference | None`` and ``handler_probes(rows, spec)``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def load_training_rows(spec: Spec) -> Rows | None:
     if spec.dataset.train_path is None:
         return None
     return kind_of(spec).load(spec, spec.dataset.train_path, training=True)
+
+
+def handler_probes(spec: Spec, rows: Rows, index: int = 0) -> list:
+    """The handler input probes of the spec's input kind (``inputs.probes``), made from row ``index``."""
+    return kind_of(spec).handler_probes(rows, spec, index)
 
 
 def content_type_of(spec: Spec) -> str:

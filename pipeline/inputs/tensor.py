@@ -107,3 +107,15 @@ def default_reference(spec: Spec) -> Reference:
         return t.reshape(shape)
 
     return Reference("builtin:tensor", f"JSON features as float32 {list(shape)}", features_tensor)
+
+
+def handler_probes(rows: Rows, spec: Spec, index: int = 0) -> list:
+    """A row with one feature missing (refuse) and one with an extra key (same)."""
+    from pipeline.inputs.probes import REFUSE, SAME, HandlerProbe
+
+    flat = rows.features[index].reshape(-1).tolist()
+    return [
+        HandlerProbe("one feature missing", encode_json({"features": flat[:-1]}), CONTENT_TYPE, REFUSE, index),
+        HandlerProbe("an extra key beside 'features'", encode_json({"features": flat, "client": "probe"}),
+                     CONTENT_TYPE, SAME, index),
+    ]

@@ -64,3 +64,17 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
 
 def default_reference(spec: Spec) -> Reference | None:
     return None
+
+
+def handler_probes(rows: Rows, spec: Spec, index: int = 0) -> list:
+    """Empty, very long and non-ASCII text: any answer or a clean refusal, never a crash."""
+    from pipeline.inputs.probes import ANSWER, HandlerProbe
+
+    original = rows.body(index).decode("utf-8")
+    return [
+        HandlerProbe("empty text", b"", CONTENT_TYPE, ANSWER, index),
+        HandlerProbe("very long text (100,000 characters)", ((original + " ") * (100_000 // (len(original) + 1)
+                     + 1))[:100_000].encode("utf-8"), CONTENT_TYPE, ANSWER, index),
+        HandlerProbe("non-ASCII text", ("Grüße aus Köln, 東京, naïve café 🙂 " + original).encode("utf-8"),
+                     CONTENT_TYPE, ANSWER, index),
+    ]

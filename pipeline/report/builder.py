@@ -113,6 +113,13 @@ def _stage_block(record: RunRecord) -> dict:
     return out
 
 
+def _probes_block(record: RunRecord) -> dict | None:
+    handled = record.handled.probes if record.handled is not None else ()
+    if not handled and not record.served_probes:
+        return None
+    return {"handled": jsonable(list(handled)), "served": jsonable(list(record.served_probes))}
+
+
 def _sizes(record: RunRecord) -> dict[str, int]:
     sizes = {}
     if record.baseline is not None:
@@ -170,6 +177,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
                                            else {})},
         "published": str(record.published) if record.published else None,
         "server_failures": [list(x) for x in record.server_failures],
+        "probes": _probes_block(record),
     })
     if cmp is not None:
         rep["metrics"] = {name: jsonable(m) for name, m in cmp.stages.items()}

@@ -158,6 +158,31 @@ def _answered(name: str, block: dict | None) -> list[str]:
     return out
 
 
+def _probes(rep: dict) -> list[str]:
+    probes = rep.get("probes")
+    if not probes:
+        return []
+    by_name: dict[str, dict] = {}
+    for stage in ("handled", "served"):
+        for p in probes.get(stage) or []:
+            by_name.setdefault(p["probe"], {"expect": p["expect"]})[stage] = p
+    lines = ["## Handler input probes (variants real clients send)", "",
+             "same: must get the original row's class; answer: any answer or a clean 4xx refusal; "
+             "refuse: must be refused. Crashed = the handler raised, died or timed out.", ""]
+    rows = []
+    for name, entry in by_name.items():
+        cells = []
+        for stage in ("handled", "served"):
+            p = entry.get(stage)
+            if p is None:
+                cells.append("-")
+                continue
+            word = p["outcome"] + ("" if p["passed"] else " (FAIL)")
+            cells.append(word + (f": {p['message']}" if p["message"] and p["outcome"] != "same" else ""))
+        rows.append([name, entry["expect"], *cells])
+    return lines + table(["probe", "expect", "handled", "served"], rows) + [""]
+
+
 def _handled_and_replay(rep: dict) -> list[str]:
     stages = rep.get("stages") or {}
     lines = []
@@ -193,7 +218,7 @@ def render_markdown(rep: dict) -> str:
     if rep.get("published"):
         lines += [f"Published: `{rep['published']}`", ""]
     lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
-    lines += _export(rep) + _handled_and_replay(rep)
+    lines += _export(rep) + _probes(rep) + _handled_and_replay(rep)
     sizes = rep.get("sizes_bytes")
     if sizes:
         lines += ["## Sizes", ""] + table(["artefact", "bytes"], [[k, str(v)] for k, v in sizes.items()]) + [""]

@@ -37,6 +37,7 @@ class RunOptions:
     baseline_report: Path | None = None
     against_last_pass: bool = False
     wait_for_lock: bool = False
+    until: str | None = None  # the last stage to run: export, handled or served (default)
     progress: Callable[[str, int, int], None] | None = None
 
 

@@ -177,12 +177,16 @@ def _output_quantity(codec: AnswerCodec) -> str:
             "gate.allow_not_evaluable")
 
 
-def plan_run(spec: Spec, *, prior: bool = False) -> Plan:
+UNTIL = ("export", "handled", "served")
+
+
+def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Plan:
     """Decide and check everything that can be known before a stage runs.
 
     Args:
         spec: the spec with the run options applied.
         prior: a second baseline (an earlier run) is given.
+        until: the last stage to run ("export", "handled" or "served", the default).
 
     Returns:
         The plan.
@@ -210,17 +214,22 @@ def plan_run(spec: Spec, *, prior: bool = False) -> Plan:
     else:
         fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
     codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)
-    stages = [Stage.EXPORTED, Stage.HANDLED]
-    if spec.serving.batch_size > 1:
-        stages.append(handled_batch_name(spec.serving.batch_size))
-    stages.append(Stage.SERVED)
+    stages = [Stage.EXPORTED]
+    if until in (None, "handled", "served"):
+        stages.append(Stage.HANDLED)
+        if spec.serving.batch_size > 1:
+            stages.append(handled_batch_name(spec.serving.batch_size))
+    if until in (None, "served"):
+        stages.append(Stage.SERVED)
     quantity = {Stage.EXPORTED: "logits"}
     for s in stages[1:]:
         quantity[s] = _output_quantity(codec)
     gate = GatePlan(
         candidates=tuple(stages), labels=class_map.labels,
         output_quantity=quantity, has_training_data=spec.dataset.train_path is not None, has_prior=prior,
-        probes=(Stage.EXPORTED,) if spec.export.probe else (),
+        probes=tuple(s for s in ((Stage.EXPORTED,) if spec.export.probe else ()) + (
+            (Stage.HANDLED, Stage.SERVED) if spec.handler.probes else ()) if s in stages),
+        warmup=spec.replay.warmup_requests > 0 and Stage.SERVED in stages,
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
                 stages=tuple(stages), gate=gate, notes=tuple(notes))

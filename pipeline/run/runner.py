@@ -26,6 +26,7 @@ from pipeline.evaluate.attribution import attribute
 from pipeline.evaluate.compare import StageOutputs, compare_stages
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
 from pipeline.history.prior import load_prior_report
+from pipeline.inputs.registry import handler_probes
 from pipeline.history.store import HISTORY_FILE, last_passing, record_run
 from pipeline.model.loading import load_model
 from pipeline.names import Stage
@@ -42,7 +43,7 @@ from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model
 from pipeline.stages.handled import HandledConfig, run_handled
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
-from pipeline.stages.replay import ReplayConfig, replay_dataset
+from pipeline.stages.replay import ReplayConfig, probe_served, replay_dataset
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
 from pipeline.torchserve.errors import SERVER_FAILURES
 from pipeline.torchserve.logs import explain_failure, handler_exceptions
@@ -124,10 +125,15 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         baseline = score_baseline(spec, model, rows, plan.reference)
         run.update(baseline=baseline)
         facts.update(reference=plan.reference.name, accuracy=float((baseline.scores.predictions == rows.labels).mean()))
+    # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
+    surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
+    probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
     with run.timed("export") as facts:
         exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
         run.update(exported=exported)
         facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
+    if opts.until == "export":
+        return
     with run.timed("archive") as facts:
         archive = build_archive(spec, ArchiveConfig(work_dir=run.record.run_dir / "archive", prebuilt_mar=opts.prebuilt_mar,
                                                     expected_sha256=opts.expected_sha256),
@@ -139,10 +145,13 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         handled = run_handled(HandledConfig(
             work_dir=run.record.run_dir / "handled", mar_path=archive.mar_path, model_name=spec.name,
             batch_size=spec.serving.batch_size, load_timeout_s=spec.serving.startup_timeout_s,
-            response_timeout_s=spec.serving.response_timeout_s, service_envelope=envelope), rows, plan.codec)
+            response_timeout_s=spec.serving.response_timeout_s, service_envelope=envelope), rows, plan.codec, probes)
         run.update(handled=handled)
-        facts.update(answered=sum(r.is_ok for r in handled.batch1), rows=len(rows))
+        facts.update(answered=sum(r.is_ok for r in handled.batch1), rows=len(rows),
+                     probes_failed=sum(not p.passed for p in handled.probes))
     codec = handled.codec
+    if opts.until == "handled":
+        return
     if opts.endpoint is None:
         with run.timed("serve") as facts:
             server = stack.enter_context(serve_model(spec, ServeConfig(
@@ -156,15 +165,18 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         run.update(server=server)
         metrics_log = None
     r = spec.replay
+    replay_cfg = ReplayConfig(
+        url=server.inference_url + codec.envelope.path(spec.name), token=server.inference_token, codec=codec,
+        concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
+        request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
+        max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
+        ca_file=r.ca_file, metrics_log=metrics_log, progress=opts.progress)
     with run.timed("replay") as facts:
-        replay = replay_dataset(ReplayConfig(
-            url=server.inference_url + codec.envelope.path(spec.name), token=server.inference_token, codec=codec,
-            concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
-            request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
-            max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
-            ca_file=r.ca_file, metrics_log=metrics_log, progress=opts.progress), rows)
+        replay = replay_dataset(replay_cfg, rows)
         run.update(replay=replay)
         facts.update(answered=replay.answered, rows=len(rows), rps=replay.throughput_rps)
+        if probes and replay.is_complete:
+            run.update(served_probes=probe_served(replay_cfg, probes, replay.rows, replay.codec or codec))
         if server.log_dir is not None and replay.error_counts().get("handler_error"):
             run.update(server_failures=tuple(tuple(x) for x in handler_exceptions(server.log_dir)))
 
@@ -195,6 +207,23 @@ def _answered_facts(outcomes: tuple[RowOutcome, ...], complete: bool, abort: str
                       abort_reason=abort)
 
 
+def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
+    """Rows answered in the warm-up and in the replay, and those whose two answers differ."""
+    checked, differing = 0, []
+    for warm in replay.warmup_answers:
+        steady = replay.rows[warm.index]
+        if not (warm.is_ok and steady.is_ok):
+            continue
+        checked += 1
+        a, b = warm.prediction, steady.prediction
+        pair = [(x, y) for x, y in ((a.logits, b.logits), (a.probabilities, b.probabilities))
+                if x is not None and y is not None]
+        diff = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]))) if pair else 0.0
+        if a.index != b.index or diff > tolerance:
+            differing.append(f"{warm.id}: warm-up class {a.index}, steady class {b.index}, max output diff {diff:.3g}")
+    return checked, tuple(differing)
+
+
 def _gate_inputs(record: RunRecord) -> GateInputs:
     ex, base, plan = record.exported, record.baseline, record.plan
     failed, probes_run = {}, []
@@ -203,6 +232,11 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         failed[Stage.EXPORTED] = tuple(
             f"{p.name} @ batch {p.batch_size}: max diff {p.max_abs_diff:.3g}" + (f" ({p.error})" if p.error else "")
             for p in ex.consistency.failed_probes)
+    for stage, outcomes in ((Stage.HANDLED, record.handled.probes if record.handled else ()),
+                            (Stage.SERVED, record.served_probes)):
+        if outcomes:
+            probes_run.append(stage)
+            failed[stage] = tuple(p.line() for p in outcomes if not p.passed)
     answered = {}
     if record.handled is not None:
         answered[Stage.HANDLED] = _answered_facts(record.handled.batch1, True, None)
@@ -212,7 +246,10 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         rp = record.replay
         answered[Stage.SERVED] = _answered_facts(rp.rows, rp.is_complete, rp.abort_reason)
     not_run = {s: "the run stopped before this stage finished" for s in plan.stages}
+    warm_checked, warm_diff = (warmup_differences(record.replay, plan.spec.gate.max_output_diff)
+                               if record.replay is not None else (None, ()))
     return GateInputs(
+        warmup_checked=warm_checked, warmup_differing=warm_diff,
         export_size_ratio=ex.size_bytes / base.weights_size_bytes if ex and base.weights_size_bytes else None,
         export_latency_ratio=next((t.ratio for t in ex.timings if t.batch_size == 1), None) if ex else None,
         failed_probes=failed, probes_run=tuple(probes_run), answered=answered,
@@ -297,11 +334,11 @@ def _prepare(run: _Run) -> None:
         prior_path = Path(last.run_dir)
     if prior_path is not None:
         run.update(prior=load_prior_report(prior_path, spec.name))
-    plan = plan_run(spec, prior=run.record.prior is not None)
+    plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until)
     run.update(plan=plan)
     if opts.publish:
         check_publish_target(spec.name, opts.model_store, opts.force)
-    if opts.endpoint is None:  # the server's preconditions, before any stage does work
+    if opts.endpoint is None and opts.until in (None, "served"):  # the server's preconditions, before any stage
         find_java()
         if _ports(plan) is not None:
             check_ports(_ports(plan))

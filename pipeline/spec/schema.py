@@ -153,6 +153,8 @@ class HandlerSpec(_Frozen):
     requirements: Path | None = Field(
         default=None, description="requirements.txt packed into the .mar; checked, never installed"
     )
+    probes: bool = Field(default=True, description="send variants of a row that real clients send "
+                                                   "(other image modes, empty text, a missing field, ...)")
 
     @property
     def is_file(self) -> bool:

@@ -31,6 +31,7 @@ from pipeline.compat import worker_site_dir
 from pipeline.errors import HandledError, UserCodeError
 from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
+from pipeline.stages.probing import ProbeOutcome, judge
 from pipeline.torchserve.inprocess import read_message, send_message
 from pipeline.torchserve.process import RUN_MARKER_ENV
 from pipeline.wire import worker_view
@@ -65,6 +66,7 @@ class HandledResult:
         handler: the manifest's handler entry.
         load_s: how long ``initialize`` took.
         log_path: the handler's own output.
+        probes: what the handler did with each input probe (``inputs.probes``).
     """
 
     batch1: tuple[RowOutcome, ...]
@@ -74,6 +76,7 @@ class HandledResult:
     handler: str
     load_s: float
     log_path: Path
+    probes: tuple[ProbeOutcome, ...] = ()
 
     def outcomes(self, variant: str) -> tuple[RowOutcome, ...] | None:
         return self.batch1 if variant == "batch1" else self.batched
@@ -218,16 +221,38 @@ def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: in
     return [o if o is not None else failed(i, rows.ids[i], "not_sent", "no answer") for i, o in enumerate(out)], codec
 
 
-def run_handled(cfg: HandledConfig, rows: Rows, codec: AnswerCodec) -> HandledResult:
+def _run_probes(proc: HandlerProcess, probes, codec: AnswerCodec, batch1: list[RowOutcome]
+                ) -> tuple[ProbeOutcome, ...]:
+    out, broken = [], ""
+    for probe in probes:
+        original = batch1[probe.source_index].predicted
+        if "handled" not in probe.stages or broken:
+            row = None if not broken else failed(-1, probe.name, "not_sent", broken)
+            out.append(judge(probe, "handled", row, original))
+            continue
+        payload = codec.request(probe.body, probe.content_type, worker_view(probe.body, probe.content_type))
+        try:
+            answers, ms = proc.predict([payload])
+        except HandledError as e:  # the handler hung or died on this probe: the later ones cannot run
+            broken = f"the handler stopped answering at probe {probe.name!r}"
+            out.append(judge(probe, "handled", failed(-1, probe.name, "timeout", e.message), original))
+            continue
+        status, _ct, body = answers[0]
+        out.append(judge(probe, "handled", interpret(-1, probe.name, status, body, codec, latency=ms), original))
+    return tuple(out)
+
+
+def run_handled(cfg: HandledConfig, rows: Rows, codec: AnswerCodec, probes=()) -> HandledResult:
     """Every row through the archive's handler in-process, at batch 1 and at the served batch size.
 
     Args:
         cfg: the run folder, the .mar, the served batch size, the deadlines, the envelope.
         rows: the labeled rows.
         codec: how rows travel and answers are read (the replay's).
+        probes: handler input probes to send after the rows (``inputs.probes.HandlerProbe``).
 
     Returns:
-        One outcome per row for each batch size, decoded like served answers.
+        One outcome per row for each batch size, decoded like served answers, and the probes' outcomes.
 
     Raises:
         HandledError: the handler cannot be loaded, crashes the process, or misses a deadline.
@@ -240,6 +265,7 @@ def run_handled(cfg: HandledConfig, rows: Rows, codec: AnswerCodec) -> HandledRe
         if cfg.batch_size > 1:
             batched, codec = _run_variant(proc, rows, codec, cfg.batch_size)
         log.info("handled %d rows in %.2f s", len(rows), time.perf_counter() - t0)
+        probed = _run_probes(proc, probes, codec, batch1)
     return HandledResult(batch1=tuple(batch1), batched=tuple(batched) if batched is not None else None,
                          batch_size=cfg.batch_size, codec=codec, handler=proc.handler, load_s=proc.load_s,
-                         log_path=proc.log_path)
+                         log_path=proc.log_path, probes=probed)

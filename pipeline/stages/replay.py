@@ -84,6 +84,7 @@ class ReplayResult:
     abort_reason: str | None
     codec: AnswerCodec | None = None  # as settled by the first answer
     client_cpu_s: float = float("nan")  # this process's CPU time during the timed loop
+    warmup_answers: tuple[RowOutcome, ...] = ()  # the first warm-up answer of each row warmed (serve #2983)
 
     @property
     def answered(self) -> int:
@@ -184,7 +185,8 @@ class _Breaker:
             )
 
 
-async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Answer | None], float, str | None, float]:
+async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Answer | None], float, str | None, float,
+                                                          dict[int, Response]]:
     target = Target.from_url(cfg.url)
     headers = dict(cfg.headers)
     if cfg.token:
@@ -200,14 +202,17 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
     progress = cfg.progress or (lambda phase, done, total: None)
     warm_pool = [request_bytes(rows, cfg.codec, target, headers, i) for i in range(min(n, WARMUP_DISTINCT_ROWS))]
     warm_done = 0
+    warm_first: dict[int, Response] = {}
 
     async def warm(conn: ConnectionLike, count: int) -> None:
         nonlocal warm_done
         for i in range(count):
+            k = i % len(warm_pool)
             try:
-                await conn.request(warm_pool[i % len(warm_pool)], cfg.request_timeout_s)
+                resp = await conn.request(warm_pool[k], cfg.request_timeout_s)
             except (HttpConnectionError, HttpProtocolError, asyncio.TimeoutError):
                 return
+            warm_first.setdefault(k, resp)
             warm_done += 1
             if warm_done % 50 == 0:
                 progress("warmup", warm_done, cfg.warmup_requests)
@@ -255,7 +260,7 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
         for c in conns:
             c.close()
     wall = (time.perf_counter_ns() - t_begin) / 1e9
-    return results, wall, breaker.reason, time.process_time() - cpu_begin
+    return results, wall, breaker.reason, time.process_time() - cpu_begin, warm_first
 
 
 @contextmanager
@@ -335,18 +340,62 @@ def replay_dataset(cfg: ReplayConfig, rows: Rows) -> ReplayResult:
     gc.disable()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            results, wall, abort, cpu_s = runner.run(_replay(cfg, rows))
+            results, wall, abort, cpu_s, warm_first = runner.run(_replay(cfg, rows))
     except ValueError as e:
         raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
     finally:
         if was_enabled:
             gc.enable()
     outcomes, codec = decode_answers(results, rows, cfg.codec, abort)
+    warmed = tuple(interpret(k, rows.ids[k], r.status, r.body, codec) for k, r in sorted(warm_first.items()))
     server = await_server_times(cfg.metrics_log, {r.request_id for r in outcomes if r.is_ok and r.request_id})
     if server:
         outcomes = [replace(r, server_ms=server.get(r.request_id)) if r.request_id else r for r in outcomes]
     return ReplayResult(
         rows=tuple(outcomes), wall_s=wall, concurrency=cfg.concurrency, rate=cfg.rate,
         warmup_requests=cfg.warmup_requests, is_complete=abort is None, abort_reason=abort, codec=codec,
-        client_cpu_s=cpu_s,
+        client_cpu_s=cpu_s, warmup_answers=warmed,
     )
+
+
+def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], codec: AnswerCodec) -> tuple:
+    """Send each handler probe once to the served model (a fresh connection each) and judge the answer.
+
+    Args:
+        cfg: the replay's settings (URL, token, headers, timeouts, transport).
+        probes: ``inputs.probes.HandlerProbe`` list.
+        served: the replay's outcomes, for the class each probe's original row got.
+        codec: the settled answer codec.
+
+    Returns:
+        One ``stages.probing.ProbeOutcome`` per probe.
+    """
+    from pipeline.stages.probing import judge
+
+    async def go() -> list:
+        target = Target.from_url(cfg.url)
+        headers = dict(cfg.headers)
+        if cfg.token:
+            headers["Authorization"] = f"Bearer {cfg.token}"
+        tls = tls_context(cfg.ca_file) if target.tls else None
+        out = []
+        for probe in probes:
+            original = served[probe.source_index].predicted if probe.source_index < len(served) else None
+            if "served" not in probe.stages:
+                out.append(judge(probe, "served", None, original))
+                continue
+            payload, content_type = codec.request(probe.body, probe.content_type,
+                                                  worker_view(probe.body, probe.content_type))
+            raw = build_request(target, payload, {**headers, "Content-Type": content_type})
+            conn = cfg.connect(target) if cfg.connect is not None else Connection(target, tls)
+            try:
+                res = await _send(conn, cfg, raw, -1, probe.name, None)
+            finally:
+                conn.close()
+            row = interpret(-1, probe.name, 200, res.body, codec, latency=res.latency_ms) if isinstance(
+                res, _Answer) else res
+            out.append(judge(probe, "served", row, original))
+        return out
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return tuple(runner.run(go()))
