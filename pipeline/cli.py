@@ -18,10 +18,9 @@ from pipeline.console import Console
 from pipeline.errors import Interrupted, PipelineError
 from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
 from pipeline.report.console import render_console, verdict_json
-from pipeline.run.options import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, RunOptions
+from pipeline.run.options import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, TOKEN_ENV, RunOptions
 from pipeline.run.runner import run_validation
 
-TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
 
 
 def _build_parser() -> argparse.ArgumentParser:

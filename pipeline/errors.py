@@ -15,6 +15,7 @@
     ├── ReplayError               3  the served model stopped answering mid-replay
     ├── HandledError              3  the in-process handler run could not finish (a hang, a crash)
     ├── DeadlineError             3  the whole-run deadline (--timeout / timeout_s) passed
+    ├── LockError                 3  another run holds this model's entry in the model store
     └── InternalError             3  a bug in package-validate itself (the traceback's tail is reported)
 
     Interrupted (a KeyboardInterrupt)  130 for SIGINT, 143 for SIGTERM
@@ -109,6 +110,12 @@ class HandledError(PipelineError):
 
 class DeadlineError(PipelineError):
     """The whole run took longer than its deadline."""
+
+    exit_code = 3
+
+
+class LockError(PipelineError):
+    """Another run is validating the same model into the same model store."""
 
     exit_code = 3
 

@@ -42,7 +42,8 @@ class RunRecord:
     prior: Any = None  # pipeline.history.prior.PriorRun
     published: Path | None = None
     publish_note: str | None = None
-    server_failures: tuple[tuple[str, ...], ...] = ()  # handler exceptions quoted from the model log
+    server_failures: tuple[tuple[str, ...], ...] = ()
+    worker_restarts: int = 0  # TorchServe restarted a dead worker during the replay  # handler exceptions quoted from the model log
     stage_seconds: tuple[tuple[str, float], ...] = field(default_factory=tuple)
 
     @property

@@ -256,7 +256,10 @@ def probe_check(spec: GateSpec, inputs: GateInputs, stage: str) -> Check:
         return Check(name, stage, None, None, "none failed", False,
                      f"not evaluated: the {stage} probes did not run", is_gating=spec.probes, evaluated=False)
     failed = inputs.failed_probes.get(stage, ())
-    return Check(name, stage, f"{len(failed)} failed", None, "none failed", not failed, "; ".join(failed[:6]),
+    detail = "; ".join(failed[:6])
+    if failed and spec.probes:
+        detail += " (fix the handler, or set gate.probes: false to report probes without gating them)"
+    return Check(name, stage, f"{len(failed)} failed", None, "none failed", not failed, detail,
                  is_gating=spec.probes)
 
 

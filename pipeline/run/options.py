@@ -13,6 +13,7 @@ from typing import Callable
 
 from pipeline.spec import Spec
 
+TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"  # the inference token of an --endpoint server
 DEFAULT_MODEL_STORE = Path("model_store")  # relative: resolved against the working directory at the edge
 DEFAULT_REPORTS_DIR = Path("reports")
 

@@ -1,15 +1,22 @@
 """Publishing the checked .mar to the model store: a release act, done only when the gate passes.
 
-The archive is copied beside its target and renamed over it (atomic on one file system).
+A run that will publish holds a lock on its store entry (``.<name>.mar.lock``, an ``flock``
+the kernel releases if the process dies) from before the first stage to the end, so two runs
+of one model into one store never replace each other's archive: the second fails naming the
+first run's pid and folder, or with ``--wait`` queues behind it. The archive is copied
+beside its target and renamed over it (atomic on one file system).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
-from pipeline.errors import ArchiveError
+from pipeline.errors import ArchiveError, LockError
 
 
 def target_of(name: str, store: Path) -> Path:
@@ -50,3 +57,52 @@ def publish_archive(mar: Path, name: str, store: Path, force: bool) -> Path:
     except OSError as e:
         raise ArchiveError(f"could not publish {mar} to {target}: {e.strerror or e}.") from e
     return target
+
+
+class StoreLock:
+    """The exclusive lock on one model's entry in a model store, held for a whole run."""
+
+    def __init__(self, name: str, store: Path, run_dir: Path | None) -> None:
+        self.path = store / f".{name}.mar.lock"
+        self.run_dir = run_dir
+        self.fd: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        return f"pid {info.get('pid', '?')}, run folder {info.get('run_dir', '?')}"
+
+    def acquire(self, wait: bool, deadline: float | None = None) -> "StoreLock":
+        """Take the lock, or raise LockError naming the run that holds it (``wait``: until ``deadline``)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ArchiveError(f"cannot lock {self.path}: {e.strerror or e}. Choose a writable --model-store.") from e
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait or (deadline is not None and time.monotonic() >= deadline):
+                    holder = self._holder()
+                    os.close(fd)
+                    hint = "re-run with --wait to queue behind it" if not wait else "the run's deadline passed"
+                    raise LockError(f"another run is validating {self.path.name[1:-5]} into {self.path.parent} "
+                                    f"({holder}); {hint}, or use another --model-store.") from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "run_dir": str(self.run_dir)}).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import Interrupted, InternalError, PipelineError, ReplayError, ReportError
+from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, ReplayError, ReportError
 from pipeline.evaluate.attribution import attribute
 from pipeline.evaluate.compare import StageOutputs, compare_stages
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
@@ -33,9 +33,9 @@ from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.builder import build_report, build_rows
 from pipeline.report.writer import write_reports
-from pipeline.run.options import RunOptions, apply_options
+from pipeline.run.options import TOKEN_ENV, RunOptions, apply_options
 from pipeline.run.plan import Plan, plan_run
-from pipeline.run.publish import check_publish_target, publish_archive
+from pipeline.run.publish import StoreLock, check_publish_target, publish_archive
 from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
@@ -43,10 +43,10 @@ from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model
 from pipeline.stages.handled import HandledConfig, run_handled
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
-from pipeline.stages.replay import ReplayConfig, probe_served, replay_dataset
+from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
 from pipeline.torchserve.errors import SERVER_FAILURES
-from pipeline.torchserve.logs import explain_failure, handler_exceptions
+from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, worker_recoveries
 from pipeline.torchserve.process import Ports, check_ports, find_java
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class _Run:
         self.opts = opts
         self.record = RunRecord(started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.events = events or (lambda stage, phase, facts: None)
+        self.current = "start"
+        self.started = time.monotonic()
+        self.lock: StoreLock | None = None
 
     def update(self, **changes) -> None:
         self.record = replace(self.record, **changes)
@@ -78,6 +81,7 @@ class _Run:
     def timed(self, stage: str) -> Iterator[dict]:
         facts: dict = {}
         t0 = time.perf_counter()
+        self.current = stage
         log.info("stage %s: start", stage)
         self.events(stage, "start", facts)
         try:
@@ -120,6 +124,8 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         run.update(dataset=dataset)
         facts.update(rows=len(dataset.rows), kind=dataset.rows.kind)
     rows = dataset.rows
+    if opts.endpoint is not None:
+        _check_endpoint(run, rows)
     with run.timed("baseline") as facts:
         model = load_model(spec)
         baseline = score_baseline(spec, model, rows, plan.reference)
@@ -164,21 +170,53 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         server = remote_handle(opts.endpoint, spec.name, opts.endpoint_token)
         run.update(server=server)
         metrics_log = None
-    r = spec.replay
-    replay_cfg = ReplayConfig(
-        url=server.inference_url + codec.envelope.path(spec.name), token=server.inference_token, codec=codec,
-        concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
-        request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
-        max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
-        ca_file=r.ca_file, metrics_log=metrics_log, progress=opts.progress)
+    replay_cfg = _replay_config(run, server.inference_url, server.inference_token, codec, metrics_log)
+    ts_log_start = log_offset(server.log_dir)
     with run.timed("replay") as facts:
         replay = replay_dataset(replay_cfg, rows)
+        run.update(worker_restarts=worker_recoveries(server.log_dir, ts_log_start))
         run.update(replay=replay)
         facts.update(answered=replay.answered, rows=len(rows), rps=replay.throughput_rps)
         if probes and replay.is_complete:
             run.update(served_probes=probe_served(replay_cfg, probes, replay.rows, replay.codec or codec))
         if server.log_dir is not None and replay.error_counts().get("handler_error"):
             run.update(server_failures=tuple(tuple(x) for x in handler_exceptions(server.log_dir)))
+
+
+def _replay_config(run: _Run, url_base: str, token: str | None, codec, metrics_log) -> ReplayConfig:
+    spec, r = run.record.plan.spec, run.record.plan.spec.replay
+    return ReplayConfig(
+        url=url_base + codec.envelope.path(spec.name), token=token, codec=codec,
+        concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
+        request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
+        max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
+        ca_file=r.ca_file, metrics_log=metrics_log, progress=run.opts.progress)
+
+
+def _check_endpoint(run: _Run, rows) -> None:
+    """A server this run did not start: URL, token and model name answer before any work is done."""
+    plan = run.record.plan
+    cfg = _replay_config(run, run.opts.endpoint.rstrip("/"), run.opts.endpoint_token, plan.codec, None)
+    try:
+        status, why = preflight(replace(cfg, request_timeout_s=min(cfg.request_timeout_s, 30.0), max_retries=2), rows)
+    except ReplayError as e:
+        raise ConfigError(f"--endpoint {run.opts.endpoint}: {e.message}. Give the inference URL, e.g. "
+                          "https://host:8080 (the tool adds /predictions/NAME or the KServe path).") from e
+    if status == 200:
+        return
+    cls = why.split(":", 1)[0]
+    url = cfg.url
+    if cls == "unauthorized":
+        token = "is not set" if not run.opts.endpoint_token else "was refused"
+        raise ConfigError(f"--endpoint {url}: the token {token} ({why}). Put the server's inference token in "
+                          f"${TOKEN_ENV} and re-run.")
+    if cls == "not_found":
+        raise ConfigError(f"--endpoint {url}: no model {plan.spec.name!r} is served there ({why}). The spec's name "
+                          "must be the model's name on the server; check the URL and the envelope (answers.envelope).")
+    if cls in ("connection_error", "timeout"):
+        raise ConfigError(f"--endpoint {url}: the server does not answer ({why}). Check the URL, the port and "
+                          "that the server runs; for https, replay.ca_file names a private CA.")
+    log.info("endpoint preflight answered %s (%s); the replay will account for it", status, why)
 
 
 def _outputs(record: RunRecord) -> tuple[list[StageOutputs], np.ndarray | None]:
@@ -280,6 +318,12 @@ def _server_failure(record: RunRecord) -> ReplayError | None:
     if rp is None:
         return None
     counts = {k: v for k, v in rp.error_counts().items() if k in SERVER_FAILURES}
+    if record.worker_restarts and rp.is_complete and not counts:
+        return ReplayError(
+            f"the worker died {record.worker_restarts} time(s) during the replay; TorchServe restarted it and "
+            f"re-queued its requests, so every row was answered, but a worker that dies under load is a serving "
+            f"failure, not a verdict on the model. See {record.server.log_dir}/ts_log.log and model_log.log.",
+            details=explain_failure(record.server.log_dir, r"died|Backend worker|recovery")[:8])
     if rp.is_complete and not counts:
         return None
     focus = r"did not respond|responseTimeout|Worker died|died|Connection refused|Address"
@@ -322,6 +366,7 @@ def _prepare(run: _Run) -> None:
     opts = run.opts
     spec = apply_options(load_spec(opts.spec_path), opts)
     run.update(spec=spec)
+    _arm_deadline(run)
     run.update(run_dir=_make_run_dir(opts.reports_dir, spec.name))
     prior_path = opts.baseline_report
     if prior_path is None and opts.against_last_pass:
@@ -338,10 +383,62 @@ def _prepare(run: _Run) -> None:
     run.update(plan=plan)
     if opts.publish:
         check_publish_target(spec.name, opts.model_store, opts.force)
+        run.lock = StoreLock(spec.name, opts.model_store, run.record.run_dir).acquire(
+            opts.wait_for_lock, deadline=run.started + spec.timeout_s)
+        check_publish_target(spec.name, opts.model_store, opts.force)  # again: the run we waited for may have published
     if opts.endpoint is None and opts.until in (None, "served"):  # the server's preconditions, before any stage
         find_java()
         if _ports(plan) is not None:
             check_ports(_ports(plan))
+
+
+@contextmanager
+def _guarded(run: _Run) -> Iterator[None]:
+    """The run's deadline (SIGALRM after ``timeout_s``) and a Ctrl-C that, pressed again while the
+    run stops, does not cut the partial report short. Main thread only; restored afterwards."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted: list[int] = []
+
+    def on_int(signum, frame):
+        if interrupted:
+            log.warning("still stopping after Ctrl-C: the partial report is being written")
+            return
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def on_alarm(signum, frame):
+        spec = run.record.spec
+        limit = f"timeout_s={spec.timeout_s:g} s" if spec else "the deadline"
+        raise DeadlineError(f"the run took longer than {limit} (--timeout, or timeout_s in the spec) and was "
+                            f"stopped during stage {run.current}. Raise the deadline if the run is only slow.")
+
+    old_int, old_alarm = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def _arm_deadline(run: _Run) -> None:
+    import threading
+
+    spec = run.record.spec
+    if spec is not None and threading.current_thread() is threading.main_thread():
+        left = spec.timeout_s - (time.monotonic() - run.started)
+        signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+
+def _disarm() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def run_validation(opts: RunOptions, events: StageEvent | None = None) -> RunOutcome:
@@ -356,6 +453,16 @@ def run_validation(opts: RunOptions, events: StageEvent | None = None) -> RunOut
         or interrupted (130 for SIGINT, 143 for SIGTERM), with the report written.
     """
     run = _Run(opts, events)
+    with _guarded(run):
+        try:
+            return _run_validation(run)
+        finally:
+            if run.lock is not None:
+                run.lock.release()
+
+
+def _run_validation(run: _Run) -> RunOutcome:
+    opts = run.opts
     error: BaseException | None = None
     status = "error"
     try:
@@ -375,6 +482,7 @@ def run_validation(opts: RunOptions, events: StageEvent | None = None) -> RunOut
     except Exception as e:  # a bug of the tool: never read as a failed model
         log.debug("internal error", exc_info=True)
         error, status = _internal(e), "error"
+    _disarm()  # the report is written whatever the deadline
     record = run.record
     if error is not None and record.baseline is not None and record.comparison is None and record.plan is not None:
         try:

@@ -33,7 +33,7 @@ from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.stages.probing import ProbeOutcome, judge
 from pipeline.torchserve.inprocess import read_message, send_message
-from pipeline.torchserve.process import RUN_MARKER_ENV
+from pipeline.torchserve.process import RUN_MARKER_ENV, signals_deferred
 from pipeline.wire import worker_view
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ class HandlerProcess:
         return msg["answers"], float(msg["ms"])
 
     def close(self) -> None:
+        with signals_deferred():
+            self._close()
+
+    def _close(self) -> None:
         for fd in ("to_child", "from_child"):
             try:
                 os.close(getattr(self, fd))

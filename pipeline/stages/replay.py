@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from pipeline.answers.registry import AnswerCodec
-from pipeline.errors import Interrupted, ReplayError
+from pipeline.errors import DeadlineError, Interrupted, ReplayError
 from pipeline.inputs.base import Rows, worker_view
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.torchserve.errors import RETRYABLE, classify_status
@@ -246,15 +246,15 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
                 progress("replay", done, n)
 
     try:
-        with _sigterm_cancels(asyncio.current_task()) as terminated:
+        with _signals_cancel(asyncio.current_task()) as arrived:
             try:
                 await asyncio.gather(*(warm(c, per_conn) for c in conns))
                 t_begin = time.perf_counter_ns()
                 cpu_begin = time.process_time()
                 await asyncio.gather(*(worker(c) for c in conns))
             except asyncio.CancelledError:
-                if terminated:
-                    raise Interrupted(signal.SIGTERM) from None
+                if arrived:
+                    _raise_for(arrived[0])
                 raise
     finally:
         for c in conns:
@@ -264,30 +264,45 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
 
 
 @contextmanager
-def _sigterm_cancels(task: asyncio.Task):
-    """While the loop runs, SIGTERM cancels the replay cleanly instead of raising inside a
-    loop callback (where an event loop may swallow it); the CLI's own handler is restored after."""
-    terminated: list[int] = []
+def _signals_cancel(task: asyncio.Task):
+    """While the loop runs, SIGTERM, SIGINT and the run's deadline (SIGALRM) cancel the replay cleanly
+    instead of raising inside a loop callback (where an event loop may swallow it); the handlers
+    in place before are restored after. Yields the list of signals that arrived."""
+    arrived: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield terminated
+        yield arrived
         return
     loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGTERM)
+    watched = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
 
-    def on_term() -> None:
-        terminated.append(signal.SIGTERM)
-        task.cancel()
+    def on_signal(sig: int) -> None:
+        if not arrived:
+            task.cancel()
+        arrived.append(sig)
 
+    installed = []
     try:
-        loop.add_signal_handler(signal.SIGTERM, on_term)
+        for sig in watched:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
     except (NotImplementedError, RuntimeError, ValueError):
-        yield terminated
-        return
+        pass
     try:
-        yield terminated
+        yield arrived
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig] if previous[sig] is not None else signal.SIG_DFL)
+
+
+def _raise_for(sig: int) -> None:
+    if sig == signal.SIGALRM:
+        raise DeadlineError("the run's deadline (timeout_s in the spec, --timeout) passed during the replay; "
+                            "raise it if the run is only slow")
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(sig)
 
 
 def _loop_factory():
@@ -399,3 +414,34 @@ def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], code
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return tuple(runner.run(go()))
+
+
+def preflight(cfg: ReplayConfig, rows: Rows) -> tuple[int, str]:
+    """Send the first row once to a server this run did not start (``--endpoint``), before any stage works.
+
+    Returns:
+        The answer's status and, for a failure, its error class and message as one string.
+
+    Raises:
+        ReplayError: the URL is not an http(s) URL.
+    """
+    async def go():
+        target = Target.from_url(cfg.url)
+        headers = dict(cfg.headers)
+        if cfg.token:
+            headers["Authorization"] = f"Bearer {cfg.token}"
+        conn = (cfg.connect(target) if cfg.connect is not None
+                else Connection(target, tls_context(cfg.ca_file) if target.tls else None))
+        try:
+            return await _send(conn, cfg, request_bytes(rows, cfg.codec, target, headers, 0), 0, rows.ids[0], None)
+        finally:
+            conn.close()
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            res = runner.run(go())
+    except ValueError as e:
+        raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
+    if isinstance(res, _Answer):
+        return 200, ""
+    return res.status or 0, f"{res.error_class}: {res.message}"

@@ -140,8 +140,20 @@ def _otf_batch(requests: list[tuple[bytes, str]]) -> list[dict]:
     return batch
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the run that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(argv: list[str]) -> int:
     in_fd, out_fd, model_dir, model_name, handler, batch_size, envelope = argv
+    _die_with_parent()
     sys.path.insert(0, model_dir)
     in_fd, out_fd = int(in_fd), int(out_fd)
     t0 = time.perf_counter()

@@ -85,6 +85,30 @@ def handler_exceptions(log_dir: Path, limit: int = 5) -> list[list[str]]:
     return out[-limit:]
 
 
+_RECOVERY = re.compile(r"Auto recovery start timestamp: (\d+)")
+
+
+def log_offset(log_dir: Path | None) -> int:
+    """The current end of ts_log.log, to read only what is logged after it."""
+    try:
+        return (log_dir / "ts_log.log").stat().st_size if log_dir is not None else 0
+    except OSError:
+        return 0
+
+
+def worker_recoveries(log_dir: Path | None, since: int = 0) -> int:
+    """Worker restarts TorchServe logged after byte ``since`` of ts_log.log (each 'Auto recovery start' once)."""
+    if log_dir is None:
+        return 0
+    try:
+        with open(log_dir / "ts_log.log", "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return 0
+    return len({m.group(1) for m in _RECOVERY.finditer(text)})
+
+
 def read_server_times(metrics_log: Path | None) -> dict[str, float]:
     """requestID -> PredictionTime (ms) from TorchServe's model_metrics.log.
 

@@ -195,12 +195,12 @@ def group_alive(pgid: int) -> list[psutil.Process]:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while stopping the server, so a second Ctrl-C cannot cut the
-    clean-up short and leave TorchServe running; they are delivered right after."""
+    """Hold SIGINT, SIGTERM and the run's deadline (SIGALRM) while stopping the server, so a second
+    Ctrl-C cannot cut the clean-up short and leave TorchServe running; they are delivered right after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
     try:
         yield
     finally:

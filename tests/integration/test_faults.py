@@ -142,7 +142,7 @@ def _wait_for_replay(tmp: Path, proc: subprocess.Popen, timeout: float = 180) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         logs = list((tmp / "reports").glob("*/torchserve/logs/access_log.log"))
-        if logs and logs[0].stat().st_size > 2000:
+        if logs and logs[0].read_text(errors="replace").count("POST /predictions/") >= 30:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
@@ -179,11 +179,17 @@ def test_torchserve_killed_mid_replay_marks_report_incomplete(no_leftovers):
     assert rep["stages"]["replay"]["answered"] + rep["stages"]["replay"]["failed"] == 3000
 
 
-def test_two_runs_at_once_do_not_collide(no_leftovers):
+def _start_cli_in(tmp: Path, spec: Path, store: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--reports-dir", str(tmp / "reports"),
+                             "--model-store", str(store), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_runs_into_two_stores_do_not_collide(no_leftovers):
     tmp = no_leftovers
     spec = make_project(tmp / "proj")
-    a = _start_cli(tmp, spec, "--force")
-    b = _start_cli(tmp, spec, "--force")
+    a = _start_cli_in(tmp, spec, tmp / "store-a", "--force")
+    b = _start_cli_in(tmp, spec, tmp / "store-b", "--force")
     out_a, err_a = a.communicate(timeout=300)
     out_b, err_b = b.communicate(timeout=300)
     assert a.returncode == 0, out_a + err_a
@@ -192,3 +198,130 @@ def test_two_runs_at_once_do_not_collide(no_leftovers):
     assert len(reports) == 2 and reports[0]["run_dir"] != reports[1]["run_dir"]
     urls = {r["stages"]["server"]["inference_url"] for r in reports}
     assert len(urls) == 2, "each run has its own ports"
+
+
+def _lock_holder_started(store: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lock = store / ".tiny.mar.lock"
+        if lock.is_file() and lock.read_text().strip():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("the first run never took the store lock")
+
+
+def test_a_second_run_into_the_same_store_fails_naming_the_first_or_waits(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=300)
+    store = tmp / "store"
+    first = _start_cli_in(tmp, spec, store, "--force", "--rate", "60")
+    _lock_holder_started(store, first)
+    second = _start_cli_in(tmp, spec, store, "--force")
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 3, out + err
+    assert f"pid {first.pid}" in out and "another run is validating tiny" in out and "--wait" in out
+    waiting = _start_cli_in(tmp, spec, store, "--force", "--wait")
+    out_w, err_w = waiting.communicate(timeout=400)
+    out_f, err_f = first.communicate(timeout=60)
+    assert first.returncode == 0, out_f + err_f
+    assert waiting.returncode == 0, out_w + err_w
+    published = [json.loads(p.read_text()).get("published") for p in (tmp / "reports").glob("*/report.json")]
+    assert sorted(p for p in published if p) == [str(store / "tiny.mar")] * 2
+    assert not (store / ".tiny.mar.lock").read_text().strip(), "the lock is released"
+
+
+def test_force_never_replaces_a_release_with_an_archive_that_failed_its_gate(no_leftovers):
+    tmp = no_leftovers
+    store = tmp / "store"
+    spec = make_project(tmp / "proj")
+    good = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(store))
+    assert good.returncode == 0, good.stdout + good.stderr
+    released = (store / "tiny.mar").read_bytes()
+    handler = write_handler(tmp / "flip.py", FLIPPING)
+    bad_spec = make_project(tmp / "proj2", spec_overrides={"handler": str(handler)})
+    bad = run_cli("run", str(bad_spec), "--reports-dir", str(tmp / "reports2"), "--model-store", str(store), "--force")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert (store / "tiny.mar").read_bytes() == released
+    assert "published" not in bad.stdout.split("report:")[0] or "published: no" in bad.stdout
+
+
+FLIPPING = """
+import json, os, torch
+
+
+class Flip:
+    def initialize(self, context):
+        d = context.system_properties.get("model_dir")
+        self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"]))
+
+    def handle(self, data, context):
+        out = []
+        for req in data:
+            body = req.get("body")
+            body = json.loads(body) if isinstance(body, (bytes, str)) else body
+            logits = self.model(torch.tensor(body["features"]).reshape(1, -1))[0]
+            k = (int(logits.argmax()) + 1) % 3
+            out.append(json.dumps({"prediction": k, "probabilities": torch.softmax(logits.double(), 0).tolist()}))
+        return out
+"""
+
+
+def test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    proc = _start_cli(tmp, spec, "--rate", "100")
+    _wait_for_replay(tmp, proc)
+    assert leftover_processes(tmp), "TorchServe runs during the replay"
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while leftover_processes(tmp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftover_processes(tmp), "the guardian stops TorchServe when the run dies"
+
+
+def test_ctrl_c_twice_while_serving_ends_130_with_a_report_and_nothing_published(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    proc = _start_cli(tmp, spec, "--rate", "100")
+    _wait_for_replay(tmp, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, out + err
+    rep = _report(tmp)
+    assert rep["status"] == "interrupted" and rep["published"] is None
+    assert not (tmp / "store" / "tiny.mar").exists()
+    assert "Traceback" not in err
+
+
+def test_the_run_deadline_ends_a_slow_replay_with_exit_3_and_a_partial_report(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    t0 = time.monotonic()
+    res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"),
+                  "--rate", "50", "--timeout", "35")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 80
+    rep = _report(tmp)
+    assert rep["error"]["type"] == "DeadlineError" and "timeout_s" in rep["error"]["message"]
+    assert rep["complete"] is False and rep["published"] is None
+
+
+def test_a_killed_worker_is_a_server_failure_not_a_failed_model(no_leftovers):
+    tmp = no_leftovers
+    spec = make_project(tmp / "proj", rows=3000)
+    proc = _start_cli(tmp, spec, "--rate", "100")
+    _wait_for_replay(tmp, proc)
+    workers = [p for p in psutil.process_iter(["pid", "cmdline"]) if "model_service_worker" in " ".join(
+        p.info["cmdline"] or []) and str(tmp) in p.environ().get("PACKAGE_VALIDATE_RUN", "")]
+    assert len(workers) == 1, workers
+    workers[0].kill()  # the worker this test's own run started
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, out + err
+    rep = _report(tmp)
+    assert rep["status"] == "error" and rep["error"]["type"] == "ReplayError"
+    assert "the worker died 1 time(s) during the replay" in rep["error"]["message"]
+    assert "VERDICT: ERROR (exit 3)" in out

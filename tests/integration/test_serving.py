@@ -50,3 +50,88 @@ def test_token_auth_on_and_endpoint_mode(no_leftovers):
         # the pipeline never stops a server it did not start
         assert requests.post(predict_url, json=body, timeout=10,
                              headers={"Authorization": f"Bearer {server.inference_token}"}).status_code == 200
+
+
+def _self_signed(tmp):
+    import subprocess
+
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return key, cert
+
+
+class _TlsProxy:
+    """An HTTPS front (like a KServe ingress) that forwards to a plain HTTP server and notes each request's headers."""
+
+    def __init__(self, key, cert, upstream_port: int) -> None:
+        import asyncio
+        import ssl
+        import threading
+
+        self.seen: list[bytes] = []
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert), str(key))
+        ready = threading.Event()
+
+        async def pipe(reader, writer, note):
+            try:
+                while data := await reader.read(65536):
+                    if note:
+                        self.seen.append(data)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            server = self.loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+            server.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_endpoint_over_https_with_extra_headers_and_a_checked_token(no_leftovers):
+    tmp = no_leftovers
+    key, cert = _self_signed(tmp)
+    spec_path = make_project(tmp / "proj", spec_overrides={
+        "replay": {"warmup_requests": 5, "headers": {"X-Tenant": "blue-team"}, "ca_file": str(cert)}})
+    p = in_process(spec_path)
+    exported = export_model(p.spec, p.model, p.rows, p.base, tmp / "run" / "export")
+    archive = build_archive(p.spec, ArchiveConfig(work_dir=tmp / "run" / "archive"), p.plan.handler, exported,
+                            p.base.input_shape)
+    with serve_model(p.spec, ServeConfig(run_dir=tmp / "run", mar_path=archive.mar_path,
+                                         startup_timeout_s=90)) as server:
+        proxy = _TlsProxy(key, cert, int(server.inference_url.rsplit(":", 1)[1]))
+        try:
+            url = f"https://127.0.0.1:{proxy.port}"
+            ok = run_validation(RunOptions(spec_path=spec_path, reports_dir=tmp / "reports", endpoint=url,
+                                           endpoint_token=server.inference_token, publish=False))
+            assert ok.exit_code == 0, ok.report.get("error")
+            assert ok.report["stages"]["replay"]["answered"] == 60
+            requests_seen = b"".join(proxy.seen).count(b"POST /predictions/tiny")
+            assert requests_seen >= 65 and b"".join(proxy.seen).count(b"X-Tenant: blue-team") == requests_seen
+            bad = run_validation(RunOptions(spec_path=spec_path, reports_dir=tmp / "reports2", endpoint=url,
+                                            endpoint_token="not-the-token", publish=False))
+            assert bad.exit_code == 2
+            assert "PACKAGE_VALIDATE_TOKEN" in bad.report["error"]["message"]
+            assert "baseline" not in bad.report["stages"], "the endpoint is checked before any stage works"
+        finally:
+            proxy.close()

@@ -103,3 +103,38 @@ def test_port_in_use_exits_3_naming_the_port(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"inference port {busy} on 127.0.0.1 is in use" in out
     assert not leftover_processes(tmp_path)
+
+
+def test_model_store_that_is_a_file_exits_2_before_any_stage_with_a_report(tmp_path, capsys):
+    spec = make_project(tmp_path / "p")
+    store = tmp_path / "store-file"
+    store.write_text("not a folder")
+    assert main(["run", str(spec), "--reports-dir", str(tmp_path / "reports"), "--model-store", str(store)]) == 2
+    rep = _report(tmp_path)
+    assert rep["error"]["type"] == "ArchiveError" and "is a file, not a folder" in rep["error"]["message"]
+    assert "dataset" not in rep["stage_seconds"], "refused before any stage"
+
+
+def test_a_bug_in_the_tool_is_an_internal_error_exit_3_with_the_traceback(tmp_path, capsys, monkeypatch):
+    import pipeline.run.runner as runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug in the comparison")
+
+    monkeypatch.setattr(runner, "compare_stages", broken)
+    spec = make_project(tmp_path / "p")
+    assert _run(tmp_path, str(spec), "--until", "export") == 3
+    rep = _report(tmp_path)
+    assert rep["error"]["type"] == "InternalError" and rep["status"] == "error" and rep["complete"] is False
+    assert "not a verdict on the model" in rep["error"]["message"]
+    assert any("simulated bug in the comparison" in d for d in rep["error"]["details"])
+    assert any("runner.py" in d for d in rep["error"]["details"]), "the traceback's tail names where"
+
+
+def test_user_factory_that_raises_is_the_users_input_error(tmp_path, capsys):
+    spec = make_project(tmp_path / "p")
+    (tmp_path / "p" / "tiny_model.py").write_text("def build():\n    raise ValueError('no such layer size')\n")
+    assert _run(tmp_path, str(spec), "--until", "export") == 2
+    rep = _report(tmp_path)
+    assert rep["error"]["type"] == "UserCodeError" and "no such layer size" in rep["error"]["message"]
+    assert "tiny_model.py:2" in rep["error"]["message"]
