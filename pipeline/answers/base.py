@@ -53,7 +53,7 @@ def classes_carried(pred: Prediction) -> int:
 class Carries:
     """What a format's answers can hold, known before any answer arrives (for planning checks)."""
 
-    probabilities: str  # "all" | "top_k" | "none"
+    probabilities: str  # "all" | "top_k" | "some" | "none"
     logits: bool
 
     def describe(self) -> str:
@@ -64,6 +64,8 @@ class Carries:
             parts.append("probabilities of every class")
         elif self.probabilities == "top_k":
             parts.append("probabilities of the top-k classes")
+        elif self.probabilities == "some":
+            parts.append("probabilities of the classes each answer names")
         return " and ".join(parts) or "only the predicted class"
 
 

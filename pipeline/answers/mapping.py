@@ -34,12 +34,10 @@ def get_path(doc: Any, path: str) -> Any:
 
 
 def carries_of(mapping: AnswerMapping) -> Carries:
-    probs = "none"
-    if mapping.probabilities:
-        probs = "all"
+    """Logits carry every class; a probabilities path may hold every class or only some (an object)."""
     if mapping.logits:
-        probs = "all"
-    return Carries(probs, bool(mapping.logits))
+        return Carries("all", True)
+    return Carries("some" if mapping.probabilities else "none", False)
 
 
 class Decoder:

@@ -74,27 +74,32 @@ class AnswerCodec:
         return self.envelope.wrap(body, content_type, view)
 
     def settle(self, body: bytes) -> "AnswerCodec":
-        """With format auto: the codec whose format the answer ``body`` shows; else self."""
-        if self.decoder is not None:
+        """The codec as the first answer ``body`` fixes it: with format auto, the format that answer
+        shows; with no ``answers.top_k`` and a format whose class count is open (top-k maps, custom
+        mappings), as many classes as that answer carries. Else self."""
+        if self.decoder is not None and (self.required_classes or self.spec.answers.top_k is not None):
             return self
         try:
             doc = self.envelope.unwrap(body)
         except AnswerError:
             return self
-        name = sniff_format(doc, self.spec.model.num_classes, self.class_map)
-        if name is None:
-            return self
-        decoder = decoder_for(name, self.spec, self.class_map)
+        name, decoder, chosen = self.format, self.decoder, self.chosen_by
+        if decoder is None:
+            name = sniff_format(doc, self.spec.model.num_classes, self.class_map)
+            if name is None:
+                return self
+            decoder = decoder_for(name, self.spec, self.class_map)
+            chosen = "the first answer's shape (answers.format: auto)"
         requirement = _requirement(self.spec, name)
-        if name == topk.NAME and self.spec.answers.top_k is None:
+        if not requirement["required_classes"] and self.spec.answers.top_k is None or (
+                name == topk.NAME and self.decoder is None and self.spec.answers.top_k is None):
             try:
                 carried = decoder.decode(doc).classes_carried
             except AnswerError:
                 carried = 0
             requirement = {"required_classes": carried,
                            "required_words": f"the first answer's {carried} class(es) (answers.top_k unset)"}
-        return replace(self, format=name, decoder=decoder, chosen_by="the first answer's shape (answers.format: auto)",
-                       **requirement)
+        return replace(self, format=name, decoder=decoder, chosen_by=chosen, **requirement)
 
     def decode(self, body: bytes) -> Prediction:
         """One answer body -> Prediction; AnswerError says why it does not decode."""

@@ -140,11 +140,25 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix == ".csv":
-            # surrogateescape keeps undecodable bytes visible, so the rows holding them can be named
-            return pd.read_csv(path, encoding="utf-8", encoding_errors="surrogateescape", keep_default_na=True)
+            return pd.read_csv(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, what) from e
     except Exception as e:  # pandas raises many types for a bad file
         raise DatasetError(f"{what} {path} could not be read: {type(e).__name__}: {e}") from e
     raise DatasetError(f"{what} {path}: unsupported file type {suffix!r}. Use .csv or .parquet.")
+
+
+def _not_utf8(path: Path, what: str) -> DatasetError:
+    """Which lines of a CSV are not UTF-8, with the first field of each (usually the id)."""
+    bad = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(f"line {n} (first field {line.decode('latin-1').split(',', 1)[0]!r})")
+    return DatasetError(f"{what} {path}: {len(bad)} line(s) hold text that is not valid UTF-8. Re-encode the file "
+                        "as UTF-8; no row is skipped.", details=bad[:20])
 
 
 def check_ids(df: pd.DataFrame, spec: Spec, path: Path) -> tuple[str, ...]:
@@ -182,6 +196,14 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
     if numeric.all():
         labels = as_num.to_numpy().astype(np.int64)
     else:
+        fractional = as_num.notna() & (as_num % 1 != 0)
+        if fractional.any() or values.astype(str).str.contains(r"[,;|\[]").any():
+            bad = values[fractional | values.astype(str).str.contains(r"[,;|\[]")].head(5).tolist()
+            raise DatasetError(
+                f"{path}: label column {spec.dataset.label_column!r} holds {bad}: regression targets and "
+                "multi-label sets are not validated here; package-validate validates single-label classifiers "
+                "(one class index or name per row)."
+            )
         if names is None:
             bad = values[~numeric].head(5).tolist()
             raise DatasetError(

@@ -41,6 +41,9 @@ def _as_tensor(x) -> torch.Tensor:
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, (tuple, list, dict)):
+        raise TypeError(f"the reference preprocessing returned a {type(x).__name__}: several inputs per row are "
+                        "not validated here; the model must take one tensor per row")
     raise TypeError(f"the reference preprocessing returned {type(x).__name__}, expected a torch.Tensor")
 
 

@@ -19,16 +19,12 @@ NAME = "text"
 CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
-def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
-
-
 def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
     """Rows of a CSV/Parquet with an id, a label and a text column.
 
     Raises:
-        DatasetError: missing file or columns, no rows, duplicate ids, empty cells, text that
-            is not valid UTF-8 (rows named), labels outside the model's classes.
+        DatasetError: missing file or columns, no rows, duplicate ids, empty cells, a file that is
+            not valid UTF-8 (lines named), labels outside the model's classes.
     """
     ds = spec.dataset
     df = read_table(path, "training data" if training else "dataset")
@@ -49,12 +45,6 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         raise DatasetError(f"{path}: {len(missing)} row(s) have no text in column {ds.text_column!r}: "
                            f"ids {missing[:10]}. Fill or drop them (an empty string is allowed).")
     texts = texts.astype(str).tolist()
-    bad = [ids[i] for i, t in enumerate(texts) if _has_surrogates(t)]
-    if bad:
-        raise DatasetError(
-            f"{path}: {len(bad)} row(s) hold text that is not valid UTF-8: ids {bad[:10]}. "
-            "Re-encode the file as UTF-8."
-        )
     labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
                      else (np.zeros(len(df), np.int64), []))
     bodies = MemoryBodies(tuple(t.encode("utf-8") for t in texts))
