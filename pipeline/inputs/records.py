@@ -33,15 +33,15 @@ def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
         raise DatasetError(f"dataset {path} does not exist. Fix dataset.path in the spec or create the file.")
     ds = spec.dataset
     rows, bad = [], []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict):
                     raise ValueError(f"a {type(obj).__name__}, not an object")
-            except ValueError as e:
+            except ValueError as e:  # UnicodeDecodeError is a ValueError too
                 bad.append(f"line {n}: {e}")
                 continue
             record = obj.pop(ds.json_column) if ds.json_column and ds.json_column in obj else None
