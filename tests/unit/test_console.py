@@ -1,0 +1,83 @@
+"""What a run prints: stage lines with their key figure, progress on a terminal only, --quiet and --json."""
+
+import io
+import json
+import signal
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.console import Console
+from pipeline.torchserve.logs import clean, explain_failure
+from tests.helpers import make_project
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_ci_log_gets_one_plain_line_per_stage_and_no_progress():
+    out = io.StringIO()
+    c = Console.for_stream(out)
+    c.stage_event("serve", "start", {})
+    c.progress("replay", 100, 540)
+    c.stage_event("serve", "end", {"seconds": 3.21, "startup_s": 3.1})
+    c.stage_event("replay", "end", {"seconds": 5.0, "answered": 540, "rows": 540, "rps": 301.2})
+    assert out.getvalue().splitlines() == ["  serve             3.21 s  TorchServe ready in 3.1 s",
+                                           "  replay            5.00 s  540/540 rows answered, 301 rows/s"]
+    assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+
+
+def test_terminal_shows_the_stage_as_it_starts_and_the_replay_progress():
+    out = _Tty()
+    c = Console.for_stream(out)
+    c.stage_event("baseline", "start", {})
+    assert out.getvalue().endswith("baseline        ...")
+    c.stage_event("baseline", "end", {"seconds": 0.5, "accuracy": 0.98, "reference": "builtin:tensor"})
+    c.progress("warmup", 50, 1000)
+    c.progress("replay", 270, 540)
+    assert "replay          270/540 (50%)" in out.getvalue() and "warm-up" in out.getvalue()
+    c.finish()
+    assert out.getvalue().endswith("\r\x1b[2K")
+
+
+def test_quiet_console_prints_nothing():
+    out = _Tty()
+    c = Console.for_stream(out, quiet=True)
+    c.stage_event("dataset", "start", {})
+    c.progress("replay", 50, 100)
+    c.stage_event("dataset", "end", {"seconds": 1.0, "rows": 3})
+    assert out.getvalue() == ""
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigterm():
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def test_json_and_quiet_print_only_the_verdict(tmp_path, capsys):
+    spec = make_project(tmp_path / "p")
+    args = ["run", str(spec), "--until", "export", "--reports-dir", str(tmp_path / "r")]
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    verdict = json.loads(captured.out)
+    assert verdict["verdict"] == "PASS" and verdict["exit_code"] == 0 and verdict["failed_checks"] == []
+    assert captured.err == ""
+    assert main([*args, "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("VERDICT: PASS (exit 0)")
+
+
+def test_log_lines_reach_the_user_without_ansi_escapes_or_truncation(tmp_path):
+    long_message = "x" * 900
+    assert clean("2026-01-01T00:00:00,000 [INFO ] W-9000 MODEL_LOG - \x1b[31mValueError: bad\x1b[0m") == \
+        "ValueError: bad"
+    (tmp_path / "model_log.log").write_text(
+        "Traceback (most recent call last):\n  File \"/m/handler.py\", line 3, in handle\n    raise X\n"
+        f"\x1b[1mRuntimeError: {long_message}\x1b[0m\n")
+    lines = explain_failure(tmp_path)
+    assert f"RuntimeError: {long_message}" in lines
+    assert any(ln.startswith('at File "/m/handler.py", line 3') for ln in lines)
