@@ -240,6 +240,30 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         parts.append(_table(["id", "label"] + stages,
                             [[e(r["id"]), e(r["label"])] + [e(_fmt(r["predictions"][s][0])) for s in stages]
                              for r in report["flipped_rows"]]))
+    plan = report.get("plan")
+    if plan:
+        a = plan["answers"]
+        facts = [("handler", plan["handler"]["display"]),
+                 ("reference preprocessing", f"{plan['reference']['name']}: {plan['reference']['description']}"),
+                 ("answers", f"{a['format']} ({a['chosen_by']}), envelope {a['envelope']}, carrying {a['carries']}"),
+                 ("stages", ", ".join(plan["stages"]))]
+        parts.append("<h2>What ran</h2>" + _table(["what", "value"], [[e(k), e(v)] for k, v in facts]))
+    probes = report.get("probes")
+    if probes:
+        by_name: dict = {}
+        for stage in ("handled", "served"):
+            for p in probes.get(stage) or []:
+                by_name.setdefault(p["probe"], {"expect": p["expect"]})[stage] = p
+
+        def cell(p):
+            if p is None:
+                return "-"
+            cls = "ok" if p["passed"] else "bad"
+            return f"<span class='{cls}'>{e(p['outcome'])}</span> {e(p['message'] if p['outcome'] != 'same' else '')}"
+
+        parts.append("<h2>Handler input probes</h2>" + _table(
+            ["probe", "expect", "handled", "served"],
+            [[e(n), e(v["expect"]), cell(v.get("handled")), cell(v.get("served"))] for n, v in by_name.items()]))
     env = report.get("environment") or {}
     parts.append("<h2>Environment</h2>" + _table(["what", "version"], [[e(k), e(v)] for k, v in env.items()]))
     parts.append("</body></html>")
