@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.evaluate.attribution import attribute
 from pipeline.names import Stage
 from pipeline.record import RunRecord
-from pipeline.report.schema import SCHEMA, VERDICT, environment, jsonable
+from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -195,7 +195,10 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         rep["attribution"] = jsonable(attribute(cmp, spec.gate.max_output_diff))
     if record.gate is not None:
         rep["gate"] = {"passed": record.gate.passed, "checks": jsonable(record.gate.checks)}
-    return rep
+    extra = set(rep) - set(REPORT_KEYS)
+    if extra:
+        raise ValueError(f"report keys {sorted(extra)} are not in the schema's REPORT_KEYS")
+    return {key: rep.get(key) for key in REPORT_KEYS}
 
 
 def _stage_columns(prefix: str, outcomes, cols: dict, n: int) -> None:

@@ -158,3 +158,14 @@ def test_a_run_that_failed_before_any_stage_still_renders(tmp_path):
     assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "1", "0")
     page = paths["html"].read_text()
     assert "ERROR: tiny" in page and "data.csv: no rows" in page and "<img " not in page
+
+
+def test_report_json_keys_are_the_schemas_snapshot(written):
+    from pipeline.report.schema import REPORT_KEYS
+
+    rep, paths = written
+    data = json.loads(paths["json"].read_text())
+    assert tuple(data) == REPORT_KEYS, "a change of report.json's top level is a change of schema v2: update both"
+    assert set(data["stages"]) == {"baseline", "export", "replay"}
+    assert set(data["metrics"]) == {"baseline", "exported", "served"}
+    assert {s["stage"] for s in data["attribution"]["steps"]} == {"exported", "served"}
