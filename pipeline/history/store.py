@@ -92,8 +92,22 @@ def _open(db_path: Path) -> Iterator[sqlite3.Connection]:
         ) from e
 
 
-def _run(row: tuple) -> HistoryRun:
-    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]))
+def _run(row: tuple, db_path: Path) -> HistoryRun:
+    run_dir = row[6]
+    if run_dir and not Path(run_dir).is_absolute():
+        run_dir = str(db_path.parent / run_dir)
+    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], run_dir, row[7], json.loads(row[8]))
+
+
+def _stored_run_dir(run_dir: str | None, db_path: Path) -> str | None:
+    """A run folder under the history's own folder is stored relative to it, so a history copied or
+    cached with its run folders (a nightly CI job's) still finds them from another workspace path."""
+    if not run_dir:
+        return run_dir
+    try:
+        return str(Path(run_dir).resolve().relative_to(db_path.parent.resolve()))
+    except ValueError:
+        return run_dir
 
 
 def record_run(db_path: Path, report: dict) -> int:
@@ -113,7 +127,7 @@ def record_run(db_path: Path, report: dict) -> int:
         cur = conn.execute(
             f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (report.get("started_at") or "", report.get("model"), report.get("version"), report["status"],
-             report["exit_code"], report.get("run_dir"), report.get("spec_path"),
+             report["exit_code"], _stored_run_dir(report.get("run_dir"), db_path), report.get("spec_path"),
              json.dumps(_figures(report), allow_nan=False)),
         )
         return int(cur.lastrowid)
@@ -139,7 +153,7 @@ def load_history(db_path: Path, model: str | None = None, limit: int = 20) -> li
     with _open(db_path) as conn:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM runs {where}ORDER BY id DESC LIMIT ?",
                             (*args, max(0, limit))).fetchall()
-    return [_run(r) for r in rows]
+    return [_run(r, db_path) for r in rows]
 
 
 def last_passing(db_path: Path, model: str) -> HistoryRun | None:
@@ -161,7 +175,7 @@ def last_passing(db_path: Path, model: str) -> HistoryRun | None:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE model = ? AND status = 'passed' ORDER BY id DESC",
                             (model,)).fetchall()
     for row in rows:
-        run = _run(row)
+        run = _run(row, db_path)
         if run.run_dir and (Path(run.run_dir) / "report.json").is_file():
             return run
         log.info("history: passing run %s has no report.json any more; trying an older one", run.run_dir)

@@ -165,3 +165,19 @@ def test_a_finished_run_is_recorded(tmp_path, capsys):
     assert (Path(run.run_dir) / "report.json").is_file()
     with closing(sqlite3.connect(reports / HISTORY_FILE)) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+def test_a_history_moved_with_its_run_folders_still_finds_the_last_pass(tmp_path):
+    import shutil
+
+    reports = tmp_path / "ws1" / "reports"
+    run_dir = reports / "tiny-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.json").write_text("{}")
+    record_run(reports / HISTORY_FILE, {"started_at": "t", "model": "tiny", "status": "passed", "exit_code": 0,
+                                        "run_dir": str(run_dir)})
+    moved = tmp_path / "ws2" / "reports"
+    shutil.copytree(reports, moved)
+    shutil.rmtree(tmp_path / "ws1")
+    last = last_passing(moved / HISTORY_FILE, "tiny")
+    assert last is not None and Path(last.run_dir) == moved / "tiny-1"

@@ -1,0 +1,1 @@
+"""TorchServe handlers that package-validate ships inside each .mar (installed beside ``pipeline``)."""
