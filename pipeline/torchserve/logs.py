@@ -57,7 +57,7 @@ def explain_failure(log_dir: Path, focus: str | None = None) -> list[str]:
     if blocks:
         lines += _summarize(blocks[0])[1:]
     for src in (log_dir / "ts_log.log", log_dir / "torchserve.out"):
-        for ln in tail(src, 200):
+        for ln in tail(src, 3000):
             if _FRONTEND.search(ln):
                 lines.append(clean(ln).strip())
     if focus:

@@ -128,7 +128,7 @@ def test_worker_slower_than_response_timeout_exits_3_with_cause(no_leftovers):
     assert time.monotonic() - t0 < 240
     rep = _report(tmp)
     assert rep["error"]["type"] == "ReplayError" and "worker_died" in rep["error"]["message"]
-    assert "did not respond in given time" in rep["error"]["details"][0], rep["error"]
+    assert any("did not respond in given time" in d for d in rep["error"]["details"][:3]), rep["error"]
     assert rep["complete"] is False
 
 
@@ -152,7 +152,7 @@ def _wait_for_replay(tmp: Path, proc: subprocess.Popen, timeout: float = 180) ->
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_replay_writes_partial_report_and_leaves_nothing(no_leftovers, sig, code):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     proc.send_signal(sig)
@@ -164,7 +164,7 @@ def test_signal_during_replay_writes_partial_report_and_leaves_nothing(no_leftov
 
 def test_torchserve_killed_mid_replay_marks_report_incomplete(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     java = [p for p in psutil.process_iter(["pid", "name"]) if p.info["name"] == "java"
@@ -176,7 +176,7 @@ def test_torchserve_killed_mid_replay_marks_report_incomplete(no_leftovers):
     rep = _report(tmp)
     assert rep["complete"] is False and rep["stages"]["replay"]["complete"] is False
     assert rep["stages"]["replay"]["errors"].get("not_sent", 0) > 0
-    assert rep["stages"]["replay"]["answered"] + rep["stages"]["replay"]["failed"] == 3000
+    assert rep["stages"]["replay"]["answered"] + rep["stages"]["replay"]["failed"] == 1000
 
 
 def _start_cli_in(tmp: Path, spec: Path, store: Path, *extra: str) -> subprocess.Popen:
@@ -213,9 +213,9 @@ def _lock_holder_started(store: Path, proc: subprocess.Popen, timeout: float = 1
 
 def test_a_second_run_into_the_same_store_fails_naming_the_first_or_waits(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=300)
+    spec = make_project(tmp / "proj", rows=200)
     store = tmp / "store"
-    first = _start_cli_in(tmp, spec, store, "--force", "--rate", "60")
+    first = _start_cli_in(tmp, spec, store, "--force", "--rate", "40")
     _lock_holder_started(store, first)
     second = _start_cli_in(tmp, spec, store, "--force")
     out, err = second.communicate(timeout=120)
@@ -269,7 +269,7 @@ class Flip:
 
 def test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     assert leftover_processes(tmp), "TorchServe runs during the replay"
@@ -283,7 +283,7 @@ def test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds(no_l
 
 def test_ctrl_c_twice_while_serving_ends_130_with_a_report_and_nothing_published(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     proc.send_signal(signal.SIGINT)
@@ -299,12 +299,12 @@ def test_ctrl_c_twice_while_serving_ends_130_with_a_report_and_nothing_published
 
 def test_the_run_deadline_ends_a_slow_replay_with_exit_3_and_a_partial_report(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=800)
     t0 = time.monotonic()
     res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"),
-                  "--rate", "50", "--timeout", "35")
+                  "--rate", "20", "--timeout", "30")
     assert res.returncode == 3, res.stdout + res.stderr
-    assert time.monotonic() - t0 < 80
+    assert time.monotonic() - t0 < 60
     rep = _report(tmp)
     assert rep["error"]["type"] == "DeadlineError" and "timeout_s" in rep["error"]["message"]
     assert rep["complete"] is False and rep["published"] is None
@@ -312,7 +312,7 @@ def test_the_run_deadline_ends_a_slow_replay_with_exit_3_and_a_partial_report(no
 
 def test_a_killed_worker_is_a_server_failure_not_a_failed_model(no_leftovers):
     tmp = no_leftovers
-    spec = make_project(tmp / "proj", rows=3000)
+    spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     workers = [p for p in psutil.process_iter(["pid", "cmdline"]) if "model_service_worker" in " ".join(
