@@ -2,6 +2,7 @@
 #   make package-validate   validate the default example (creates .venv on first use)
 #   make test               unit and integration tests (real TorchServe on loopback)
 #   make bench              replay client against ab, stage wall times -> reports/bench/
+#   make mutation           mutation tests of the verdict code (not part of make test)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,10 +12,10 @@ SPEC   ?= examples/digits/spec.yaml
 ARGS   ?= --force
 PYTEST_ARGS ?=
 
-.PHONY: package-validate test unit integration bench examples venv clean help
+.PHONY: package-validate test unit integration bench examples venv clean help mutation
 
 help:
-	@sed -n '2,5p' Makefile
+	@sed -n '2,6p' Makefile
 
 venv: $(STAMP)
 
@@ -54,6 +55,43 @@ bench: $(STAMP) $(EXAMPLES)
 	@command -v ab >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq apache2-utils)
 	$(PY) -m pipeline.bench
 
+# Mutation testing of the verdict code, with mutmut 3 and the unit tests in [tool.mutmut] of
+# pyproject.toml: the gate, the comparison, the attribution, the answer decoders, TorchServe's error
+# classes and the replay's retry, abort and decode logic. Not part of `make test` (minutes, not
+# seconds): run it before landing a change to that code. Prints the score and every surviving mutant
+# (`.venv/bin/mutmut show NAME` for one; all diffs in reports/mutation/survivors.diff); fails below
+# MUTATION_MIN percent killed. See README "Mutation testing".
+MUTMUT        := $(VENV)/bin/mutmut
+MUTATION_MIN  ?= 85
+MUTATION_JOBS ?= 2
+MUTATION_DIR  := reports/mutation
+MUTANTS := 'pipeline.evaluate.*' 'pipeline.answers.*' 'pipeline.torchserve.errors.*' \
+           'pipeline.stages.replay.x__send__*' 'pipeline.stages.replay.x*_Breaker*' \
+           'pipeline.stages.replay.x_decode_answers__*'
+
+$(VENV)/.mutmut: constraints.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt mutmut
+	@touch $@
+
+mutation: $(STAMP) $(VENV)/.mutmut
+	@rm -rf mutants $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
+	@echo "mutmut: mutating the verdict code and running the unit tests on each mutant (log: $(MUTATION_DIR)/run.log)"
+	@$(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS) > $(MUTATION_DIR)/run.log 2>&1 \
+		|| { tail -n 40 $(MUTATION_DIR)/run.log; exit 1; }
+	@echo '*' > mutants/.gitignore
+	@$(MUTMUT) results --all true 2>/dev/null | grep -v ': not checked$$' > $(MUTATION_DIR)/results.txt
+	@grep -v -e ': killed$$' -e ': timeout$$' $(MUTATION_DIR)/results.txt | sed 's/^ *//' \
+		> $(MUTATION_DIR)/survivors.txt || true
+	@for m in $$(cut -d: -f1 $(MUTATION_DIR)/survivors.txt); do $(MUTMUT) show $$m; done \
+		> $(MUTATION_DIR)/survivors.diff 2>/dev/null
+	@echo "Survivors ($$(wc -l < $(MUTATION_DIR)/survivors.txt)), each equivalent or listed in the README:"
+	@sed 's/^/  /' $(MUTATION_DIR)/survivors.txt
+	@awk -F': ' -v min=$(MUTATION_MIN) '{ n[$$NF]++; total++ } END { \
+		for (s in n) if (s == "killed" || s == "timeout" || s == "caught by type check") killed += n[s]; \
+		printf "mutation score: %d of %d mutants killed (%.1f%%)", killed, total, 100 * killed / total; \
+		for (s in n) printf ", %s %d", s, n[s]; print ""; \
+		if (100 * killed / total < min) { print "below MUTATION_MIN=" min "%"; exit 1 } }' $(MUTATION_DIR)/results.txt
+
 clean:
 	rm -rf reports/*/ model_store/*.mar examples/*/.trained examples/*/weights.pt examples/*/train.csv examples/*/test.csv
-	rm -rf $(EXAMPLE_OUTPUTS)
+	rm -rf $(EXAMPLE_OUTPUTS) mutants

@@ -289,13 +289,15 @@ def served_latency_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateIn
     if spec.max_served_p99_ms is not None:
         p99 = served.latency.p99 if served and served.latency else None
         out.append(Check("served latency p99 (ms)", Stage.SERVED, p99, None, f"<= {spec.max_served_p99_ms:g}",
-                         at_most(p99, spec.max_served_p99_ms), "" if p99 is not None else "not evaluated: no latency"))
+                         at_most(p99, spec.max_served_p99_ms), "" if p99 is not None else "not evaluated: no latency",
+                         evaluated=p99 is not None))
     if spec.max_model_time_ratio is not None:
         srv = cmp.served_server_latency if cmp else None
         ratio = srv.p50 / inputs.eager_p50_ms if srv and inputs.eager_p50_ms else None
         out.append(Check("served model time p50 / eager p50", Stage.SERVED, ratio, 1.0,
                          f"<= {spec.max_model_time_ratio:g}", at_most(ratio, spec.max_model_time_ratio),
-                         "" if ratio is not None else "not evaluated: no server-side time or eager latency"))
+                         "" if ratio is not None else "not evaluated: no server-side time or eager latency",
+                         evaluated=ratio is not None))
     return out
 
 
