@@ -34,6 +34,9 @@ examples/%/.trained: examples/%/train.py examples/%/model.py examples/_common.py
 	$(PY) -m examples.$*.train
 	@touch $@
 
+# The records example trains as examples/breast_cancer does (its train() is reused).
+examples/breast_cancer_records/.trained: examples/breast_cancer/train.py examples/breast_cancer/model.py
+
 # The images example trains through the reference preprocessing of TorchServe's image_classifier.
 examples/digits_images/.trained: pipeline/inputs/image.py
 

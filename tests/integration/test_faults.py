@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import leftover_processes, make_project, write_handler
 from tests.integration.conftest import ROOT, run_cli
+from tests.integration.test_end_to_end import FLIPPING_HANDLER
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +239,7 @@ def test_force_never_replaces_a_release_with_an_archive_that_failed_its_gate(no_
     good = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(store))
     assert good.returncode == 0, good.stdout + good.stderr
     released = (store / "tiny.mar").read_bytes()
-    handler = write_handler(tmp / "flip.py", FLIPPING)
+    handler = write_handler(tmp / "flip.py", FLIPPING_HANDLER)
     bad_spec = make_project(tmp / "proj2", spec_overrides={"handler": str(handler)})
     bad = run_cli("run", str(bad_spec), "--reports-dir", str(tmp / "reports2"), "--model-store", str(store), "--force")
     assert bad.returncode == 1, bad.stdout + bad.stderr
@@ -246,25 +247,6 @@ def test_force_never_replaces_a_release_with_an_archive_that_failed_its_gate(no_
     assert "published" not in bad.stdout.split("report:")[0] or "published: no" in bad.stdout
 
 
-FLIPPING = """
-import json, os, torch
-
-
-class Flip:
-    def initialize(self, context):
-        d = context.system_properties.get("model_dir")
-        self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"]))
-
-    def handle(self, data, context):
-        out = []
-        for req in data:
-            body = req.get("body")
-            body = json.loads(body) if isinstance(body, (bytes, str)) else body
-            logits = self.model(torch.tensor(body["features"]).reshape(1, -1))[0]
-            k = (int(logits.argmax()) + 1) % 3
-            out.append(json.dumps({"prediction": k, "probabilities": torch.softmax(logits.double(), 0).tolist()}))
-        return out
-"""
 
 
 def test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds(no_leftovers):
