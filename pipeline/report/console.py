@@ -38,21 +38,11 @@ def render_console(rep: dict, *, width: int = 12) -> str:
         out += [f"  {ln}" for ln in exc]
     metrics = rep.get("metrics") or {}
     if metrics:
-        names = list(metrics)
-        w = 18
         out.append("")
-        out.append("metric".ljust(w) + "".join(n.rjust(max(width, len(n) + 2)) for n in names))
-        for m in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
-            out.append(m.ljust(w) + "".join(metric(metrics[n], m).rjust(max(width, len(n) + 2)) for n in names))
-        out.append("rows answered".ljust(w) + "".join(f"{metrics[n]['answered']}/{metrics[n]['rows']}".rjust(
-            max(width, len(n) + 2)) for n in names))
-        for k in ("p50", "p99"):
-            vals = [metrics[n].get("latency") for n in names]
-            out.append(f"latency {k} (ms)".ljust(w) + "".join(
-                (fmt(v[k], 3) if v else "-").rjust(max(width, len(n) + 2)) for v, n in zip(vals, names)))
+        out += _stage_table(metrics, width)
         split = rep.get("served_latency_split") or {}
         if split.get("server_prediction_time"):
-            out.append("served p50 split".ljust(w) + f"model {fmt(split['server_prediction_time']['p50'], 3)} ms, "
+            out.append("served p50 split".ljust(18) + f"model {fmt(split['server_prediction_time']['p50'], 3)} ms, "
                        f"overhead {fmt(split['overhead']['p50'], 3)} ms")
     if rep.get("published"):
         out.append(f"published: {rep['published']}")
@@ -60,6 +50,20 @@ def render_console(rep: dict, *, width: int = 12) -> str:
         out.append("published: no (not asked to publish)")
     out.append(f"report: {rep.get('run_dir')}/report.md")
     return "\n".join(out)
+
+
+def _stage_table(metrics: dict, width: int) -> list[str]:
+    """The stages side by side; each column as wide as its widest cell, so no two cells run together."""
+    names = list(metrics)
+    rows = [("metric", names)]
+    rows += [(m, [metric(metrics[n], m) for n in names]) for m in ("accuracy", "precision_macro", "recall_macro", "f1_macro")]
+    rows.append(("rows answered", [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names]))
+    for k in ("p50", "p99"):
+        rows.append((f"latency {k} (ms)", [fmt(metrics[n]["latency"][k], 3) if metrics[n].get("latency") else "-"
+                                           for n in names]))
+    widths = [max(width, *(len(cells[i]) + 2 for _, cells in rows)) for i in range(len(names))]
+    label = max(18, *(len(name) + 1 for name, _ in rows))
+    return [name.ljust(label) + "".join(c.rjust(w) for c, w in zip(cells, widths)) for name, cells in rows]
 
 
 def verdict_json(rep: dict) -> dict:

@@ -81,3 +81,18 @@ def test_log_lines_reach_the_user_without_ansi_escapes_or_truncation(tmp_path):
     lines = explain_failure(tmp_path)
     assert f"RuntimeError: {long_message}" in lines
     assert any(ln.startswith('at File "/m/handler.py", line 3') for ln in lines)
+
+
+def test_stage_table_columns_never_run_together_however_many_rows():
+    from pipeline.report.console import render_console
+
+    stage = {"accuracy": 0.98, "precision_macro": 0.98, "recall_macro": 0.98, "f1_macro": 0.98,
+             "answered": 100000, "rows": 100000, "latency": {"p50": 0.4, "p99": 0.7}}
+    rep = {"verdict": "PASS", "exit_code": 0, "complete": True, "status": "passed", "run_dir": "r",
+           "metrics": {n: dict(stage) for n in ("baseline", "exported", "handled@batch16", "served")}}
+    lines = render_console(rep).splitlines()
+    header = next(ln for ln in lines if ln.startswith("metric"))
+    answered = next(ln for ln in lines if ln.startswith("rows answered"))
+    assert header.split() == ["metric", "baseline", "exported", "handled@batch16", "served"]
+    assert answered.split() == ["rows", "answered"] + ["100000/100000"] * 4
+    assert len({len(ln) for ln in lines if ln.startswith(("metric", "accuracy", "rows answered", "latency"))}) == 1
