@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.2
 _DIED = re.compile(r"(Backend worker process died|Load model failed|Worker disconnected)")
 _BIND = re.compile(r"BindException|Address already in use")
+PORT_ATTEMPTS = 3  # free ports picked again when another program takes one between the pick and Java's bind
+
+
+class PortTakenError(ServerError):
+    """TorchServe could not bind a port: with picked ports, another program took it after the pick."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ def _wait_ready(spec: Spec, proc: ServerProcess, mgmt_url: str, workdir: Path, l
     inf_token = mgmt_token = None
     states: list[str] = []
     while time.monotonic() < deadline:
+        if _BIND.search("\n".join(tail(log_dir / "ts_log.log", 200) + tail(log_dir / "torchserve.out", 50))):
+            raise PortTakenError("TorchServe could not bind a port.", details=explain_failure(log_dir))
         if proc.poll() is not None:
             raise ServerError(
                 f"TorchServe exited with code {proc.poll()} before model {spec.name} was ready.",
@@ -111,8 +118,6 @@ def _wait_ready(spec: Spec, proc: ServerProcess, mgmt_url: str, workdir: Path, l
                 f"forever; fix the handler or model and re-run (logs: {log_dir}).",
                 details=why,
             )
-        if _BIND.search(ts_log + "\n".join(tail(log_dir / "torchserve.out", 50))):
-            raise ServerError("TorchServe could not bind a port.", details=explain_failure(log_dir))
         if inf_token is None:
             inf_token, mgmt_token = _read_tokens(workdir)
         try:
@@ -161,14 +166,10 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             loading (its traceback quoted), the deadline passes, or the served settings differ.
     """
     java = find_java()
-    ports = cfg.ports or pick_ports()
-    check_ports(ports)
     workdir = cfg.run_dir / "torchserve"
     log_dir = workdir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     store = cfg.mar_path.parent
     config_path = workdir / "config.properties"
-    write_config(config_path, config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope))
     cmd = [
         sys.executable, "-c", "import sys; from ts.model_server import start; sys.argv[0] = 'torchserve'; start()",
         "--start", "--foreground", "--ncs",
@@ -179,13 +180,35 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
     tmp = Path(tempfile.mkdtemp(prefix="pv-ts-"))
     proc = None
     try:
-        env = server_env(spec, java, tmp, log_dir, cfg.run_dir)
-        started = time.monotonic()
-        proc = start_server(cmd, workdir, env, log_dir / "torchserve.out")
-        log.info("TorchServe under guardian %d (process group %d), logs in %s", proc.pid, proc.pid, log_dir)
-        mgmt = f"http://127.0.0.1:{ports.management}"
-        inf_token, mgmt_token, described = _wait_ready(spec, proc, mgmt, workdir, log_dir,
-                                                       started + cfg.startup_timeout_s)
+        attempts = 1 if cfg.ports else PORT_ATTEMPTS  # ports the spec fixes are never changed behind its back
+        for attempt in range(1, attempts + 1):
+            ports = cfg.ports or pick_ports()
+            check_ports(ports)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            write_config(config_path, config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope))
+            env = server_env(spec, java, tmp, log_dir, cfg.run_dir)
+            started = time.monotonic()
+            proc = start_server(cmd, workdir, env, log_dir / "torchserve.out")
+            log.info("TorchServe under guardian %d (process group %d), logs in %s", proc.pid, proc.pid, log_dir)
+            mgmt = f"http://127.0.0.1:{ports.management}"
+            try:
+                inf_token, mgmt_token, described = _wait_ready(spec, proc, mgmt, workdir, log_dir,
+                                                               started + cfg.startup_timeout_s)
+                break
+            except PortTakenError:
+                stop_server(proc)
+                proc = None
+                if attempt == attempts:
+                    raise PortTakenError(
+                        "TorchServe could not bind a port: another program holds it" + (
+                            f" (ports picked afresh {attempts} times)." if attempts > 1 else
+                            " (serving.ports fixes them; leave it unset to pick free ones)."),
+                        details=explain_failure(log_dir)) from None
+                # Another program bound one of the picked ports first; keep this attempt's logs, pick again.
+                log.warning("TorchServe could not bind a picked port (attempt %d of %d); picking others",
+                            attempt, attempts)
+                log_dir.rename(workdir / f"logs-attempt{attempt}")
+                (workdir / "key_file.json").unlink(missing_ok=True)
         if inf_token is None:
             raise ServerError(
                 f"TorchServe is ready but wrote no inference token in {workdir / 'key_file.json'}; "

@@ -135,3 +135,53 @@ def test_endpoint_over_https_with_extra_headers_and_a_checked_token(no_leftovers
             assert "baseline" not in bad.report["stages"], "the endpoint is checked before any stage works"
         finally:
             proxy.close()
+
+
+def test_a_picked_port_taken_before_java_binds_it_is_picked_again(no_leftovers, monkeypatch):
+    """Two runs on one machine can pick the same free port; the one that loses the race picks again."""
+    import dataclasses
+    import socket
+
+    from pipeline.errors import ServerError
+    from pipeline.stages import serve as serve_mod
+    from pipeline.torchserve.process import pick_ports
+
+    tmp = no_leftovers
+    spec_path = make_project(tmp / "proj")
+    p = in_process(spec_path)
+    exported = export_model(p.spec, p.model, p.rows, p.base, tmp / "run" / "export")
+    archive = build_archive(p.spec, ArchiveConfig(work_dir=tmp / "run" / "archive"), p.plan.handler, exported,
+                            p.base.input_shape)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    picks = []
+
+    def racy_pick():  # the first pick hands out a port another program binds before Java does
+        ports = pick_ports()
+        picks.append(dataclasses.replace(ports, inference=held) if not picks else ports)
+        return picks[-1]
+
+    monkeypatch.setattr(serve_mod, "pick_ports", racy_pick)
+    monkeypatch.setattr(serve_mod, "check_ports", lambda ports: None)  # the race: free when checked
+    try:
+        monkeypatch.setattr(serve_mod, "PORT_ATTEMPTS", 1)
+        with pytest.raises(ServerError, match="could not bind a port: another program holds it"):
+            with serve_model(p.spec, ServeConfig(run_dir=tmp / "once", mar_path=archive.mar_path,
+                                                 startup_timeout_s=90)):
+                pass
+        monkeypatch.setattr(serve_mod, "PORT_ATTEMPTS", 3)
+        picks.clear()
+        with serve_model(p.spec, ServeConfig(run_dir=tmp / "run", mar_path=archive.mar_path,
+                                             startup_timeout_s=90)) as server:
+            assert len(picks) == 2 and str(held) not in server.inference_url
+            first = (tmp / "run" / "torchserve" / "logs-attempt1")
+            assert "Address already in use" in "".join(f.read_text(errors="replace") for f in first.glob("*.log*")
+                                                       if f.is_file()) + (first / "torchserve.out").read_text()
+            ok = requests.post(f"{server.inference_url}/predictions/tiny", timeout=10,
+                               json={"features": p.rows.features[0].tolist()},
+                               headers={"Authorization": f"Bearer {server.inference_token}"})
+            assert ok.status_code == 200, ok.text
+    finally:
+        holder.close()

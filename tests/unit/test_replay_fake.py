@@ -362,17 +362,17 @@ def test_read_server_times_without_a_log(tmp_path):
 
 
 def test_await_server_times_gives_up_after_its_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(logs, "METRICS_WAIT_S", 0.1)
+    monkeypatch.setattr(logs, "METRICS_WAIT_S", 1.0)
     metrics = tmp_path / "model_metrics.log"
     metrics.write_text(LINE.format(ms=1.0, ids="a"))
     import time
 
     t0 = time.monotonic()
     assert logs.await_server_times(metrics, {"a", "never"}) == {"a": 1.0}
-    assert 0.09 <= time.monotonic() - t0 < 2.0
+    assert 0.99 <= time.monotonic() - t0 < 4.0
     t0 = time.monotonic()
     assert logs.await_server_times(metrics, {"a"}) == {"a": 1.0}
-    assert time.monotonic() - t0 < 0.05, "no wait when every id is there"
+    assert time.monotonic() - t0 < 0.5, "no wait when every id is there"
 
 
 # --- what each failed row records ---------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_http_client_times_out_a_silent_server_and_reconnects():
         return elapsed
 
     elapsed = asyncio.run(main())
-    assert 0.25 <= elapsed < 1.5
+    assert 0.25 <= elapsed < 3.0
 
 
 def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
