@@ -40,7 +40,7 @@ import yaml
 from pipeline.errors import ConfigError, DatasetError, ModelError
 from pipeline.files import write_atomic
 from pipeline.inputs.base import read_table
-from pipeline.inputs.image import IMAGE_SUFFIXES, builtin_reference
+from pipeline.inputs.image import IMAGE_SUFFIXES, builtin_reference, folder_classes
 from pipeline.inputs.tensor import features_of
 from pipeline.spec import Spec, parse_spec
 
@@ -739,9 +739,8 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _image_folder_classes(root: Path) -> list[str]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                     and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.rglob("*") if q.is_file()))
-    if not classes:
+    classes = folder_classes(root)
+    if not any(q.suffix.lower() in IMAGE_SUFFIXES for c in classes for q in (root / c).rglob("*") if q.is_file()):
         raise DatasetError(f"{root}: a folder, but with no class sub-folders holding images "
                            f"({', '.join(IMAGE_SUFFIXES[:4])}, ...). Lay it out as {root}/<class name>/<image files>, "
                            "or pass a CSV/Parquet table.")

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from pipeline.torchserve.process import RUN_MARKER_ENV
+from tests.unit._support import spec_for as tiny_spec  # noqa: F401  (one definition; _support stays torch-free)
 
 TINY_MODEL = '''
 import torch
@@ -132,15 +133,6 @@ def in_process(spec_path: Path):
     return SimpleNamespace(spec=spec, plan=plan, rows=rows, model=model, base=base)
 
 
-def tiny_spec(num_classes: int = 2, **sections):
-    """A validated spec without files on disk (for unit tests of codecs, gates, replay)."""
-    from pipeline.spec import parse_spec
-
-    data = {"name": "m", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": num_classes},
-            "dataset": {"path": "d.csv", "input_shape": [2]}}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_spec(data, base_dir=Path("/nonexistent"))
 
 
 def codec_for_tests(num_classes: int = 2, fmt: str = "package_validate", **sections):

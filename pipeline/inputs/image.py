@@ -30,8 +30,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def folder_classes(root: Path) -> list[str]:
+    """The classes of an ImageFolder layout: its sub-folder names, sorted (as torchvision's ImageFolder
+    orders them), hidden ones left out. One rule for the dataset stage and for ``init``."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _from_folder(spec: Spec, root: Path) -> tuple[tuple[str, ...], np.ndarray, tuple[Path, ...], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = folder_classes(root)
     if not classes:
         raise DatasetError(
             f"image folder {root} has no class sub-folders. Lay it out as {root}/<class name>/<image files>, "

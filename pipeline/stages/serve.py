@@ -101,7 +101,8 @@ def _wait_ready(spec: Spec, proc: ServerProcess, mgmt_url: str, workdir: Path, l
     inf_token = mgmt_token = None
     states: list[str] = []
     while time.monotonic() < deadline:
-        if _BIND.search("\n".join(tail(log_dir / "ts_log.log", 200) + tail(log_dir / "torchserve.out", 50))):
+        ts_log = "\n".join(tail(log_dir / "ts_log.log", 200))
+        if _BIND.search(ts_log) or _BIND.search("\n".join(tail(log_dir / "torchserve.out", 50))):
             raise PortTakenError("TorchServe could not bind a port.", details=explain_failure(log_dir))
         if proc.poll() is not None:
             raise ServerError(
@@ -109,7 +110,6 @@ def _wait_ready(spec: Spec, proc: ServerProcess, mgmt_url: str, workdir: Path, l
                 details=explain_failure(log_dir) or [f"see {log_dir / 'torchserve.out'}"],
             )
         model_log = "\n".join(tail(log_dir / "model_log.log", 200))
-        ts_log = "\n".join(tail(log_dir / "ts_log.log", 200))
         if _DIED.search(model_log) or _DIED.search(ts_log):
             why = explain_failure(log_dir)
             cause = next((ln for ln in why if re.match(r"^(\w+\.)*\w*(Error|Exception)\b", ln)), "see the model log")
@@ -201,8 +201,8 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
                 if attempt == attempts:
                     raise PortTakenError(
                         "TorchServe could not bind a port: another program holds it" + (
-                            f" (ports picked afresh {attempts} times)." if attempts > 1 else
-                            " (serving.ports fixes them; leave it unset to pick free ones)."),
+                            " (serving.ports fixes them; leave it unset to pick free ones)." if cfg.ports else
+                            f" (free ports picked {attempts} time(s), each taken before Java bound it)."),
                         details=explain_failure(log_dir)) from None
                 # Another program bound one of the picked ports first; keep this attempt's logs, pick again.
                 log.warning("TorchServe could not bind a picked port (attempt %d of %d); picking others",

@@ -28,7 +28,7 @@ def fast_bootstrap(monkeypatch):
 
 
 def spec_for(num_classes: int = 2, **sections):
-    """A validated spec without files on disk (as ``tests.helpers.tiny_spec``)."""
+    """A validated spec without files on disk (for unit tests of codecs, gates, replay; also ``tests.helpers.tiny_spec``)."""
     from pipeline.spec import parse_spec
 
     data = {"name": "m", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": num_classes},

@@ -514,3 +514,18 @@ def test_undefined_metrics_raise_no_floating_point_warning():
         m = score_predictions("served", np.array([0, 0, 1]), np.array([1, 1, -1]), LABELS)
     assert math.isnan(m.precision_macro) and math.isnan(m.per_class["a"]["f1"])  # a never predicted: 0/0
     assert m.per_class["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # f1 of 0 and 0
+
+
+def test_steps_carry_counts_but_no_bootstrap_interval_and_tests_do(monkeypatch):
+    # Steps are read for blame, never gated: resampling them would only cost time (a stage more each).
+    monkeypatch.setattr(compare, "BOOTSTRAP_RESAMPLES", 20)
+    y, base = truth_and_baseline()
+    cand = base.copy()
+    cand[10:20] = (cand[10:20] + 1) % 3
+    cmp = compare_stages(ids(len(y)), y, LABELS, [outputs("baseline", base), outputs("exported", base),
+                                                   outputs("served", cand)])
+    assert set(cmp.steps) == set(cmp.tests) == {"exported", "served"}
+    step, test = cmp.steps["served"], cmp.tests["served"]
+    assert step.reference == "exported" and step.disagreeing == test.disagreeing == 10
+    assert all(math.isnan(v) for v in (*step.delta_accuracy_ci, *step.delta_f1_macro_ci))
+    assert all(math.isfinite(v) for v in (*test.delta_accuracy_ci, *test.delta_f1_macro_ci))

@@ -158,3 +158,17 @@ def test_missing_handler_requirement_is_an_input_error_and_present_ones_are_list
     assert "no-such-package-xyz is not installed" in str(e.value) and "never installs" in str(e.value)
     (tmp_path / "requirements.txt").write_text("numpy>=1.0\n")
     assert any(n.startswith("numpy ") for n in plan_run(load_spec(spec)).notes)
+
+
+def test_image_folder_classes_are_every_visible_sub_folder_sorted_for_the_loader_and_init(tmp_path):
+    from pipeline import scaffold
+    from pipeline.inputs.image import folder_classes
+
+    for name in ("b_cat", "a_dog", "c_empty", ".cache"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a_dog" / "1.png").write_bytes(b"x")
+    (tmp_path / "b_cat" / "2.png").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not a class")
+    # an empty class folder still holds its place in the class order (torchvision's ImageFolder order)
+    assert folder_classes(tmp_path) == ["a_dog", "b_cat", "c_empty"]
+    assert scaffold._image_folder_classes(tmp_path) == folder_classes(tmp_path)
