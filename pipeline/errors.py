@@ -16,6 +16,8 @@
     ├── HandledError              3  the in-process handler run could not finish (a hang, a crash)
     ├── DeadlineError             3  the whole-run deadline (--timeout / timeout_s) passed
     ├── LockError                 3  another run holds this model's entry in the model store
+    ├── RecordError               3  the run's own record (report files) could not be written at the end:
+    │                                a full disk, a folder that stopped being writable; nothing is published
     └── InternalError             3  a bug in package-validate itself (the traceback's tail is reported)
 
     Interrupted (a KeyboardInterrupt)  130 for SIGINT, 143 for SIGTERM
@@ -116,6 +118,12 @@ class DeadlineError(PipelineError):
 
 class LockError(PipelineError):
     """Another run is validating the same model into the same model store."""
+
+    exit_code = 3
+
+
+class RecordError(PipelineError):
+    """A file of the run's record could not be written once the run had started; nothing is published."""
 
     exit_code = 3
 

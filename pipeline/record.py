@@ -42,6 +42,7 @@ class RunRecord:
     prior: Any = None  # pipeline.history.prior.PriorRun
     published: Path | None = None
     publish_note: str | None = None
+    release_state: str | None = None  # pending | published | rolled back (run.release); None: nothing released
     server_failures: tuple[tuple[str, ...], ...] = ()
     worker_restarts: int = 0  # TorchServe restarted a dead worker during the replay  # handler exceptions quoted from the model log
     stage_seconds: tuple[tuple[str, float], ...] = field(default_factory=tuple)

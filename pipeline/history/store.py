@@ -35,12 +35,13 @@ _SCHEMA = (
         exit_code INTEGER NOT NULL,
         run_dir TEXT,
         spec_path TEXT,
-        figures TEXT NOT NULL
+        figures TEXT NOT NULL,
+        published TEXT
     )
     """,
     "CREATE INDEX IF NOT EXISTS runs_by_model ON runs (model, id)",
 )
-_COLUMNS = "id, started_at, model, version, status, exit_code, run_dir, spec_path, figures"
+_COLUMNS = "id, started_at, model, version, status, exit_code, run_dir, spec_path, figures, published"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class HistoryRun:
     run_dir: str | None
     spec_path: str | None
     figures: dict[str, float | None]
+    published: str | None = None  # the published .mar, "pending" while the release is not confirmed, or None
 
 
 def _number(v: object) -> float | None:
@@ -84,6 +86,8 @@ def _open(db_path: Path) -> Iterator[sqlite3.Connection]:
         with closing(sqlite3.connect(db_path, timeout=LOCK_TIMEOUT_S)) as conn, conn:
             for stmt in _SCHEMA:
                 conn.execute(stmt)
+            if "published" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+                conn.execute("ALTER TABLE runs ADD COLUMN published TEXT")  # histories written before it
             yield conn
     except (sqlite3.Error, OSError) as e:
         raise ReportError(
@@ -96,7 +100,7 @@ def _run(row: tuple, db_path: Path) -> HistoryRun:
     run_dir = row[6]
     if run_dir and not Path(run_dir).is_absolute():
         run_dir = str(db_path.parent / run_dir)
-    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], run_dir, row[7], json.loads(row[8]))
+    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], run_dir, row[7], json.loads(row[8]), row[9])
 
 
 def _stored_run_dir(run_dir: str | None, db_path: Path) -> str | None:
@@ -125,12 +129,29 @@ def record_run(db_path: Path, report: dict) -> int:
     """
     with _open(db_path) as conn:
         cur = conn.execute(
-            f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (report.get("started_at") or "", report.get("model"), report.get("version"), report["status"],
              report["exit_code"], _stored_run_dir(report.get("run_dir"), db_path), report.get("spec_path"),
-             json.dumps(_figures(report), allow_nan=False)),
+             json.dumps(_figures(report), allow_nan=False), _published(report)),
         )
         return int(cur.lastrowid)
+
+
+def update_run(db_path: Path, run_id: int, report: dict) -> None:
+    """Rewrite run ``run_id``'s outcome from its final report (the release confirmed, or the run's error).
+
+    Raises:
+        ReportError: as ``record_run``.
+    """
+    with _open(db_path) as conn:
+        conn.execute("UPDATE runs SET status = ?, exit_code = ?, figures = ?, published = ? WHERE id = ?",
+                     (report["status"], report["exit_code"], json.dumps(_figures(report), allow_nan=False),
+                      _published(report), run_id))
+
+
+def _published(report: dict) -> str | None:
+    release = report.get("release") or {}
+    return report.get("published") or ("pending" if release.get("state") == "pending" else None)
 
 
 def load_history(db_path: Path, model: str | None = None, limit: int = 20) -> list[HistoryRun]:

@@ -176,6 +176,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         "environment": {**environment(), **({"java": record.server.java} if record.server and record.server.java
                                            else {})},
         "published": str(record.published) if record.published else None,
+        "release": _release_block(record),
         "server_failures": [list(x) for x in record.server_failures],
         "probes": _probes_block(record),
     })
@@ -199,6 +200,15 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
     if extra:
         raise ValueError(f"report keys {sorted(extra)} are not in the schema's REPORT_KEYS")
     return {key: rep.get(key) for key in REPORT_KEYS}
+
+
+def _release_block(record: RunRecord) -> dict | None:
+    """What the release act did: pending (the record written, the archive not yet confirmed), published, or
+    rolled back (the record could not be written, the previous archive put back)."""
+    if record.release_state is None or record.archive is None:
+        return None
+    return {"state": record.release_state, "archive_sha256": record.archive.sha256,
+            "target": str(record.published) if record.published else None}
 
 
 def _stage_columns(prefix: str, outcomes, cols: dict, n: int) -> None:

@@ -217,6 +217,10 @@ def render_markdown(rep: dict) -> str:
         lines += ["**This run did not complete: its figures are partial and it is not a pass.**", ""]
     if rep.get("published"):
         lines += [f"Published: `{rep['published']}`", ""]
+    elif (rep.get("release") or {}).get("state") == "pending":
+        lines += ["**Release pending: this report was written before the archive was published; until it is "
+                  "rewritten as published, the model store holds the previous release** (archive sha256 "
+                  f"`{rep['release']['archive_sha256']}`).", ""]
     lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
     lines += _export(rep) + _probes(rep) + _handled_and_replay(rep)
     sizes = rep.get("sizes_bytes")

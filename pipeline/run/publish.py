@@ -4,7 +4,9 @@ A run that will publish holds a lock on its store entry (``.<name>.mar.lock``, a
 the kernel releases if the process dies) from before the first stage to the end, so two runs
 of one model into one store never replace each other's archive: the second fails naming the
 first run's pid and folder, or with ``--wait`` queues behind it. The archive is copied
-beside its target and renamed over it (atomic on one file system).
+beside its target, fsync'd and renamed over it (atomic on one file system); the archive it
+replaces is kept aside (a hard link) until the run's record confirms the release, so a
+record that cannot be written puts the previous release back (``restore_previous``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ArchiveError, LockError
@@ -41,22 +44,72 @@ def check_publish_target(name: str, store: Path, force: bool) -> None:
         raise ArchiveError(f"{target} already exists. Re-run with --force to overwrite it when the gate passes.")
 
 
-def publish_archive(mar: Path, name: str, store: Path, force: bool) -> Path:
-    """Copy ``mar`` to ``store/<name>.mar`` atomically; returns the published path.
+@dataclass(frozen=True)
+class Published:
+    """An archive renamed into the store, with the one it replaced kept aside until the release is confirmed."""
+
+    target: Path
+    previous: Path | None  # the replaced archive's hard link beside the target; None: there was none
+
+
+def publish_archive(mar: Path, name: str, store: Path, force: bool) -> Published:
+    """Copy ``mar`` to ``store/<name>.mar`` atomically, keeping the archive it replaces aside.
+
+    Call ``confirm`` once the run's record says it was published, or ``restore_previous`` if it cannot.
 
     Raises:
-        ArchiveError: the target exists without --force, or the copy fails.
+        ArchiveError: the target exists without --force, or the copy fails (the store is left as it was).
     """
     check_publish_target(name, store, force)
     target = target_of(name, store)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    previous = target.with_name(f".{target.name}.{os.getpid()}.previous")
     try:
         store.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(mar, tmp)
+        previous.unlink(missing_ok=True)
+        if target.exists():
+            os.link(target, previous)
+        with open(mar, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
         os.replace(tmp, target)
+        _sync_dir(store)
     except OSError as e:
-        raise ArchiveError(f"could not publish {mar} to {target}: {e.strerror or e}.") from e
-    return target
+        tmp.unlink(missing_ok=True)
+        previous.unlink(missing_ok=True)
+        raise ArchiveError(f"could not publish {mar} to {target}: {e.strerror or e}; the store is unchanged.") from e
+    return Published(target, previous if previous.exists() else None)
+
+
+def confirm(published: Published) -> None:
+    """The release is on record: drop the replaced archive kept aside."""
+    if published.previous is not None:
+        published.previous.unlink(missing_ok=True)
+
+
+def restore_previous(published: Published) -> str:
+    """Undo a publish whose record could not be written; returns what the store holds now, for the message."""
+    try:
+        if published.previous is not None:
+            os.replace(published.previous, published.target)
+            held = f"{published.target} is the previous release again"
+        else:
+            published.target.unlink(missing_ok=True)
+            held = f"{published.target} was removed (there was no previous release)"
+        _sync_dir(published.target.parent)
+    except OSError as e:  # a store that breaks between two renames
+        return f"restoring {published.target} failed too ({e.strerror or e}): check it by hand"
+    return held
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class StoreLock:

@@ -27,15 +27,14 @@ from pipeline.evaluate.compare import StageOutputs, compare_stages
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
 from pipeline.history.prior import load_prior_report
 from pipeline.inputs.registry import handler_probes
-from pipeline.history.store import HISTORY_FILE, last_passing, record_run
+from pipeline.history.store import HISTORY_FILE, last_passing
 from pipeline.model.loading import load_model
 from pipeline.names import Stage
 from pipeline.record import RunRecord
-from pipeline.report.builder import build_report, build_rows
-from pipeline.report.writer import write_reports
 from pipeline.run.options import TOKEN_ENV, RunOptions, apply_options
 from pipeline.run.plan import Plan, plan_run
-from pipeline.run.publish import StoreLock, check_publish_target, publish_archive
+from pipeline.run.publish import StoreLock, check_publish_target
+from pipeline.run.release import close_run, exit_code_of
 from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
@@ -339,20 +338,6 @@ def _server_failure(record: RunRecord) -> ReplayError | None:
     return ReplayError(msg, details=logs[:12])
 
 
-def _exit_code(status: str, error: BaseException | None) -> int:
-    if status == "passed":
-        return 0
-    if status == "failed":
-        return 1
-    if status == "interrupted":
-        if isinstance(error, Interrupted) and error.signum == signal.SIGTERM:
-            return 143
-        return 130
-    if isinstance(error, PipelineError):
-        return error.exit_code
-    return 3
-
-
 def _internal(e: BaseException) -> InternalError:
     tb = traceback.format_exception(type(e), e, e.__traceback__)
     tail = [ln.rstrip() for chunk in tb[-6:] for ln in chunk.splitlines() if ln.strip()][-12:]
@@ -489,20 +474,8 @@ def _run_validation(run: _Run) -> RunOutcome:
             _compare_and_gate(run)
         except Exception as e:  # a partial report must still be written
             log.warning("could not compare the partial results: %s", e)
-    if status == "passed" and opts.publish and run.record.archive is not None:
-        try:
-            run.update(published=publish_archive(run.record.archive.mar_path, run.record.spec.name, opts.model_store,
-                                                 opts.force))
-        except PipelineError as e:
-            status, error = "error", e
-    exit_code = _exit_code(status, error)
-    report = None
-    if run.record.run_dir is not None:
-        report = build_report(run.record, status, exit_code, error)
-        write_reports(run.record.run_dir, report, build_rows(run.record))
-        try:
-            record_run(opts.reports_dir / HISTORY_FILE, report)
-        except ReportError as e:  # history is for trends; it must never break a run
-            log.warning("could not record the run: %s", e)
-    return RunOutcome(status=status, exit_code=exit_code, run_dir=run.record.run_dir, report=report, error=error)
-
+    closed = close_run(run.record, status, error, publish=opts.publish, store=opts.model_store, force=opts.force,
+                       reports_dir=opts.reports_dir)
+    run.record = closed.record
+    return RunOutcome(status=closed.status, exit_code=closed.exit_code, run_dir=run.record.run_dir,
+                      report=closed.report, error=closed.error)

@@ -181,3 +181,19 @@ def test_a_history_moved_with_its_run_folders_still_finds_the_last_pass(tmp_path
     shutil.rmtree(tmp_path / "ws1")
     last = last_passing(moved / HISTORY_FILE, "tiny")
     assert last is not None and Path(last.run_dir) == moved / "tiny-1"
+
+
+def test_a_history_written_before_releases_were_recorded_is_migrated(tmp_path):
+    import sqlite3
+
+    db = tmp_path / HISTORY_FILE
+    with sqlite3.connect(db) as conn:  # the table as it was before the published column
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL, model TEXT, "
+                     "version TEXT, status TEXT NOT NULL, exit_code INTEGER NOT NULL, run_dir TEXT, spec_path TEXT, "
+                     "figures TEXT NOT NULL)")
+        conn.execute("INSERT INTO runs (started_at, model, status, exit_code, figures) VALUES ('t', 'tiny', 'passed', 0, '{}')")
+    conn.close()
+    record_run(db, {"started_at": "u", "model": "tiny", "status": "passed", "exit_code": 0,
+                    "published": "/store/tiny.mar"})
+    old, new = load_history(db)[::-1]
+    assert (old.published, new.published) == (None, "/store/tiny.mar")
