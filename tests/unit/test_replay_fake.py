@@ -370,9 +370,10 @@ def test_await_server_times_gives_up_after_its_bound(tmp_path, monkeypatch):
     t0 = time.monotonic()
     assert logs.await_server_times(metrics, {"a", "never"}) == {"a": 1.0}
     assert 0.99 <= time.monotonic() - t0 < 4.0
+    monkeypatch.setattr(logs, "METRICS_WAIT_S", 60.0)  # a wait would show as a minute, never as a busy machine
     t0 = time.monotonic()
     assert logs.await_server_times(metrics, {"a"}) == {"a": 1.0}
-    assert time.monotonic() - t0 < 0.5, "no wait when every id is there"
+    assert time.monotonic() - t0 < 30, "no wait when every id is there"
 
 
 # --- what each failed row records ---------------------------------------------------------------------------------

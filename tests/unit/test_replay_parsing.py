@@ -112,7 +112,7 @@ def test_http_client_times_out_a_silent_server_and_reconnects():
         return elapsed
 
     elapsed = asyncio.run(main())
-    assert 0.25 <= elapsed < 3.0
+    assert 0.25 <= elapsed < 4.5  # the 0.3 s timeout, not the server's 5 s silence, on a busy machine
 
 
 def test_server_times_wait_for_lines_written_after_the_answer(tmp_path):
