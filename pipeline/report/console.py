@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.report.text import fmt, metric
 
 MAX_FAILED_SHOWN = 12
@@ -48,8 +50,18 @@ def render_console(rep: dict, *, width: int = 12) -> str:
         out.append(f"published: {rep['published']}")
     elif rep.get("status") == "passed":
         out.append("published: no (not asked to publish)")
-    out.append(f"report: {rep.get('run_dir')}/report.md")
+    out.append(_where(rep.get("run_dir")))
     return "\n".join(out)
+
+
+def _where(run_dir: str | None) -> str:
+    """The report's path, or that none could be written (a full disk: the error above says which file failed)."""
+    if run_dir is None:
+        return "report: none (the run stopped before it had a folder)"
+    for name in ("report.md", "report.json"):
+        if (Path(run_dir) / name).is_file():
+            return f"report: {run_dir}/{name}"
+    return f"report: none could be written in {run_dir} (see the error above)"
 
 
 def _stage_table(metrics: dict, width: int) -> list[str]:

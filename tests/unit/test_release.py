@@ -117,3 +117,16 @@ def test_a_failed_gate_publishes_nothing(record, tmp_path):
     closed = _close(record, tmp_path, status="failed")
     assert closed.exit_code == 1 and target.read_bytes() == OLD
     assert json.loads((record.run_dir / "report.json").read_text())["release"] is None
+
+
+def test_the_console_says_when_no_report_could_be_written(record, tmp_path, monkeypatch):
+    from pipeline.report.console import render_console
+
+    _store(tmp_path)
+    _full_disk(monkeypatch, "report.md")
+    _full_disk(monkeypatch, "report.json")
+    closed = _close(record, tmp_path)
+    assert render_console(closed.report).splitlines()[-1] == (
+        f"report: none could be written in {record.run_dir} (see the error above)")
+    monkeypatch.undo()
+    assert render_console(_close(record, tmp_path).report).endswith(f"report: {record.run_dir}/report.md")
