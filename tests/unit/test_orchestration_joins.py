@@ -200,6 +200,18 @@ def test_dataset_label_names_map_through_the_specs_class_order():
     assert labels.tolist() == [0, 2, 1, 2] and "zebra" in notes[0]
 
 
+def test_image_folder_classes_map_through_the_specs_class_order_not_the_sorted_folders(tmp_path):
+    from pipeline.inputs.image import _from_folder
+
+    for name in NAMES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_bytes(b"not decoded here")
+    ids, labels, _paths, notes = _from_folder(_spec(), tmp_path)
+    assert dict(zip(ids, labels.tolist())) == {"zebra/x.png": 0, "apple/x.png": 1, "mango/x.png": 2}
+    plain_ids, plain, _paths, _notes = _from_folder(spec_for(3), tmp_path)  # no class_names: the sorted folders
+    assert dict(zip(plain_ids, plain.tolist())) == {"zebra/x.png": 2, "apple/x.png": 0, "mango/x.png": 1}
+
+
 def test_baseline_and_served_accuracy_from_label_names_on_a_known_fixture():
     """Label names -> indices -> accuracy, with a class order that is not sorted.
 
