@@ -30,7 +30,7 @@ from pipeline.stages.probing import ProbeOutcome
 from pipeline.stages.replay import ReplayResult
 from pipeline.answers.base import Prediction
 from pipeline.torchserve.errors import SERVER_FAILURES
-from tests.unit._support import spec_for
+from tests.unit._support import fast_bootstrap, spec_for  # noqa: F401 (fixture)
 
 BATCHED = "handled@batch4"
 
@@ -65,7 +65,7 @@ def record(**changes) -> RunRecord:
     base = SimpleNamespace(scores=Scores(logits, np.array([1.0, 9.0, 2.0, np.nan])), weights_size_bytes=1000)
     probes = (ProbeResult("batch", 4, 8, 0.5, 0.75, False, "shape"), ProbeResult("ok", 4, 1, 0.0, 1.0, True))
     exported = SimpleNamespace(
-        size_bytes=1500, scores=Scores(logits, np.ones(4)),
+        size_bytes=1500, scores=Scores(np.eye(3, dtype=np.float32)[[0, 1, 2, 1]] * 5, np.ones(4)),
         consistency=SimpleNamespace(failed_probes=tuple(p for p in probes if not p.is_ok)),
         timings=(Timing(8, 10.0, 1.0, 40.0, 1.0), Timing(1, 10.0, 1.0, 20.0, 1.0)))
     handled = HandledResult(
@@ -158,6 +158,7 @@ def test_outputs_line_up_every_stage_in_order_with_the_batched_predictions_and_s
     assert [s.name for s in stages] == [Stage.BASELINE, Stage.EXPORTED, Stage.HANDLED, BATCHED, Stage.SERVED]
     by = {s.name: s for s in stages}
     assert by[Stage.BASELINE].predictions.tolist() == [0, 1, 2, 0]
+    assert by[Stage.EXPORTED].predictions.tolist() == [0, 1, 2, 1]
     assert by[Stage.HANDLED].predictions.tolist() == [0, -1, 2, 0]
     assert by[BATCHED].predictions.tolist() == [0, -1, -1, 1]
     assert by[Stage.SERVED].predictions.tolist() == [0, 1, -1, -1]
@@ -252,3 +253,37 @@ def test_a_complete_run_is_a_baseline_with_its_served_metrics(tmp_path, status):
     assert prior.status == status and prior.served_p99_ms == 12.5
     assert prior.metrics == {"accuracy": 0.9, "f1_macro": 0.8} and prior.started_at == "2026-11-30T00:00:00+00:00"
     assert all(isinstance(v, float) and not math.isnan(v) for v in prior.metrics.values())
+
+
+# --- compare_and_gate: a baseline accuracy on a known fixture, labels named in the spec's class order ---------------
+
+def test_compare_and_gate_scores_every_stage_on_label_names_in_the_specs_class_order(fast_bootstrap):
+    """Six rows labeled by name in a class order that is not sorted (zebra, apple, mango); every
+    stage predicts the same classes, right on 5 of 6 rows. A name mapped through a sorted list
+    shifts the labels: the gate would still pass (every stage agrees), only the accuracy tells."""
+    import pandas as pd
+
+    from pipeline.inputs.base import labels_of
+    from pipeline.run.plan import plan_run
+    from pipeline.stages.dataset import DatasetResult
+    from tests.unit._support import tensor_rows
+
+    names = ["zebra", "apple", "mango"]
+    spec = spec_for(3, model={"class_names": names})
+    plan = plan_run(spec, prior=False, until=None)
+    labels, _ = labels_of(pd.Series(["zebra", "apple", "mango", "zebra", "apple", "mango"]), spec, Path("d.csv"),
+                          [f"r{i}" for i in range(6)])
+    pred = [0, 1, 2, 0, 1, 0]  # row 5 (a mango) called zebra
+    logits = (np.eye(3)[pred] * 6).astype(np.float32)
+    scores = Scores(logits, np.ones(6))
+    rec = RunRecord(
+        started_at="t", spec=spec, plan=plan, dataset=DatasetResult(tensor_rows(6, labels=labels), None, None),
+        baseline=SimpleNamespace(scores=scores, weights_size_bytes=100),
+        exported=SimpleNamespace(size_bytes=100, scores=scores, timings=(),
+                                 consistency=SimpleNamespace(failed_probes=())),
+        replay=replay_of([ok(i, p) for i, p in enumerate(pred)]))
+    out = runner.compare_and_gate(rec)
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
+    for stage in (Stage.BASELINE, Stage.EXPORTED, Stage.SERVED):
+        assert out.comparison.stages[stage].accuracy == pytest.approx(5 / 6), stage
+    assert out.comparison.stages[Stage.BASELINE].answered == 6
