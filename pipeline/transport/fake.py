@@ -8,6 +8,9 @@ A *script* is a callable from the exact request bytes to one *step*:
     Delay(seconds, then)         wait, then take the step ``then``; a delay longer than the
                                  request's ``timeout_s`` raises asyncio.TimeoutError after
                                  ``timeout_s``, as the real client does
+    Until(ready, then)           yield to the event loop until ``ready()`` is true, then take
+                                 ``then`` (past ``timeout_s``: asyncio.TimeoutError); how
+                                 ``LastFirst`` makes later requests complete first
 
 ``FakeTransport(script)`` is a ``ReplayConfig.connect`` function: every connection it opens
 answers from the same script and records what it was sent, so a test can inject faults
@@ -36,7 +39,15 @@ class Delay:
     then: "Step"
 
 
-Step = Union[Response, BaseException, Delay]
+@dataclass(frozen=True)
+class Until:
+    """Yield to the event loop until ``ready()`` is true, then take the step ``then``."""
+
+    ready: Callable[[], bool]
+    then: "Step"
+
+
+Step = Union[Response, BaseException, Delay, Until]
 Script = Callable[[bytes], Step]
 
 
@@ -71,6 +82,43 @@ def in_order(steps: Iterable[Step], then: Step | None = None) -> Script:
     return script
 
 
+class LastFirst:
+    """A script whose answers complete out of arrival order, without any clock.
+
+    Requests are numbered as they arrive (warm-up requests included) and taken in groups of
+    ``group``; each waits until every later request of its group has been answered, so a
+    group completes last-first: with ``group=2``, arrivals 0 1 2 3 complete 1 0 3 2. The last
+    group is as large as ``total`` leaves it, so nothing waits for a request that never comes.
+    ``group`` must not exceed the number of connections sending at once (``concurrency``),
+    or a group can never be in flight together. ``completed`` lists the arrival numbers in
+    the order their answers were returned; each answer is ``script(raw)``.
+    """
+
+    def __init__(self, script: Script, group: int, total: int) -> None:
+        assert group >= 1 and total >= 0, f"group {group} must be >= 1 and total {total} >= 0"
+        self.script = script
+        self.group = group
+        self.total = total
+        self.arrived = 0
+        self.completed: list[int] = []
+
+    def __call__(self, raw: bytes) -> Step:
+        k = self.arrived
+        self.arrived += 1
+        start = k - k % self.group
+        later = range(k + 1, min(start + self.group, self.total))
+        done = set()
+
+        def ready() -> bool:
+            done.update(j for j in later if j in self.completed)
+            if len(done) < len(later):
+                return False
+            self.completed.append(k)
+            return True
+
+        return Until(ready, self.script(raw))
+
+
 class FakeConnection:
     """One connection: each request is answered by the script; requests and closes are recorded."""
 
@@ -90,7 +138,16 @@ class FakeConnection:
         self.sent.append((time.perf_counter(), raw))
         step = self.script(raw)
         waited = 0.0
-        while isinstance(step, Delay):
+        while isinstance(step, (Delay, Until)):
+            if isinstance(step, Until):
+                t0 = time.monotonic()
+                while not step.ready():
+                    if waited + (time.monotonic() - t0) > timeout_s:
+                        raise asyncio.TimeoutError()
+                    await _sleep(0)
+                waited += time.monotonic() - t0
+                step = step.then
+                continue
             if waited + step.seconds > timeout_s:
                 await _sleep(max(timeout_s - waited, 0.0))
                 raise asyncio.TimeoutError()
