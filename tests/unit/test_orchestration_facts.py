@@ -22,7 +22,7 @@ from pipeline.model.forward import Scores
 from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.schema import SCHEMA as REPORT_SCHEMA
-from pipeline.run import runner
+from pipeline.run import release, runner
 from pipeline.stages.export import ProbeResult, Timing
 from pipeline.stages.handled import HandledResult
 from pipeline.stages.outcomes import RowOutcome, failed
@@ -186,7 +186,7 @@ def test_a_complete_replay_with_a_server_failure_is_a_replay_error_exit_3(cls):
     err = runner._server_failure(rec)
     assert isinstance(err, ReplayError) and err.exit_code == 3
     assert f"{cls}: 2" in err.message and "2 of 4 rows" in err.message
-    assert runner._exit_code("error", err) == 3
+    assert release.exit_code_of("error", err) == 3
 
 
 @pytest.mark.parametrize("cls", MODEL_FAILURES)

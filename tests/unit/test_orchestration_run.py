@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.errors import ArchiveError, LockError
 from pipeline.evaluate.gate import Check, GateResult
-from pipeline.run import publish, runner
+from pipeline.run import publish, release, runner
 from pipeline.run.options import RunOptions
 from pipeline.run.publish import StoreLock, target_of
 from pipeline.stages.archive import ArchiveResult
@@ -160,10 +160,10 @@ def stand(monkeypatch, tmp_path):
         mar = tmp_path / "checked.mar"
         mar.write_bytes(b"the checked archive")
         s = Stand(tmp_path / "store", mar, gate_passes, replay)
-        s.real_publish = runner.publish_archive
+        s.real_publish = release.publish_archive
         monkeypatch.setattr(runner, "_stages", s.stages)
         monkeypatch.setattr(runner, "_compare_and_gate", s.compare_and_gate)
-        monkeypatch.setattr(runner, "publish_archive", s.publish_archive)
+        monkeypatch.setattr(release, "publish_archive", s.publish_archive)
         return s
     return make
 
