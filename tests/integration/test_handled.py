@@ -82,4 +82,4 @@ def test_handler_that_hangs_ends_at_its_deadline_with_the_handler_named(no_lefto
     assert rep["error"]["type"] == "HandledError"
     field = "serving.startup_timeout_s=4" if where == "init" else "serving.response_timeout_s=3"
     assert "handler_ok.py" in rep["error"]["message"] and field in rep["error"]["message"]
-    assert elapsed < 60
+    assert elapsed < 150  # the deadline, not the handler's 600 s sleep, even on a busy machine
