@@ -74,6 +74,8 @@ class Rows:
         features: kind tensor only: the numeric rows, float32 [N, *input_shape].
         paths: kind image only: each row's file.
         notes: facts a reader should know (how classes were ordered, labels mapped, ...).
+        image_files: kind image only: the image files found (a folder's walk, or the manifest's paths).
+        other_files: kind image only: (suffix, count) of the folder's files not read as images.
     """
 
     kind: str
@@ -85,6 +87,8 @@ class Rows:
     features: np.ndarray | None = None
     paths: tuple[Path, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    image_files: int | None = None
+    other_files: tuple[tuple[str, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,7 +116,7 @@ class Rows:
             bodies=MemoryBodies(tuple(self.body(i) for i in idx)),
             features=self.features[idx] if self.features is not None else None,
             paths=tuple(self.paths[i] for i in idx) if self.paths is not None else None,
-            notes=self.notes,
+            notes=self.notes, image_files=self.image_files, other_files=self.other_files,
         )
 
 
