@@ -250,13 +250,41 @@ def vision_handler_input(view: Any, transform) -> Any:
     return torch.FloatTensor(view)
 
 
+NOT_RGB_FIX = ("TorchServe's built-in image_classifier opens images without .convert(\"RGB\") (serve #65), so "
+              "its Normalize with 3 channel means fails on this image. Convert the images to RGB (PIL: "
+              "Image.open(p).convert(\"RGB\").save(p)), or use a handler and a model.preprocess that call "
+              ".convert(\"RGB\")")
+
+
+def image_mode(body: bytes) -> str | None:
+    """The PIL mode of an image's bytes (only the header is read), or None if PIL cannot open it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            return im.mode
+    except Exception:
+        return None
+
+
 def builtin_reference() -> Reference:
     transform = image_classifier_transforms()
+
+    def image_classifier(view: Any):
+        try:
+            return vision_handler_input(view, transform)
+        except Exception as e:
+            # The known trap, named with its fix, rather than torch's broadcast error.
+            mode = image_mode(view) if isinstance(view, (bytes, bytearray)) else None
+            if mode is not None and mode != "RGB":
+                raise ValueError(f"image mode {mode}: {NOT_RGB_FIX}") from e
+            raise
+
     return Reference(
         "builtin:image_classifier",
         "TorchServe 0.12 image_classifier: PIL open (no RGB conversion), Resize(256), CenterCrop(224), "
         "ToTensor, Normalize(ImageNet mean/std)",
-        lambda view: vision_handler_input(view, transform),
+        image_classifier,
     )
 
 

@@ -19,11 +19,13 @@ import pandas as pd
 
 from pipeline.errors import DatasetError
 from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, labels_of, no_rows,
-                                  read_table, require_columns)
+                                  read_table, require_columns, row_place)
 from pipeline.spec import Spec
 
 NAME = "json"
 CONTENT_TYPE = "application/json"
+_TOO_DEEP = ("nested too deeply for Python's JSON parser (RecursionError); TorchServe's worker parses the "
+             "body with the same parser and would fail too. Flatten the record")
 
 
 def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
@@ -44,11 +46,15 @@ def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
             except ValueError as e:  # UnicodeDecodeError is a ValueError too
                 bad.append(f"line {n}: {e}")
                 continue
+            except RecursionError:  # the user's bytes, not the tool: an input error naming the line
+                bad.append(f"line {n}: {_TOO_DEEP}")
+                continue
             record = obj.pop(ds.json_column) if ds.json_column and ds.json_column in obj else None
             rows.append({ds.id_column: obj.pop(ds.id_column, str(n)), ds.label_column: obj.pop(ds.label_column, None),
                          "__record__": record if record is not None else obj})
     if bad:
-        raise DatasetError(f"{path}: {len(bad)} line(s) are not JSON objects. Fix them; no row is skipped.",
+        raise DatasetError(f"{path}: {len(bad)} line(s) are not JSON objects this tool can read. Fix them; "
+                           "no row is skipped.",
                            details=bad[:20])
     return pd.DataFrame(rows, columns=[ds.id_column, ds.label_column, "__record__"])
 
@@ -68,11 +74,13 @@ def _records(df: pd.DataFrame, spec: Spec, path: Path, ids) -> list[Any]:
     if ds.json_column is not None:
         require_columns(df, [ds.json_column], path, "json_column")
         out, bad = [], []
-        for rid, cell in zip(ids, df[ds.json_column]):
+        for i, (rid, cell) in enumerate(zip(ids, df[ds.json_column])):
             try:
                 out.append(json.loads(cell) if isinstance(cell, str) else cell)
             except ValueError as e:
-                bad.append(f"id {rid}: {e}: {str(cell)[:80]!r}")
+                bad.append(f"id {rid} ({row_place(path, i)}): {e}: {str(cell)[:80]!r}")
+            except RecursionError:
+                bad.append(f"id {rid} ({row_place(path, i)}): {_TOO_DEEP}: {str(cell)[:40]!r}...")
         if bad:
             raise DatasetError(f"{path}: {len(bad)} row(s) of column {ds.json_column!r} are not valid JSON. "
                                "Fix them; no row is skipped.", details=bad[:20])
