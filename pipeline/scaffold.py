@@ -749,6 +749,10 @@ def _image_folder(root: Path) -> FolderImages:
     return found
 
 
+def _image_folder_classes(root: Path) -> list[str]:
+    return _image_folder(root).classes
+
+
 def _find_label_map(f: _Facts, classes: list[str], width: int) -> Path | None:
     """An index_to_name.json beside the data, the weights or the factory that names every class seen."""
     from pipeline.answers.classes import read_label_map

@@ -2,7 +2,8 @@
 
 Also the leakage check: evaluation rows whose body (image bytes, text, record, features) is
 byte-identical to a training row's; bodies larger than TorchServe's ``max_request_size``
-(the frontend would refuse them with HTTP 413 after a full run); classes with no rows.
+(the frontend would refuse them with HTTP 413 after a full run); non-RGB images for the
+built-in image_classifier; classes with no rows.
 """
 
 from __future__ import annotations
@@ -63,6 +64,27 @@ def classes_without_rows(rows: Rows, spec: Spec) -> str | None:
             "them. Add labeled rows of those classes.")
 
 
+def check_image_modes(rows: Rows, spec: Spec) -> None:
+    """With TorchServe's built-in image_classifier and a reference that converts images itself, a
+    non-RGB image would pass the baseline and crash only in the handler (serve #65): said now, from
+    the image headers (no pixel is decoded). With the built-in reference the baseline says it."""
+    if rows.kind != "image" or spec.handler.name != "image_classifier":
+        return
+    if spec.model.preprocess is None or spec.model.preprocess == "builtin:image_classifier":
+        return
+    from pipeline.inputs.image import NOT_RGB_FIX, image_mode
+
+    bad = []
+    for i, path in enumerate(rows.paths or ()):
+        with open(path, "rb") as f:
+            mode = image_mode(f.read(1 << 16))  # the header is in the first bytes
+        if mode is not None and mode != "RGB":
+            bad.append(f"id {rows.ids[i]}: mode {mode} ({path})")
+    if bad:
+        raise DatasetError(f"{rows.source}: {len(bad)} image(s) are not RGB, and handler image_classifier is "
+                           f"TorchServe's built-in: {NOT_RGB_FIX}.", details=bad[:20])
+
+
 def load_dataset(spec: Spec) -> DatasetResult:
     """Load and check the rows the spec names, and look for evaluation rows in the training data.
 
@@ -80,6 +102,7 @@ def load_dataset(spec: Spec) -> DatasetResult:
     rows = load_rows(spec)
     log.info("dataset %s: %d %s rows", rows.source, len(rows), rows.kind)
     check_body_sizes(rows, spec.serving.max_request_size)
+    check_image_modes(rows, spec)
     note = classes_without_rows(rows, spec)
     if note:
         log.warning("dataset %s: %s", rows.source, note)
