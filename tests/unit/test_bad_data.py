@@ -175,3 +175,10 @@ def test_torch_text_in_a_weights_error_has_no_ansi_escapes(tmp_path):
         load_model(load_spec(spec_path))
     msg = str(e.value)
     assert "Unsupported global" in msg and "_NotAModule" in msg and "\x1b[" not in msg
+
+
+def test_quoted_library_text_loses_ansi_escapes_and_is_cut_at_a_sentence_end():
+    from pipeline.usercode import plain
+
+    text = "Weights only load failed. \x1b[1mdo those steps only if you trust it\x1b[0m.\n\t(1) " + "x" * 400
+    assert plain(text) == "Weights only load failed. do those steps only if you trust it."
