@@ -111,4 +111,4 @@ def plain(text: str, limit: int = 300) -> str:
     if len(text) <= limit:
         return text
     cut = max(text.rfind(". ", 0, limit), text.rfind("; ", 0, limit))
-    return text[: cut + 1] if cut > limit // 3 else text[: limit - 3] + "..."
+    return text[: cut + 1] if cut > 0 else text[: limit - 3] + "..."
