@@ -158,6 +158,8 @@ def _from_folder(spec: Spec, root: Path
             )
         index = {c: i for i, c in enumerate(classes)}
         notes.append(f"class order is the sorted sub-folder names: {classes}")
+    notes.append(f"{found.image_count} image file(s) found under the {len(classes)} class folder(s) (symlinked "
+                 "folders and files followed), each one row")
     other = other_files_note(found)
     if other:
         notes.append(other)

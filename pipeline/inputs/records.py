@@ -51,12 +51,12 @@ def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
                 continue
             record = obj.pop(ds.json_column) if ds.json_column and ds.json_column in obj else None
             rows.append({ds.id_column: obj.pop(ds.id_column, str(n)), ds.label_column: obj.pop(ds.label_column, None),
-                         "__record__": record if record is not None else obj})
+                         "__record__": record if record is not None else obj, "__line__": n})
     if bad:
         raise DatasetError(f"{path}: {len(bad)} line(s) are not JSON objects this tool can read. Fix them; "
                            "no row is skipped.",
                            details=bad[:20])
-    return pd.DataFrame(rows, columns=[ds.id_column, ds.label_column, "__record__"])
+    return pd.DataFrame(rows, columns=[ds.id_column, ds.label_column, "__record__", "__line__"])
 
 
 def _native(v: Any) -> Any:
@@ -112,14 +112,25 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         df = df.assign(**{ds.id_column: [str(i) for i in range(len(df))]})
     if not training and (ds.label_column not in df.columns or df[ds.label_column].isna().all()):
         raise DatasetError(f"{path}: label_column {ds.label_column!r} not found. Columns found: "
-                           f"{[c for c in df.columns if c != '__record__'][:40]}. Fix dataset.label_column.")
+                           f"{[c for c in df.columns if c not in ('__record__', '__line__')][:40]}. Fix dataset.label_column.")
     ids = check_ids(df, spec, path)
     if len(df) == 0:
         raise no_rows(path)
     labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
                      and not df[ds.label_column].isna().all() else (np.zeros(len(df), np.int64), []))
     records = _records(df, spec, path, ids)
-    bodies = MemoryBodies(tuple(encode_json(r) for r in records))
+    places = [f"line {n}" for n in df["__line__"]] if "__line__" in df.columns else [
+        row_place(path, i) for i in range(len(df))]
+    encoded, bad = [], []
+    for rid, place, r in zip(ids, places, records):
+        try:
+            encoded.append(encode_json(r))
+        except (ValueError, TypeError, RecursionError) as e:  # NaN (json.loads reads it), bytes, depth
+            bad.append(f"id {rid} ({place}): {type(e).__name__}: {e}")
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} record(s) cannot be sent as JSON (a NaN or infinite number, a "
+                           "value JSON has no form for). Fix them; no row is skipped.", details=bad[:20])
+    bodies = MemoryBodies(tuple(encoded))
     return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE, bodies=bodies,
                 notes=tuple(notes))
 

@@ -40,6 +40,14 @@ def test_a_deeply_nested_record_is_an_input_error_naming_its_line(tmp_path):
     assert "line 2" in str(e.value) and "nested" in str(e.value) and e.value.exit_code == 2
 
 
+def test_a_record_with_nan_is_an_input_error_naming_its_line(tmp_path):
+    """json.loads reads NaN, but no JSON body can carry it: before, the encoder's ValueError was a tool bug."""
+    spec = _json_spec(tmp_path, [_record(0), "", _record(1).replace("0.5", "NaN", 1)])
+    with pytest.raises(DatasetError) as e:
+        load_dataset(spec)
+    assert "id r1 (line 3)" in str(e.value) and "NaN" in str(e.value)
+
+
 def test_a_deeply_nested_json_cell_is_an_input_error_naming_its_row(tmp_path):
     spec = make_project(tmp_path / "p", spec_overrides={"dataset": {"kind": "json", "json_column": "doc"}})
     df = pd.DataFrame({"id": ["a", "b"], "label": [0, 1],
