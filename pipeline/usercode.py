@@ -80,9 +80,9 @@ def import_callable(ref: str, field: str) -> Callable[..., Any]:
             # 'model:build_model' for a model.py beside the spec: the ref is read as an installed module
             guess = f"{module_ref.replace('.', '/')}.py:{func_name}"
             raise UserCodeError(
-                f"{field}: {ref!r} names a module {module_ref!r}, and no module of that name can be imported "
-                f"(ModuleNotFoundError). If it is a file beside the spec, did you mean {guess!r}? A file is "
-                "named by its path with the .py suffix, relative to the spec's folder.") from missing
+                f"{field}: cannot import {module_ref!r}: ModuleNotFoundError: {missing}: {ref!r} is read as an "
+                f"installed module. If it is a file beside the spec, did you mean {guess!r}? A file is named by "
+                "its path with the .py suffix, relative to the spec's folder.") from missing
         raise
     fn = getattr(module, func_name, None)
     if not callable(fn):

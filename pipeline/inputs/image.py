@@ -59,7 +59,7 @@ def _image_entry_problem(path: Path) -> str | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return f"a link to {os.readlink(path)!r}, which does not exist" if path.is_symlink() else "vanished"
+        return f"a link to {os.readlink(path)!r}, which does not exist" if path.is_symlink() else "does not exist"
     except OSError as e:
         if e.errno == errno.ELOOP:
             return "a symbolic link loop (it points back at itself)"
@@ -212,12 +212,13 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         ids, labels, paths, notes = _from_manifest(spec, path, training)
     if not ids:
         raise no_rows(path)
-    missing = [(i, p) for i, p in zip(ids, paths) if not p.is_file()]
+    # stat, not is_file: a dangling or looping link, a FIFO or an unreadable file is named as such
+    missing = [(i, p, why) for i, p in zip(ids, paths) if (why := _image_entry_problem(p))]
     if missing:
         raise DatasetError(
-            f"{path}: {len(missing)} image file(s) do not exist (paths are relative to the manifest's folder). "
-            "Fix the manifest or restore the files.",
-            details=[f"id {i}: {p}" for i, p in missing[:20]],
+            f"{path}: {len(missing)} image file(s) do not exist or cannot be read (paths are relative to the "
+            "manifest's folder). Fix the manifest or restore the files.",
+            details=[f"id {i}: {p}: {why}" for i, p, why in missing[:20]],
         )
     return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE,
                 bodies=FileBodies(paths), paths=paths, notes=tuple(notes),

@@ -98,3 +98,15 @@ def test_an_image_entry_that_is_not_a_file_is_an_input_error_naming_it(tmp_path,
     with pytest.raises(DatasetError) as e:
         load_dataset(_folder_spec(tmp_path, folder))
     assert "a_one/pipe.png" in str(e.value) and "not a regular file" in str(e.value)
+
+
+def test_a_manifest_entry_that_is_not_a_file_is_named_as_such(tmp_path):
+    """Before, a FIFO (or any non-file) named by a manifest was said not to exist."""
+    from tests.imaging import make_image_project
+
+    spec = make_image_project(tmp_path, per_class=1)
+    (tmp_path / "img" / "red-00.png").unlink()
+    os.mkfifo(tmp_path / "img" / "red-00.png")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(load_spec(spec))
+    assert "id red-00" in str(e.value) and "red-00.png: not a regular file" in str(e.value)
