@@ -171,8 +171,8 @@ def _check_delimiter(path: Path, what: str, df: pd.DataFrame) -> None:
 
 
 def row_place(path: Path, i: int) -> str:
-    """Where row ``i`` (0-based) is in its file, for messages: the line of a CSV (after the header) or
-    a .jsonl, the row number otherwise."""
+    """Where row ``i`` (0-based) is in its file, for messages: a CSV's line (the header is line 1; a
+    cell spanning lines shifts it), the row number otherwise (a .jsonl's loader keeps its own lines)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return f"line {i + 2}"

@@ -98,8 +98,8 @@ def folder_images(root: Path) -> FolderImages:
             real = os.path.realpath(here)
             if real in visited:
                 first = visited[real].relative_to(root)
-                what = ("is a loop: a link back to" if Path(here, "").as_posix().startswith(visited[real].as_posix() + "/")
-                        else "reaches a folder already read:")
+                inside = here.as_posix().startswith(visited[real].as_posix() + "/")
+                what = "is a loop: a link back to" if inside else "reaches a folder already read:"
                 raise DatasetError(
                     f"image folder {root}: {here.relative_to(root)} {what} {real}, already read as {first}. "
                     "Remove the link (or link the folder once) so every image is read once.")

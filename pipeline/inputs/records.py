@@ -112,7 +112,8 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         df = df.assign(**{ds.id_column: [str(i) for i in range(len(df))]})
     if not training and (ds.label_column not in df.columns or df[ds.label_column].isna().all()):
         raise DatasetError(f"{path}: label_column {ds.label_column!r} not found. Columns found: "
-                           f"{[c for c in df.columns if c not in ('__record__', '__line__')][:40]}. Fix dataset.label_column.")
+                           f"{[c for c in df.columns if c not in ('__record__', '__line__')][:40]}. "
+                           "Fix dataset.label_column.")
     ids = check_ids(df, spec, path)
     if len(df) == 0:
         raise no_rows(path)

@@ -36,7 +36,8 @@ def _count_mismatch(df: pd.DataFrame, cols: tuple[str, ...], want: int, spec: Sp
     ds = spec.dataset
     head = f"{path}: {len(cols)} feature columns but dataset.input_shape {list(ds.input_shape)} needs {want}."
     if ds.feature_columns is not None or len(cols) < want:
-        return f"{head} Columns read as features: {list(cols)[:20]}. Fix dataset.input_shape or dataset.feature_columns."
+        return (f"{head} Columns read as features: {list(cols)[:20]}. Fix dataset.input_shape or "
+                "dataset.feature_columns.")
     extra = len(cols) - want
     # Every column but id and label is read as a feature: the extras are likely the non-numeric ones, or
     # the ones not named like the rest (f0..f3 beside 'split' and 'fold').

@@ -51,6 +51,7 @@ def test_symlinked_folders_and_files_are_read_and_counted(tmp_path, folder):
     assert rows.image_files == 6 and dict(rows.other_files) == {".heic": 1, ".txt": 1}
     block = _dataset_block(SimpleNamespace(dataset=result))
     assert block["image_files"] == 6 and block["rows"] == 6 and block["other_files"] == {".heic": 1, ".txt": 1}
+    assert block["rows_sent"] is None  # no replay ran
     assert any(".heic" in n and "not read" in n for n in rows.notes)
     assert "6 image file(s) found under the 3 class folder(s)" in " ".join(rows.notes)
 
