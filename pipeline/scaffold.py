@@ -40,7 +40,7 @@ import yaml
 from pipeline.errors import ConfigError, DatasetError, ModelError
 from pipeline.files import write_atomic
 from pipeline.inputs.base import read_table
-from pipeline.inputs.image import IMAGE_SUFFIXES, builtin_reference, folder_classes
+from pipeline.inputs.image import IMAGE_SUFFIXES, FolderImages, builtin_reference, folder_images, other_files_note
 from pipeline.inputs.tensor import features_of
 from pipeline.spec import Spec, parse_spec
 
@@ -738,13 +738,19 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels[: len(logits)]).mean())
 
 
-def _image_folder_classes(root: Path) -> list[str]:
-    classes = folder_classes(root)
-    if not any(q.suffix.lower() in IMAGE_SUFFIXES for c in classes for q in (root / c).rglob("*") if q.is_file()):
+def _image_folder(root: Path) -> FolderImages:
+    """The folder's images, found by the dataset stage's own walk (symlinked folders and files
+    followed, loops and broken links refused), so init counts what the run will read."""
+    found = folder_images(root)
+    if not found.image_count:
         raise DatasetError(f"{root}: a folder, but with no class sub-folders holding images "
                            f"({', '.join(IMAGE_SUFFIXES[:4])}, ...). Lay it out as {root}/<class name>/<image files>, "
                            "or pass a CSV/Parquet table.")
-    return classes
+    return found
+
+
+def _image_folder_classes(root: Path) -> list[str]:
+    return _image_folder(root).classes
 
 
 def _find_label_map(f: _Facts, classes: list[str], width: int) -> Path | None:
@@ -830,11 +836,13 @@ def _spread(items: list, k: int) -> list:
 
 
 def _infer_image_folder(f: _Facts, cfg: InitConfig, model) -> None:
-    classes = _image_folder_classes(f.data)
-    files = [(q, c) for c in classes for q in sorted((f.data / c).rglob("*"))
-             if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+    found = _image_folder(f.data)
+    classes = found.classes
+    files = [(q, c) for c in classes for q in found.files[c]]
     f.decisions.append(f"kind image: {f.data.name}/ holds {len(classes)} class sub-folder(s), {len(files)} images; "
                        f"class order = the sorted folder names {classes[:10]}{' ...' if len(classes) > 10 else ''}")
+    if other_files_note(found):
+        f.decisions.append(other_files_note(found))
     sample = _spread(files, IMAGE_ROWS)
     _infer_images(f, cfg, model, [q.read_bytes() for q, _ in sample], [c for _, c in sample],
                   f"images of {f.data}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -70,7 +71,19 @@ def import_callable(ref: str, field: str) -> Callable[..., Any]:
         UserCodeError: the module cannot be imported or has no such callable.
     """
     module_ref, _, func_name = ref.rpartition(":")
-    module = import_module_ref(module_ref, field)
+    try:
+        module = import_module_ref(module_ref, field)
+    except UserCodeError as e:
+        missing = e.__cause__
+        if (isinstance(missing, ModuleNotFoundError) and not module_ref.endswith(".py")
+                and missing.name == module_ref.split(".")[0]):
+            # 'model:build_model' for a model.py beside the spec: the ref is read as an installed module
+            guess = f"{module_ref.replace('.', '/')}.py:{func_name}"
+            raise UserCodeError(
+                f"{field}: cannot import {module_ref!r}: ModuleNotFoundError: {missing}: {ref!r} is read as an "
+                f"installed module. If it is a file beside the spec, did you mean {guess!r}? A file is named by "
+                "its path with the .py suffix, relative to the spec's folder.") from missing
+        raise
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise UserCodeError(f"{field}: {module_ref!r} has no callable {func_name!r}. Fix {field} in the spec.")
@@ -81,6 +94,21 @@ def user_frame(e: BaseException) -> str:
     """' (at file.py:12 in fn)' for the innermost frame outside the installed packages, or ''."""
     frames = traceback.extract_tb(e.__traceback__)
     for f in reversed(frames):
+        if f.filename.startswith("<frozen "):  # importlib's own frames: not the user's
+            continue
         if "site-packages" not in f.filename and "/pipeline/" not in f.filename.replace("\\", "/"):
             return f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
     return ""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain(text: str, limit: int = 300) -> str:
+    """Quoted library text for a message: ANSI escapes (torch bolds parts of its errors) removed,
+    whitespace collapsed, cut at a sentence end within ``limit`` characters rather than mid-sentence."""
+    text = " ".join(_ANSI.sub("", text).split())
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(". ", 0, limit), text.rfind("; ", 0, limit))
+    return text[: cut + 1] if cut > 0 else text[: limit - 3] + "..."

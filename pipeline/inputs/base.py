@@ -74,6 +74,8 @@ class Rows:
         features: kind tensor only: the numeric rows, float32 [N, *input_shape].
         paths: kind image only: each row's file.
         notes: facts a reader should know (how classes were ordered, labels mapped, ...).
+        image_files: kind image only: the image files found (a folder's walk, or the manifest's paths).
+        other_files: kind image only: (suffix, count) of the folder's files not read as images.
     """
 
     kind: str
@@ -85,6 +87,8 @@ class Rows:
     features: np.ndarray | None = None
     paths: tuple[Path, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    image_files: int | None = None
+    other_files: tuple[tuple[str, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,7 +116,7 @@ class Rows:
             bodies=MemoryBodies(tuple(self.body(i) for i in idx)),
             features=self.features[idx] if self.features is not None else None,
             paths=tuple(self.paths[i] for i in idx) if self.paths is not None else None,
-            notes=self.notes,
+            notes=self.notes, image_files=self.image_files, other_files=self.other_files,
         )
 
 
@@ -140,12 +144,39 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix == ".csv":
-            return pd.read_csv(path, encoding="utf-8")
+            df = pd.read_csv(path, encoding="utf-8")
+            _check_delimiter(path, what, df)
+            return df
+    except DatasetError:
+        raise
     except UnicodeDecodeError as e:
         raise _not_utf8(path, what) from e
     except Exception as e:  # pandas raises many types for a bad file
         raise DatasetError(f"{what} {path} could not be read: {type(e).__name__}: {e}") from e
     raise DatasetError(f"{what} {path}: unsupported file type {suffix!r}. Use .csv or .parquet.")
+
+
+def _check_delimiter(path: Path, what: str, df: pd.DataFrame) -> None:
+    """DatasetError when the header is split by ';', tab or '|' rather than commas (a spreadsheet's
+    export in many locales): read with commas, it is one column, and every column 'is not found'."""
+    with open(path, "rb") as f:
+        header = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+    for sep, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+        fields = header.split(sep)
+        if header.count(sep) > header.count(",") and len(fields) > len(df.columns):
+            raise DatasetError(
+                f"{what} {path}: the file looks {name}-separated: its header {header[:120]!r} has {len(fields)} "
+                f"{name}-separated fields, but read as a comma-separated CSV it has {len(df.columns)} column(s). "
+                f"Re-save it comma-separated, e.g. pandas.read_csv(path, sep={sep!r}).to_csv(path, index=False).")
+
+
+def row_place(path: Path, i: int) -> str:
+    """Where row ``i`` (0-based) is in its file, for messages: a CSV's line (the header is line 1; a
+    cell spanning lines shifts it), the row number otherwise (a .jsonl's loader keeps its own lines)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return f"line {i + 2}"
+    return f"row {i + 1}"
 
 
 def _not_utf8(path: Path, what: str) -> DatasetError:
@@ -191,6 +222,13 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
     n = spec.model.num_classes
     names = spec.model.class_names
     notes: list[str] = []
+    empty = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+    if empty.any():
+        where = [f"id {ids[i]} ({row_place(path, i)})" for i in np.nonzero(empty)[0][:10]]
+        raise DatasetError(
+            f"{path}: {int(empty.sum())} row(s) have an empty label in column {spec.dataset.label_column!r}: "
+            f"{', '.join(where)}. Fill each with a class index or a name of model.class_names, or drop the "
+            "row; no row is skipped.")
     as_num = pd.to_numeric(values, errors="coerce")
     numeric = as_num.notna() & (as_num % 1 == 0)
     if numeric.all():

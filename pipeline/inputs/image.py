@@ -13,7 +13,11 @@ ToTensor, Normalize with the ImageNet mean and std. A model trained otherwise na
 from __future__ import annotations
 
 import base64
+import errno
 import io
+import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +40,100 @@ def folder_classes(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _from_folder(spec: Spec, root: Path) -> tuple[tuple[str, ...], np.ndarray, tuple[Path, ...], list[str]]:
+@dataclass(frozen=True)
+class FolderImages:
+    """Every file under an ImageFolder's class folders: the image files per class, the rest by suffix."""
+
+    classes: list[str]
+    files: dict[str, list[Path]]  # class -> its image files, sorted; paths as found (through links)
+    other_files: dict[str, int]  # suffix ('' for none) -> count of files that are not read as images
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(v) for v in self.files.values())
+
+
+def _image_entry_problem(path: Path) -> str | None:
+    """Why an image entry cannot be read, or None. stat follows links: a dangling link is ENOENT, a
+    link loop ELOOP; a FIFO or device would block or never end if read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"a link to {os.readlink(path)!r}, which does not exist" if path.is_symlink() else "does not exist"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (it points back at itself)"
+        return f"cannot be read: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return None
+
+
+def folder_images(root: Path) -> FolderImages:
+    """Walk each class folder as torchvision's ImageFolder does (``os.walk(followlinks=True)``), so
+    images added through a symlinked folder or file are read, sorted per class. One walk for the dataset
+    stage and ``init``.
+
+    Raises:
+        DatasetError: a folder reached twice (a link loop, or one folder linked into two places: its
+            images would count twice), a folder that cannot be listed, or image entries that are
+            dangling or looping links, unreadable, or not regular files; each named.
+    """
     classes = folder_classes(root)
+    files: dict[str, list[Path]] = {}
+    others: dict[str, int] = {}
+    bad: list[str] = []
+    visited: dict[str, Path] = {}  # real path -> the first path it was reached by
+
+    def walk_error(e: OSError) -> None:
+        bad.append(f"{Path(e.filename).relative_to(root) if e.filename else root}: folder cannot be listed: "
+                   f"{e.strerror}")
+
+    for c in classes:
+        found: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(root / c, followlinks=True, onerror=walk_error):
+            here = Path(dirpath)
+            real = os.path.realpath(here)
+            if real in visited:
+                first = visited[real].relative_to(root)
+                inside = here.as_posix().startswith(visited[real].as_posix() + "/")
+                what = "is a loop: a link back to" if inside else "reaches a folder already read:"
+                raise DatasetError(
+                    f"image folder {root}: {here.relative_to(root)} {what} {real}, already read as {first}. "
+                    "Remove the link (or link the folder once) so every image is read once.")
+            visited[real] = here
+            dirnames.sort()
+            for name in filenames:
+                f = here / name
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    problem = _image_entry_problem(f)
+                    if problem:
+                        bad.append(f"{f.relative_to(root)}: {problem}")
+                    else:
+                        found.append(f)
+                else:
+                    others[f.suffix.lower()] = others.get(f.suffix.lower(), 0) + 1
+        files[c] = sorted(found)
+    if bad:
+        raise DatasetError(f"image folder {root}: {len(bad)} entr(ies) cannot be read as images. Fix or remove "
+                           "them; no image is skipped.", details=bad[:20])
+    return FolderImages(classes, files, dict(sorted(others.items())))
+
+
+def other_files_note(found: FolderImages) -> str | None:
+    if not found.other_files:
+        return None
+    listed = ", ".join(f"{n} {s or '(no suffix)'}" for s, n in found.other_files.items())
+    return (f"{sum(found.other_files.values())} file(s) not read as images ({listed}); image suffixes read: "
+            f"{' '.join(IMAGE_SUFFIXES)}. Convert any that are images (e.g. .heic) to one of those.")
+
+
+def _from_folder(spec: Spec, root: Path
+                 ) -> tuple[tuple[str, ...], np.ndarray, tuple[Path, ...], list[str], FolderImages]:
+    found = folder_images(root)
+    classes = found.classes
     if not classes:
         raise DatasetError(
             f"image folder {root} has no class sub-folders. Lay it out as {root}/<class name>/<image files>, "
@@ -62,14 +158,18 @@ def _from_folder(spec: Spec, root: Path) -> tuple[tuple[str, ...], np.ndarray, t
             )
         index = {c: i for i, c in enumerate(classes)}
         notes.append(f"class order is the sorted sub-folder names: {classes}")
+    notes.append(f"{found.image_count} image file(s) found under the {len(classes)} class folder(s) (symlinked "
+                 "folders and files followed), each one row")
+    other = other_files_note(found)
+    if other:
+        notes.append(other)
     ids, labels, paths = [], [], []
     for c in classes:
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                ids.append(f.relative_to(root).as_posix())
-                labels.append(index[c])
-                paths.append(f)
-    return tuple(ids), np.asarray(labels, np.int64), tuple(paths), notes
+        for f in found.files[c]:
+            ids.append(f.relative_to(root).as_posix())
+            labels.append(index[c])
+            paths.append(f)
+    return tuple(ids), np.asarray(labels, np.int64), tuple(paths), notes, found
 
 
 def _from_manifest(spec: Spec, path: Path, training: bool
@@ -105,21 +205,25 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         DatasetError: the manifest or folder is missing or empty, a path or label column is
             missing, files named by the manifest do not exist (each listed with its id).
     """
+    found = None
     if path.is_dir():
-        ids, labels, paths, notes = _from_folder(spec, path)
+        ids, labels, paths, notes, found = _from_folder(spec, path)
     else:
         ids, labels, paths, notes = _from_manifest(spec, path, training)
     if not ids:
         raise no_rows(path)
-    missing = [(i, p) for i, p in zip(ids, paths) if not p.is_file()]
+    # stat, not is_file: a dangling or looping link, a FIFO or an unreadable file is named as such
+    missing = [(i, p, why) for i, p in zip(ids, paths) if (why := _image_entry_problem(p))]
     if missing:
         raise DatasetError(
-            f"{path}: {len(missing)} image file(s) do not exist (paths are relative to the manifest's folder). "
-            "Fix the manifest or restore the files.",
-            details=[f"id {i}: {p}" for i, p in missing[:20]],
+            f"{path}: {len(missing)} image file(s) do not exist or cannot be read (paths are relative to the "
+            "manifest's folder). Fix the manifest or restore the files.",
+            details=[f"id {i}: {p}: {why}" for i, p, why in missing[:20]],
         )
     return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE,
-                bodies=FileBodies(paths), paths=paths, notes=tuple(notes))
+                bodies=FileBodies(paths), paths=paths, notes=tuple(notes),
+                image_files=found.image_count if found is not None else len(paths),
+                other_files=tuple(found.other_files.items()) if found is not None else ())
 
 
 def image_classifier_transforms():
@@ -149,13 +253,41 @@ def vision_handler_input(view: Any, transform) -> Any:
     return torch.FloatTensor(view)
 
 
+NOT_RGB_FIX = ("TorchServe's built-in image_classifier opens images without .convert(\"RGB\") (serve #65), so "
+              "its Normalize with 3 channel means fails on this image. Convert the images to RGB (PIL: "
+              "Image.open(p).convert(\"RGB\").save(p)), or use a handler and a model.preprocess that call "
+              ".convert(\"RGB\")")
+
+
+def image_mode(body: bytes) -> str | None:
+    """The PIL mode of an image's bytes (only the header is read), or None if PIL cannot open it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            return im.mode
+    except Exception:
+        return None
+
+
 def builtin_reference() -> Reference:
     transform = image_classifier_transforms()
+
+    def image_classifier(view: Any):
+        try:
+            return vision_handler_input(view, transform)
+        except Exception as e:
+            # The known trap, named with its fix, rather than torch's broadcast error.
+            mode = image_mode(view) if isinstance(view, (bytes, bytearray)) else None
+            if mode is not None and mode != "RGB":
+                raise ValueError(f"image mode {mode}: {NOT_RGB_FIX}") from e
+            raise
+
     return Reference(
         "builtin:image_classifier",
         "TorchServe 0.12 image_classifier: PIL open (no RGB conversion), Resize(256), CenterCrop(224), "
         "ToTensor, Normalize(ImageNet mean/std)",
-        lambda view: vision_handler_input(view, transform),
+        image_classifier,
     )
 
 

@@ -19,11 +19,13 @@ import pandas as pd
 
 from pipeline.errors import DatasetError
 from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, labels_of, no_rows,
-                                  read_table, require_columns)
+                                  read_table, require_columns, row_place)
 from pipeline.spec import Spec
 
 NAME = "json"
 CONTENT_TYPE = "application/json"
+_TOO_DEEP = ("nested too deeply for Python's JSON parser (RecursionError); TorchServe's worker parses the "
+             "body with the same parser and would fail too. Flatten the record")
 
 
 def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
@@ -44,13 +46,17 @@ def _read(path: Path, spec: Spec, training: bool) -> pd.DataFrame:
             except ValueError as e:  # UnicodeDecodeError is a ValueError too
                 bad.append(f"line {n}: {e}")
                 continue
+            except RecursionError:  # the user's bytes, not the tool: an input error naming the line
+                bad.append(f"line {n}: {_TOO_DEEP}")
+                continue
             record = obj.pop(ds.json_column) if ds.json_column and ds.json_column in obj else None
             rows.append({ds.id_column: obj.pop(ds.id_column, str(n)), ds.label_column: obj.pop(ds.label_column, None),
-                         "__record__": record if record is not None else obj})
+                         "__record__": record if record is not None else obj, "__line__": n})
     if bad:
-        raise DatasetError(f"{path}: {len(bad)} line(s) are not JSON objects. Fix them; no row is skipped.",
+        raise DatasetError(f"{path}: {len(bad)} line(s) are not JSON objects this tool can read. Fix them; "
+                           "no row is skipped.",
                            details=bad[:20])
-    return pd.DataFrame(rows, columns=[ds.id_column, ds.label_column, "__record__"])
+    return pd.DataFrame(rows, columns=[ds.id_column, ds.label_column, "__record__", "__line__"])
 
 
 def _native(v: Any) -> Any:
@@ -68,11 +74,13 @@ def _records(df: pd.DataFrame, spec: Spec, path: Path, ids) -> list[Any]:
     if ds.json_column is not None:
         require_columns(df, [ds.json_column], path, "json_column")
         out, bad = [], []
-        for rid, cell in zip(ids, df[ds.json_column]):
+        for i, (rid, cell) in enumerate(zip(ids, df[ds.json_column])):
             try:
                 out.append(json.loads(cell) if isinstance(cell, str) else cell)
             except ValueError as e:
-                bad.append(f"id {rid}: {e}: {str(cell)[:80]!r}")
+                bad.append(f"id {rid} ({row_place(path, i)}): {e}: {str(cell)[:80]!r}")
+            except RecursionError:
+                bad.append(f"id {rid} ({row_place(path, i)}): {_TOO_DEEP}: {str(cell)[:40]!r}...")
         if bad:
             raise DatasetError(f"{path}: {len(bad)} row(s) of column {ds.json_column!r} are not valid JSON. "
                                "Fix them; no row is skipped.", details=bad[:20])
@@ -104,14 +112,26 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         df = df.assign(**{ds.id_column: [str(i) for i in range(len(df))]})
     if not training and (ds.label_column not in df.columns or df[ds.label_column].isna().all()):
         raise DatasetError(f"{path}: label_column {ds.label_column!r} not found. Columns found: "
-                           f"{[c for c in df.columns if c != '__record__'][:40]}. Fix dataset.label_column.")
+                           f"{[c for c in df.columns if c not in ('__record__', '__line__')][:40]}. "
+                           "Fix dataset.label_column.")
     ids = check_ids(df, spec, path)
     if len(df) == 0:
         raise no_rows(path)
     labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
                      and not df[ds.label_column].isna().all() else (np.zeros(len(df), np.int64), []))
     records = _records(df, spec, path, ids)
-    bodies = MemoryBodies(tuple(encode_json(r) for r in records))
+    places = [f"line {n}" for n in df["__line__"]] if "__line__" in df.columns else [
+        row_place(path, i) for i in range(len(df))]
+    encoded, bad = [], []
+    for rid, place, r in zip(ids, places, records):
+        try:
+            encoded.append(encode_json(r))
+        except (ValueError, TypeError, RecursionError) as e:  # NaN (json.loads reads it), bytes, depth
+            bad.append(f"id {rid} ({place}): {type(e).__name__}: {e}")
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} record(s) cannot be sent as JSON (a NaN or infinite number, a "
+                           "value JSON has no form for). Fix them; no row is skipped.", details=bad[:20])
+    bodies = MemoryBodies(tuple(encoded))
     return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE, bodies=bodies,
                 notes=tuple(notes))
 

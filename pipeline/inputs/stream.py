@@ -7,6 +7,7 @@ names every bad row; the caller decides what a failed row means.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from pipeline.inputs.base import Reference, Rows, worker_view
-from pipeline.usercode import user_frame
+from pipeline.usercode import plain, user_frame
+
+_BYTES_IO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 SAMPLE_ROWS = 128
 
@@ -104,8 +107,20 @@ def _preprocess_chunk(rows: Rows, reference: Reference, chunk: range, facts: Str
         except Exception as e:  # the user's preprocessing may raise anything: record it, go on
             facts.failed_count += 1
             if len(facts.failures) < 20:
-                facts.failures.append((rows.ids[i], f"{type(e).__name__}: {str(e)[:300]}{user_frame(e)}"))
+                facts.failures.append((rows.ids[i], _reason(rows, i, e)))
             continue
         facts.preprocess_ms.append((time.perf_counter() - t0) * 1e3)
         kept.append(i)
         tensors.append(x)
+
+
+def _reason(rows: Rows, i: int, e: Exception) -> str:
+    """Why row ``i`` failed: the exception's own text (ANSI escapes out), with an image row's file named
+    where PIL only says ``<_io.BytesIO object at 0x...>`` (a manifest may point outside its folder)."""
+    text = plain(str(e))
+    if rows.paths is not None:
+        path = str(rows.paths[i])
+        text = _BYTES_IO.sub(path, text)
+        if path not in text:
+            text += f" (file {path})"
+    return f"{type(e).__name__}: {text}{user_frame(e)}"

@@ -8,6 +8,7 @@ preprocessing reads the same JSON document back into a float32 tensor of that sh
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,28 @@ def _feature_columns(df: pd.DataFrame, spec: Spec) -> tuple[str, ...]:
     return tuple(c for c in df.columns if c not in (ds.id_column, ds.label_column))
 
 
+def _count_mismatch(df: pd.DataFrame, cols: tuple[str, ...], want: int, spec: Spec, path: Path) -> str:
+    """The feature count differs from input_shape's: which columns are the extra ones, when they can be told."""
+    ds = spec.dataset
+    head = f"{path}: {len(cols)} feature columns but dataset.input_shape {list(ds.input_shape)} needs {want}."
+    if ds.feature_columns is not None or len(cols) < want:
+        return (f"{head} Columns read as features: {list(cols)[:20]}. Fix dataset.input_shape or "
+                "dataset.feature_columns.")
+    extra = len(cols) - want
+    # Every column but id and label is read as a feature: the extras are likely the non-numeric ones, or
+    # the ones not named like the rest (f0..f3 beside 'split' and 'fold').
+    non_numeric = [c for c in cols if not pd.api.types.is_numeric_dtype(df[c])]
+    stems: dict[str, list[str]] = {}
+    for c in cols:
+        stems.setdefault(re.sub(r"\d+$", "", str(c)), []).append(c)
+    common = max(stems.values(), key=len)
+    odd = [c for c in cols if c not in common]
+    likely = non_numeric if len(non_numeric) == extra else odd if len(odd) == extra else list(cols[-extra:])
+    return (f"{head} With dataset.feature_columns unset, every column but {ds.id_column!r} and {ds.label_column!r} "
+            f"is read as a feature: {list(cols)[:20]}; {extra} more than needed, likely {likely}. List the "
+            f"features in dataset.feature_columns, or drop {likely} from the file.")
+
+
 def features_of(df: pd.DataFrame, spec: Spec, path: Path, ids) -> tuple[np.ndarray, tuple[str, ...]]:
     """float32 [N, *input_shape] from the numeric columns; DatasetError names what is wrong."""
     ds = spec.dataset
@@ -37,10 +60,7 @@ def features_of(df: pd.DataFrame, spec: Spec, path: Path, ids) -> tuple[np.ndarr
     require_columns(df, cols, path, "feature_columns")
     want = int(np.prod(ds.input_shape))
     if len(cols) != want:
-        raise DatasetError(
-            f"{path}: {len(cols)} feature columns but dataset.input_shape {list(ds.input_shape)} needs {want}. "
-            "Fix dataset.input_shape or dataset.feature_columns."
-        )
+        raise DatasetError(_count_mismatch(df, cols, want, spec, path))
     block = df[list(cols)]
     non_numeric = [c for c in cols if not pd.api.types.is_numeric_dtype(block[c])]
     if non_numeric:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from pipeline.errors import ModelError, UserCodeError
 from pipeline.spec import Spec
-from pipeline.usercode import import_callable, import_module_ref, user_frame
+from pipeline.usercode import import_callable, import_module_ref, plain, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,58 @@ def read_state_dict(weights: Path) -> dict:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:
+        module = _pickled_module(weights)
+        if module:
+            raise ModelError(
+                f"weights file {weights} holds a pickled model object ({module}), not a state_dict: it was "
+                f"written with torch.save(model). Save the weights instead: torch.save(model.state_dict(), "
+                f"{weights.name!r}) (they load without running pickled code, and TorchServe loads a state_dict)."
+            ) from e
+        text = plain(str(e))
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", plain(str(e), limit=10**6))
         raise ModelError(
             f"weights file {weights} ({weights.stat().st_size} bytes) could not be loaded: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. It may be truncated or not a torch.save'd state_dict."
+            f"{unsupported.group(0) + '.' if unsupported else text} It may be truncated or not a torch.save'd "
+            "state_dict; save one with torch.save(model.state_dict(), path)."
         ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ModelError(f"weights file {weights} holds a {type(state).__name__}, expected a state_dict.")
+        raise ModelError(f"weights file {weights} holds a {type(state).__name__}, expected a state_dict. "
+                         "Save one with torch.save(model.state_dict(), path).")
     return state
+
+
+def _pickled_module(weights: Path) -> str | None:
+    """The class of the object a torch.save file pickles when it is a whole nn.Module, read from the
+    pickle's opcodes without unpickling (which would run the file's code), or None.
+
+    A state_dict pickles only tensors (``torch._utils``), storages and an OrderedDict; ``torch.save(model)``
+    names the model's class and ``torch.nn.modules`` classes.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(weights) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return None
+            data = z.read(name)
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a zip, a torn pickle: the caller reports torch's own error
+        return None
+    if not any(n.startswith("torch.nn.modules.") for n in names):
+        return None
+    own = [n for n in names if not n.startswith(("torch.", "collections.", "builtins.", "__builtin__."))]
+    return (own or [n for n in names if n.startswith("torch.nn.modules.")])[0]
 
 
 def load_model(spec: Spec) -> nn.Module:

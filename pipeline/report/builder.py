@@ -52,7 +52,10 @@ def _dataset_block(record: RunRecord) -> dict | None:
     r = d.rows
     return {"kind": r.kind, "source": str(r.source), "rows": len(r), "content_type": r.content_type,
             "notes": list(r.notes), "training_rows": d.training_rows,
-            "leaked_ids": list(d.leaked_ids) if d.leaked_ids is not None else None}
+            "leaked_ids": list(d.leaked_ids) if d.leaked_ids is not None else None,
+            # every image file accounted for: found, loaded as rows, sent to the server; other files by suffix
+            "image_files": r.image_files, "other_files": dict(r.other_files),
+            "rows_sent": len(record.replay.rows) if getattr(record, "replay", None) is not None else None}
 
 
 def _answered_block(outcomes) -> dict:
