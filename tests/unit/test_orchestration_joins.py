@@ -206,9 +206,9 @@ def test_image_folder_classes_map_through_the_specs_class_order_not_the_sorted_f
     for name in NAMES:
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.png").write_bytes(b"not decoded here")
-    ids, labels, _paths, notes = _from_folder(_spec(), tmp_path)
+    ids, labels, _paths, _notes, _found = _from_folder(_spec(), tmp_path)
     assert dict(zip(ids, labels.tolist())) == {"zebra/x.png": 0, "apple/x.png": 1, "mango/x.png": 2}
-    plain_ids, plain, _paths, _notes = _from_folder(spec_for(3), tmp_path)  # no class_names: the sorted folders
+    plain_ids, plain, _paths, _notes, _found = _from_folder(spec_for(3), tmp_path)  # no class_names: sorted folders
     assert dict(zip(plain_ids, plain.tolist())) == {"zebra/x.png": 2, "apple/x.png": 0, "mango/x.png": 1}
 
 
