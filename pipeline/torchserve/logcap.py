@@ -47,6 +47,7 @@ POLL_INTERVAL_S = 0.1
 READ_CHUNK = 4 << 20
 MAX_LINE = 1 << 20  # a longer line is read in pieces: the reader never holds more of one line than this
 MAX_RECOVERIES = 1000
+_MARKER_ROOM = 256  # the cut line is shorter
 _BLOCK = 4096  # holes are punched in whole blocks: a partial one would be zeroed, not freed
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
@@ -145,7 +146,6 @@ class LogCap:
         self.names = frozenset(names) if names is not None else None
         self.cap = cap_bytes if cap_bytes is not None else cap_from_env()
         self.head_bytes = self.cap // 4
-        self.tail_bytes = self.cap - self.head_bytes - 512  # room for the cut line
         self.step = max(_BLOCK, min(1 << 20, self.cap // 8))  # punch in steps: fewer system calls
         self.interval_s = interval_s
         self.can_punch = True
@@ -280,7 +280,7 @@ class LogCap:
         nl = data.count(b"\n")
         if f.capped and f.head_end is None and start + len(data) > self.head_bytes:
             at = max(0, self.head_bytes - start)
-            cut = data.find(b"\n", at, at + MAX_LINE)
+            cut = data.find(b"\n", at, at + self.cap // 8)  # else the head ends mid-line
             f.head_end = start + (cut + 1 if cut >= 0 else at)
             f.head_lines = f.lines + data.count(b"\n", 0, f.head_end - start)
         if f.traceback is not None:
@@ -316,11 +316,15 @@ class LogCap:
                 self._exceptions[f.name] = list(f.traceback.summaries)
                 self._dirty = True
 
+    def _tail_room(self, f: _Followed) -> int:
+        """The tail a cut keeps: head, cut line and tail within the cap."""
+        return self.cap - f.head_end - _MARKER_ROOM
+
     def _punch_consumed(self, f: _Followed) -> None:
         if f.head_end is None:
             return
         start = max(f.punched_to, -(-f.head_end // _BLOCK) * _BLOCK)
-        end = (f.offset - self.tail_bytes) // _BLOCK * _BLOCK
+        end = (f.offset - self._tail_room(f)) // _BLOCK * _BLOCK
         if end - start < self.step:
             return
         try:
@@ -340,9 +344,9 @@ class LogCap:
     def _compact(self, f: _Followed) -> None:
         """Rewrite a file over the cap, in place, as its head, the cut line and its tail."""
         size = os.fstat(f.fd).st_size
-        if f.head_end is None or size - f.head_end <= self.tail_bytes:
+        if f.head_end is None or size <= self.cap:
             return
-        tail_from = size - self.tail_bytes
+        tail_from = size - self._tail_room(f)  # never inside a hole: punching left this much
         tail = os.pread(f.fd, size - tail_from, tail_from)
         nl = tail.find(b"\n", 0, MAX_LINE)
         if nl >= 0:  # the tail starts with a whole line
@@ -357,7 +361,6 @@ class LogCap:
         t.cut_bytes += cut_bytes
         if t.cut_lines is not None:
             t.cut_lines += cut_lines
-        t.kept_bytes = f.head_end + len(marker) + len(tail)
 
     def _finish(self, f: _Followed, detached: bool = False) -> None:
         if f.traceback is not None and f.traceback.close():
@@ -368,6 +371,8 @@ class LogCap:
             t.cut_bytes += f.punched_to - -(-f.head_end // _BLOCK) * _BLOCK
             t.cut_lines = None
         try:
+            if not detached:
+                self._totals[f.name].kept_bytes = os.fstat(f.fd).st_size
             os.close(f.fd)
         except OSError:
             pass
