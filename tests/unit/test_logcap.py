@@ -139,6 +139,13 @@ def test_a_worker_recovery_cut_from_the_middle_is_still_counted_from_its_offset(
     cap.close()
 
 
+def test_worker_recoveries_are_read_from_the_log_itself_where_nothing_was_cut(logs):
+    line = "2026-12-01T21:22:23,658 [INFO ] W-9000-tiny_1.0 org.pytorch.serve.wlm.WorkerThread - " \
+           "Auto recovery start timestamp: {}\n"
+    (logs / "ts_log.log").write_text(line.format(1) + filler(0) + "\n" + line.format(2) + line.format(2))
+    assert worker_recoveries(logs, since=0) == 2 and worker_recoveries(logs, since=len(line.format(1))) == 1
+
+
 def test_model_metrics_is_never_cut_and_a_warning_says_it_outgrew_the_cap(logs, caplog):
     cap = LogCap(logs, cap_bytes=CAP, interval_s=0.002).start()
     w = Writer(logs / "model_metrics.log", cap)
@@ -187,6 +194,9 @@ def test_logs_under_the_cap_are_left_as_written(logs):
     w.close()
     cap.close()
     assert (logs / "ts_log.log").read_bytes() == before and read_cuts(logs) == {}
+    from pipeline.torchserve.logs import read_captured
+
+    assert read_captured(logs)["files"]["ts_log.log"]["bytes"] == len(before), "the unfinished last line is read too"
 
 
 def test_a_log_renamed_away_is_read_to_its_end_and_the_new_one_followed(logs):
