@@ -50,6 +50,7 @@ MAX_RECOVERIES = 1000
 _MARKER_ROOM = 256  # the cut line is shorter
 _BLOCK = 4096  # holes are punched in whole blocks: a partial one would be zeroed, not freed
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_FOLLOWED = re.compile(r"^[\w-]+\.(log|out)$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
 
 
@@ -80,9 +81,10 @@ def human_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def cut_line(cut_bytes: int, cut_lines: int, cap: int) -> bytes:
+def cut_line(cut_bytes: int, cut_lines: int | None, cap: int) -> bytes:
     """The line a compacted log carries where its middle was cut."""
-    return (f"[package-validate: {cut_bytes} bytes ({cut_lines} lines) cut here; logs are capped at "
+    lines = f" ({cut_lines} lines)" if cut_lines is not None else ""
+    return (f"[package-validate: {cut_bytes} bytes{lines} cut here; logs are capped at "
             f"{human_size(cap)} per file per run (${CAP_ENV} sets it)]\n").encode()
 
 
@@ -115,6 +117,7 @@ class _Followed:
     punched_to: int = 0  # [align_up(head_end), punched_to) is a hole
     traceback: TracebackCollector | None = None
     warned: bool = False
+    rolled: bool = False  # renamed away: no longer punched or compacted
 
 
 @dataclass
@@ -205,6 +208,8 @@ class LogCap:
                 try:
                     if f.capped:
                         self._compact(f)
+                except OSError as e:
+                    log.warning("could not cut %s to the log cap: %s", self.folder / f.name, e)
                 finally:
                     self._finish(f)
             self._files.clear()
@@ -216,9 +221,11 @@ class LogCap:
         if self.names is not None:
             return sorted(self.names)
         try:
-            return sorted(n for n in os.listdir(self.folder) if n.endswith((".log", ".out")))
+            # Not the files log4j rolls over into (model_log.01-Dec.log, then .gz): it compresses them.
+            listed = {n for n in os.listdir(self.folder) if _FOLLOWED.match(n)}
         except OSError:
-            return []
+            listed = set()
+        return sorted(listed | set(self._files))  # a followed file gone from the folder is read to its end
 
     def _poll(self, final: bool) -> bool:
         busy = False
@@ -230,6 +237,7 @@ class LogCap:
                 inode = None
             f = self._files.get(name)
             if f is not None and f.inode != inode:  # renamed away (log4j's rollover, a retried start)
+                f.rolled = True  # read to its end, left as it is: log4j may be compressing it
                 self._drain(f, final=True)
                 self._finish(f, detached=True)
                 f = None
@@ -244,7 +252,7 @@ class LogCap:
         """Read and punch in turns until caught up (at most 16 chunks a poll while the writers run)."""
         for _ in range(1 << 30 if final else 16):
             more = self._read(f, final)
-            if f.capped and self.can_punch:
+            if f.capped and self.can_punch and not f.rolled:
                 self._punch_consumed(f)
             if not more:
                 return False
@@ -352,15 +360,15 @@ class LogCap:
         if nl >= 0:  # the tail starts with a whole line
             tail, tail_from = tail[nl + 1:], tail_from + nl + 1
         cut_bytes = tail_from - f.head_end
-        cut_lines = f.lines - f.head_lines - tail.count(b"\n")
+        # Lines are counted only if every one was read (not after following failed).
+        cut_lines = f.lines - f.head_lines - tail.count(b"\n") if self._failed is None else None
         head_ends_line = f.head_end == 0 or os.pread(f.fd, 1, f.head_end - 1) == b"\n"
         marker = (b"" if head_ends_line else b"\n") + cut_line(cut_bytes, cut_lines, self.cap)
         os.pwrite(f.fd, marker + tail, f.head_end)
         os.ftruncate(f.fd, f.head_end + len(marker) + len(tail))
         t = self._totals[f.name]
         t.cut_bytes += cut_bytes
-        if t.cut_lines is not None:
-            t.cut_lines += cut_lines
+        t.cut_lines = t.cut_lines + cut_lines if t.cut_lines is not None and cut_lines is not None else None
 
     def _finish(self, f: _Followed, detached: bool = False) -> None:
         if f.traceback is not None and f.traceback.close():

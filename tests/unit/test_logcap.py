@@ -183,7 +183,7 @@ def test_where_holes_cannot_be_punched_the_log_is_cut_when_its_writer_stops(logs
         len(lines) - 1)
 
 
-def test_logs_under_the_cap_are_left_as_written(logs):
+def test_logs_under_the_cap_are_left_as_written(logs, caplog):
     cap = LogCap(logs, cap_bytes=CAP, interval_s=0.002).start()
     w = Writer(logs / "ts_log.log", cap)
     for i in range(100):
@@ -192,7 +192,9 @@ def test_logs_under_the_cap_are_left_as_written(logs):
     os.ftruncate(w.fd, os.fstat(w.fd).st_size - 1)
     before = (logs / "ts_log.log").read_bytes()
     w.close()
-    cap.close()
+    with caplog.at_level(logging.INFO, logger="pipeline.torchserve.logcap"):
+        cap.close()
+    assert not caplog.records, caplog.text
     assert (logs / "ts_log.log").read_bytes() == before and read_cuts(logs) == {}
     from pipeline.torchserve.logs import read_captured
 
@@ -206,7 +208,8 @@ def test_a_log_renamed_away_is_read_to_its_end_and_the_new_one_followed(logs):
         w.write(filler(i))
     w.write(*TRACEBACK)
     w.close()
-    os.rename(logs / "model_log.log", logs / "model_log.01-Dec.log.gz")  # log4j's rollover; no longer followed
+    os.rename(logs / "model_log.log", logs / "model_log.01-Dec.log")  # log4j's rollover: it gzips this one
+    rolled = os.path.getsize(logs / "model_log.01-Dec.log")
     w2 = Writer(logs / "model_log.log", cap)
     for i in range(50):
         w2.write(filler(i))
@@ -216,6 +219,8 @@ def test_a_log_renamed_away_is_read_to_its_end_and_the_new_one_followed(logs):
     from pipeline.torchserve.logs import read_captured
 
     assert read_captured(logs)["files"]["model_log.log"]["lines"] == 454
+    assert set(read_captured(logs)["files"]) == {"model_log.log"}, "the rolled-over file is not followed"
+    assert os.path.getsize(logs / "model_log.01-Dec.log") == rolled, "nor rewritten (log4j gzips it)"
     assert handler_exceptions(logs)[0][0] == "ValueError: early boom"
 
 
