@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -120,6 +121,11 @@ class _Followed:
     rolled: bool = False  # renamed away: no longer punched or compacted
 
 
+def _holes_from(f: _Followed) -> int:
+    """Where the hole of ``f`` begins: the first whole block after its kept head."""
+    return -(-f.head_end // _BLOCK) * _BLOCK
+
+
 @dataclass
 class _Totals:
     """Per file name, over all its generations."""
@@ -156,7 +162,8 @@ class LogCap:
         self._totals: dict[str, _Totals] = {}
         self._recoveries: list[tuple[int, str]] = []
         self._exceptions: dict[str, list[list[str]]] = {}
-        self._dirty = False
+        self._dirty = self._stale = False
+        self._written_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -331,7 +338,7 @@ class LogCap:
     def _punch_consumed(self, f: _Followed) -> None:
         if f.head_end is None:
             return
-        start = max(f.punched_to, -(-f.head_end // _BLOCK) * _BLOCK)
+        start = max(f.punched_to, _holes_from(f))
         end = (f.offset - self._tail_room(f)) // _BLOCK * _BLOCK
         if end - start < self.step:
             return
@@ -345,7 +352,7 @@ class LogCap:
                      "their writers stop, and use more disk until then", self.folder, e.strerror, human_size(self.cap))
             return
         f.punched_to = end
-        self._dirty = True
+        self._stale = True  # written at most once a second: only the bytes punched changed
 
     # -- cutting ---------------------------------------------------------------------------------
 
@@ -376,7 +383,7 @@ class LogCap:
             self._dirty = True
         if detached and f.punched_to:
             t = self._totals[f.name]
-            t.cut_bytes += f.punched_to - -(-f.head_end // _BLOCK) * _BLOCK
+            t.cut_bytes += f.punched_to - _holes_from(f)
             t.cut_lines = None
         try:
             if not detached:
@@ -394,16 +401,19 @@ class LogCap:
             f = self._files.get(name)
             files[name] = {"bytes": t.bytes, "lines": t.lines, "cut_bytes": t.cut_bytes, "cut_lines": t.cut_lines,
                            "kept_bytes": t.kept_bytes or (f.offset if f else None),
-                           "punched_bytes": (f.punched_to - -(-f.head_end // _BLOCK) * _BLOCK)
+                           "punched_bytes": (f.punched_to - _holes_from(f))
                            if f is not None and f.punched_to else 0,
                            "capped": name not in UNCAPPED}
         return {"cap_bytes": self.cap, "punches_holes": self.can_punch, "failed": self._failed, "files": files,
                 "handler_exceptions": self._exceptions, "recoveries": [list(r) for r in self._recoveries]}
 
     def _write_captured(self, force: bool = False) -> None:
-        if not (self._dirty or force) or not self.folder.is_dir():
+        # A new exception or recovery is written at once: its lines may be punched out soon after.
+        due = self._dirty or (self._stale and time.monotonic() - self._written_at >= 1.0)
+        if not (due or force) or not self.folder.is_dir():
             return
-        self._dirty = False
+        self._dirty = self._stale = False
+        self._written_at = time.monotonic()
         path = self.folder / CAPTURED_FILE
         tmp = path.with_name(path.name + ".tmp")
         try:
