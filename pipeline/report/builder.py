@@ -15,6 +15,7 @@ from pipeline.evaluate.attribution import attribute
 from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
+from pipeline.torchserve.logcap import read_cuts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,7 +98,8 @@ def _stage_block(record: RunRecord) -> dict:
         h = record.handled
         out["handled"] = {"handler": h.handler, "load_s": round(h.load_s, 3), "batch_size": h.batch_size,
                           "log": str(h.log_path), "batch1": _answered_block(h.batch1),
-                          "batched": _answered_block(h.batched) if h.batched is not None else None}
+                          "batched": _answered_block(h.batched) if h.batched is not None else None,
+                          "log_cut": read_cuts(h.log_path.parent).get(h.log_path.name)}
     if record.server is not None:
         s = record.server
         out["server"] = {"inference_url": s.inference_url, "model": s.model_name, "java": s.java,
@@ -105,7 +107,8 @@ def _stage_block(record: RunRecord) -> dict:
                          "token_auth": s.inference_token is not None, "started_by_pipeline": s.started_by_pipeline,
                          "served_settings": {k: (s.described or {}).get(k) for k in
                                              ("batchSize", "maxBatchDelay", "responseTimeout")}
-                         if s.described else None}
+                         if s.described else None,
+                         "logs_cut": read_cuts(s.log_dir)}
     if record.replay is not None:
         r = record.replay
         out["replay"] = {**_answered_block(r.rows), "failed": r.failed, "error_rate": jsonable(r.error_rate),

@@ -33,6 +33,7 @@ from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.stages.probing import ProbeOutcome, judge
 from pipeline.torchserve.inprocess import read_message, send_message
+from pipeline.torchserve.logcap import LogCap
 from pipeline.torchserve.process import RUN_MARKER_ENV, signals_deferred
 from pipeline.wire import worker_view
 
@@ -100,6 +101,7 @@ class HandlerProcess:
         manifest = _extract(cfg.mar_path, self.model_dir)
         self.handler = manifest["model"]["handler"]
         self.log_path = cfg.work_dir / "handler.log"
+        self.logcap = LogCap(cfg.work_dir, names=(self.log_path.name,))
         self.proc: subprocess.Popen | None = None
         self.load_s = 0.0
 
@@ -119,6 +121,7 @@ class HandlerProcess:
         os.close(from_child_w)
         self.to_child, self.from_child = to_child_w, from_child_r
         try:
+            self.logcap.start()
             msg = self._receive(self.cfg.load_timeout_s, "initialize", "serving.startup_timeout_s")
             if not msg.get("loaded"):
                 causes = msg.get("causes") or [msg.get("error")]
@@ -169,6 +172,7 @@ class HandlerProcess:
     def close(self) -> None:
         with signals_deferred():
             self._close()
+            self.logcap.close()
 
     def _close(self) -> None:
         for fd in ("to_child", "from_child"):

@@ -28,6 +28,7 @@ import requests
 from pipeline.errors import ServerError
 from pipeline.spec import Spec
 from pipeline.torchserve.config import config_properties, server_env, write_config
+from pipeline.torchserve.logcap import LogCap
 from pipeline.torchserve.logs import explain_failure, tail
 from pipeline.torchserve.process import Ports, ServerProcess, check_ports, find_java, pick_ports, start_server, \
     stop_server
@@ -176,10 +177,12 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
         "--model-store", str(store),
         "--ts-config", str(config_path),
     ]
+    logcap = LogCap(log_dir)  # raises ConfigError for a bad $PACKAGE_VALIDATE_LOG_CAP, before anything starts
     # Java and the worker meet on a unix socket under TMPDIR; sun_path allows ~107 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="pv-ts-"))
     proc = None
     try:
+        logcap.start()
         attempts = 1 if cfg.ports else PORT_ATTEMPTS  # ports the spec fixes are never changed behind its back
         for attempt in range(1, attempts + 1):
             ports = cfg.ports or pick_ports()
@@ -231,6 +234,7 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
     finally:
         if proc is not None:
             stop_server(proc)
+        logcap.close()  # after the writers stopped: each log over the cap becomes head, cut line, tail
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import re
 import time
 from pathlib import Path
@@ -13,6 +16,12 @@ _FRONTEND = re.compile(r"(ERROR|Address already in use|BindException|java not fo
                        r"Worker died|Backend worker)")
 _PREDICTION_TIME = re.compile(r"PredictionTime\.ms:([0-9.]+)\|.*?requestID:(.*?),timestamp:")
 METRICS_WAIT_S = 3.0
+TAIL_MAX_BYTES = 16 << 20
+# What ``logcap`` saw in a run's logs while they streamed: the cut of each file, every distinct handler
+# exception and worker recovery, also those whose lines were cut from the middle of the file.
+CAPTURED_FILE = "logcap.json"
+TRACEBACK_HEADER = "Traceback (most recent call last)"
+TRACEBACK_MAX_LINES = 80
 
 
 def clean(line: str) -> str:
@@ -20,22 +29,114 @@ def clean(line: str) -> str:
     return _PREFIX.sub("", ANSI.sub("", line)).rstrip()
 
 
-def tail(path: Path, n: int = 400) -> list[str]:
+def tail(path: Path, n: int = 400, max_bytes: int = TAIL_MAX_BYTES) -> list[str]:
+    """The last ``n`` lines of a log, read from at most its last ``max_bytes`` and never from
+    across a hole that ``logcap`` punched into it while it was written (those bytes read as zeros)."""
     try:
-        return path.read_text(errors="replace").splitlines()[-n:]
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = _after_last_hole(f.fileno(), max(0, size - max_bytes), size)
+            f.seek(start)
+            data = f.read(size - start)
     except OSError:
         return []
+    if start > 0:  # the first line read is cut at its start
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+def _after_last_hole(fd: int, start: int, end: int) -> int:
+    """Where the last stretch of data of ``fd`` between ``start`` and ``end`` begins."""
+    regions = data_regions(fd, start, end)
+    return regions[-1][0] if regions else end
+
+
+def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The [from, to) byte ranges of ``fd`` between ``start`` and ``end`` that hold data, not holes."""
+    out, pos = [], start
+    while pos < end:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole from pos to the end
+                break
+            return [(start, end)]  # no SEEK_DATA on this file system: all of it is data
+        if pos >= end:
+            break
+        out.append((pos, hole))
+        pos = hole
+    return out
+
+
+def read_captured(log_dir: Path | None) -> dict:
+    """What ``logcap`` recorded while the logs of ``log_dir`` streamed ({} if it did not run there)."""
+    if log_dir is None:
+        return {}
+    try:
+        data = json.loads((log_dir / CAPTURED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _tracebacks(lines: list[str]) -> list[list[str]]:
     """Each traceback block in ``lines``: from its header to its exception line."""
     blocks = []
     for i, ln in enumerate(lines):
-        if "Traceback (most recent call last)" in ln:
-            block = lines[i : i + 80]
+        if TRACEBACK_HEADER in ln:
+            block = lines[i : i + TRACEBACK_MAX_LINES]
             stop = next((j for j, b in enumerate(block[1:], 1) if _ERROR_LINE.match(b.strip())), len(block) - 1)
             blocks.append(block[: stop + 1])
     return blocks
+
+
+class TracebackCollector:
+    """The distinct exceptions of a log read line by line, as ``handler_exceptions`` summarizes them.
+
+    Bounded: at most ``limit`` distinct summaries are kept (the first ones), the rest only counted.
+    """
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = limit
+        self.summaries: list[list[str]] = []
+        self.more = 0
+        self._seen: set[str] = set()
+        self._block: list[str] | None = None
+
+    @property
+    def in_block(self) -> bool:
+        return self._block is not None
+
+    def feed(self, line: str) -> bool:
+        """Read one raw log line; True when it completed a new distinct exception."""
+        ln = clean(line)
+        if TRACEBACK_HEADER in ln:
+            done = self._finish() if self._block else False
+            self._block = [ln]
+            return done
+        if self._block is None:
+            return False
+        self._block.append(ln)
+        if _ERROR_LINE.match(ln.strip()) or len(self._block) >= TRACEBACK_MAX_LINES:
+            return self._finish()
+        return False
+
+    def _finish(self) -> bool:
+        block, self._block = self._block, None
+        summary = _summarize(block)
+        if summary[0] in self._seen:
+            return False
+        self._seen.add(summary[0])
+        if len(self.summaries) < self.limit:
+            self.summaries.append(summary)
+        else:
+            self.more += 1
+        return True
+
+    def close(self) -> bool:
+        """End of the log: a block still open is kept as it stands."""
+        return self._finish() if self._block else False
 
 
 def _summarize(block: list[str]) -> list[str]:
@@ -77,6 +178,12 @@ def handler_exceptions(log_dir: Path, limit: int = 5) -> list[list[str]]:
     """
     model_log = [clean(ln) for ln in tail(log_dir / "model_log.log", 4000)]
     seen, out = set(), []
+    # Those seen while the log streamed come first (older): their lines may be cut from the file since.
+    streamed = read_captured(log_dir).get("handler_exceptions", {}).get("model_log.log", [])
+    for summary in streamed:
+        if summary and summary[0] not in seen:
+            seen.add(summary[0])
+            out.append(list(summary))
     for block in _tracebacks(model_log):
         summary = _summarize(block)
         if summary[0] not in seen:
@@ -85,7 +192,7 @@ def handler_exceptions(log_dir: Path, limit: int = 5) -> list[list[str]]:
     return out[-limit:]
 
 
-_RECOVERY = re.compile(r"Auto recovery start timestamp: (\d+)")
+RECOVERY = re.compile(rb"Auto recovery start timestamp: (\d+)")
 
 
 def log_offset(log_dir: Path | None) -> int:
@@ -100,13 +207,17 @@ def worker_recoveries(log_dir: Path | None, since: int = 0) -> int:
     """Worker restarts TorchServe logged after byte ``since`` of ts_log.log (each 'Auto recovery start' once)."""
     if log_dir is None:
         return 0
+    # Those whose lines logcap cut from the file (it kept each one's offset); offsets hold while the
+    # server runs: punched holes keep the file's size.
+    found = {str(ts) for offset, ts in read_captured(log_dir).get("recoveries", []) if offset >= since}
     try:
         with open(log_dir / "ts_log.log", "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", errors="replace")
+            for start, end in data_regions(f.fileno(), since, os.fstat(f.fileno()).st_size):
+                f.seek(start)
+                found |= {m.group(1).decode() for m in RECOVERY.finditer(f.read(end - start))}
     except OSError:
-        return 0
-    return len({m.group(1) for m in _RECOVERY.finditer(text)})
+        pass
+    return len(found)
 
 
 def read_server_times(metrics_log: Path | None) -> dict[str, float]:
