@@ -94,12 +94,29 @@ class _Run:
             log.info("stage %s: %.2f s", stage, seconds)
 
 
+RUN_DIR_ATTEMPTS = 1000  # suffixes -2, -3, ... tried when a run of this process took the name this second
+
+
 def _make_run_dir(reports_dir: Path, name: str) -> Path:
+    """A new, empty, writable run folder ``NAME-STAMP-PID[-N]`` under ``reports_dir``.
+
+    The stamp has whole seconds and the pid tells processes apart; two runs of one process in the
+    same second (a test, an in-process caller) would share the name, so ``mkdir`` is retried with
+    ``-2``, ``-3``, ... The names stay readable and sort in start order ("-123" < "-123-2").
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{name}-{stamp}-{os.getpid()}"
     try:
         reports_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = reports_dir / f"{name}-{stamp}-{os.getpid()}"
-        run_dir.mkdir()
+        for n in range(1, RUN_DIR_ATTEMPTS + 1):
+            run_dir = reports_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"{reports_dir / base} and {RUN_DIR_ATTEMPTS - 1} suffixed names all exist")
         probe = run_dir / ".writable"
         probe.write_text("ok")
         probe.unlink()

@@ -96,3 +96,21 @@ def test_stage_table_columns_never_run_together_however_many_rows():
     assert header.split() == ["metric", "baseline", "exported", "handled@batch16", "served"]
     assert answered.split() == ["rows", "answered"] + ["100000/100000"] * 4
     assert len({len(ln) for ln in lines if ln.startswith(("metric", "accuracy", "rows answered", "latency"))}) == 1
+
+
+def test_two_runs_of_one_process_in_one_second_get_two_run_folders(tmp_path, monkeypatch):
+    """The flake of test_json_and_quiet_print_only_the_verdict: name-stamp-pid alone collides ("File exists")."""
+    from datetime import datetime, timezone
+
+    import pipeline.run.runner as runner
+
+    class _Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(runner, "datetime", _Frozen)
+    dirs = [runner._make_run_dir(tmp_path / "r", "tiny") for _ in range(3)]
+    assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)
+    assert [d.name for d in dirs] == sorted(d.name for d in dirs), "names sort in start order"
+    assert dirs[0].name.startswith("tiny-20260102T030405Z-")
