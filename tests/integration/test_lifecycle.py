@@ -233,7 +233,8 @@ def test_ctrl_c_twice_while_torchserve_stops_leaves_no_worker(no_leftovers, star
     spec = make_project(tmp / "proj", rows=1000, spec_overrides={"handler": str(_handler(tmp, ignore_term=True))})
     # A real run has threads besides the main one (torch's pool, the event loop's executor); one that
     # takes a process-directed Ctrl-C is what a signal mask on the main thread alone does not cover.
-    other_thread = "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()"
+    other_thread = ("import threading, time\ndef tick():\n    while True:\n        time.sleep(0.01)\n"
+                    "threading.Thread(target=tick, daemon=True).start()")
     proc = _cli(tmp, spec, "--rate", "100", code=other_thread)
     started.append(proc)
 
