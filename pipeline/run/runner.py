@@ -411,7 +411,7 @@ def _prepare(run: _Run) -> None:
 
 
 def _still_stopping(signum, frame) -> None:
-    log.warning("still stopping after Ctrl-C: the partial report is being written")
+    log.warning("still stopping: the run ends once its report is written")
 
 
 @contextmanager
