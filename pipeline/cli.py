@@ -135,9 +135,9 @@ def _run(args) -> int:
     )
     try:
         outcome = run_validation(opts, events=console.stage_event)
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted) as e:  # arrived before the run folder existed, or after its report
         print("interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Interrupted) and e.signum == signal.SIGTERM else 130
     console.finish()
     if outcome.report is not None:
         if args.json:

@@ -15,6 +15,7 @@ from pipeline.evaluate.attribution import attribute
 from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
+from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
 
 if TYPE_CHECKING:
@@ -180,7 +181,9 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         "stages": _stage_block(record),
         "sizes_bytes": _sizes(record),
         "environment": {**environment(), **({"java": record.server.java} if record.server and record.server.java
-                                           else {})},
+                                           else {}),
+                        # names (never values) of the caller's variables no child that runs user code inherited
+                        "withheld_env": list(withheld_names(spec.serving.secret_env)) if spec else []},
         "published": str(record.published) if record.published else None,
         "release": _release_block(record),
         "server_failures": [list(x) for x in record.server_failures],

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.spec import Spec
-
-TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"  # the inference token of an --endpoint server
+from pipeline.torchserve.childenv import TOKEN_ENV  # noqa: F401  (the --endpoint token; never given to a child)
 DEFAULT_MODEL_STORE = Path("model_store")  # relative: resolved against the working directory at the edge
 DEFAULT_REPORTS_DIR = Path("reports")
 

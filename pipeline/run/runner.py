@@ -93,12 +93,29 @@ class _Run:
             log.info("stage %s: %.2f s", stage, seconds)
 
 
+RUN_DIR_ATTEMPTS = 1000  # suffixes -2, -3, ... tried when a run of this process took the name this second
+
+
 def _make_run_dir(reports_dir: Path, name: str) -> Path:
+    """A new, empty, writable run folder ``NAME-STAMP-PID[-N]`` under ``reports_dir``.
+
+    The stamp has whole seconds and the pid tells processes apart; two runs of one process in the
+    same second (a test, an in-process caller) would share the name, so ``mkdir`` is retried with
+    ``-2``, ``-3``, ... The names stay readable and sort in start order ("-123" < "-123-2").
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{name}-{stamp}-{os.getpid()}"
     try:
         reports_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = reports_dir / f"{name}-{stamp}-{os.getpid()}"
-        run_dir.mkdir()
+        for n in range(1, RUN_DIR_ATTEMPTS + 1):
+            run_dir = reports_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"{reports_dir / base} and {RUN_DIR_ATTEMPTS - 1} suffixed names all exist")
         probe = run_dir / ".writable"
         probe.write_text("ok")
         probe.unlink()
@@ -150,7 +167,8 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         handled = run_handled(HandledConfig(
             work_dir=run.record.run_dir / "handled", mar_path=archive.mar_path, model_name=spec.name,
             batch_size=spec.serving.batch_size, load_timeout_s=spec.serving.startup_timeout_s,
-            response_timeout_s=spec.serving.response_timeout_s, service_envelope=envelope), rows, plan.codec, probes)
+            response_timeout_s=spec.serving.response_timeout_s, service_envelope=envelope,
+            secret_env=spec.serving.secret_env), rows, plan.codec, probes)
         run.update(handled=handled)
         facts.update(answered=sum(r.is_ok for r in handled.batch1), rows=len(rows),
                      probes_failed=sum(not p.passed for p in handled.probes))
@@ -377,10 +395,20 @@ def _prepare(run: _Run) -> None:
             check_ports(_ports(plan))
 
 
+def _still_stopping(signum, frame) -> None:
+    log.warning("still stopping: the run ends once its report is written")
+
+
 @contextmanager
 def _guarded(run: _Run) -> Iterator[None]:
     """The run's deadline (SIGALRM after ``timeout_s``) and a Ctrl-C that, pressed again while the
-    run stops, does not cut the partial report short. Main thread only; restored afterwards."""
+    run stops, does not cut the stop or the partial report short. Main thread only; restored afterwards.
+
+    A Ctrl-C raises KeyboardInterrupt once; a second one only logs. The replay takes Ctrl-C with
+    its own handler (the event loop's), so that first one never reaches ``on_int``: the server's
+    and the handled child's stops hold signals themselves (``signals_deferred``), and from
+    ``_disarm`` on, when the report is written, Ctrl-C only logs.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -390,7 +418,7 @@ def _guarded(run: _Run) -> Iterator[None]:
 
     def on_int(signum, frame):
         if interrupted:
-            log.warning("still stopping after Ctrl-C: the partial report is being written")
+            _still_stopping(signum, frame)
             return
         interrupted.append(signum)
         raise KeyboardInterrupt
@@ -420,10 +448,13 @@ def _arm_deadline(run: _Run) -> None:
 
 
 def _disarm() -> None:
+    """The run is stopping (every stage and child is done): no deadline, and Ctrl-C no longer cuts the
+    report short (``_guarded`` restores the caller's handler afterwards)."""
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, _still_stopping)
 
 
 def run_validation(opts: RunOptions, events: StageEvent | None = None) -> RunOutcome:

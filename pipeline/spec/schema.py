@@ -246,7 +246,19 @@ class ServingSpec(_Frozen):
     job_queue_size: int = Field(default=100, ge=1)
     max_request_size: int = Field(default=6_553_500, ge=1024, description="TorchServe's max_request_size, bytes")
     env: dict[str, str] = Field(default_factory=dict, description="environment of TorchServe and its workers")
+    secret_env: tuple[str, ...] = Field(
+        default=(), description="names of your environment's variables that TorchServe and the handler must not "
+                                "inherit, besides $PACKAGE_VALIDATE_TOKEN and names with TOKEN, SECRET, PASSWORD, "
+                                "CREDENTIAL or KEY (torchserve/childenv.py)")
     ports: PortsSpec | None = None
+
+    @model_validator(mode="after")
+    def _secret_not_set(self) -> "ServingSpec":
+        both = sorted(set(self.secret_env) & set(self.env))
+        if both:
+            raise ValueError(f"{', '.join(both)}: listed in serving.secret_env and set in serving.env; a variable "
+                             "is either withheld from TorchServe or given to it: remove it from one of them")
+        return self
 
 
 class ReplaySpec(_Frozen):

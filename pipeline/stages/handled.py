@@ -10,6 +10,8 @@ The child has deadlines: ``serving.startup_timeout_s`` for ``initialize`` and
 ``serving.response_timeout_s`` for each batch; a handler that hangs or crashes ends the
 stage with the handler named, and cannot touch this process's torch settings or modules.
 Two handlers with the same file name never share a module: each run has its own child.
+The child inherits the caller's environment minus its secrets (``torchserve.childenv``), without
+``serving.env`` (that is TorchServe's), and is stopped with all it started on every exit path.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -33,8 +34,10 @@ from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.stages.probing import ProbeOutcome, judge
 from pipeline.torchserve.inprocess import read_message, send_message
+from pipeline.torchserve.childenv import child_env
 from pipeline.torchserve.logcap import LogCap
-from pipeline.torchserve.process import RUN_MARKER_ENV, signals_deferred
+from pipeline.torchserve.logs import tail
+from pipeline.torchserve.process import RUN_MARKER_ENV, signals_deferred, stop_group
 from pipeline.wire import worker_view
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class HandledConfig:
     load_timeout_s: float
     response_timeout_s: float
     service_envelope: str | None = None  # kserve | kservev2
+    secret_env: tuple[str, ...] = ()  # serving.secret_env: withheld from the child with the other secrets
 
 
 @dataclass(frozen=True)
@@ -108,18 +112,21 @@ class HandlerProcess:
     def __enter__(self) -> "HandlerProcess":
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        env = {**os.environ, RUN_MARKER_ENV: str(self.cfg.work_dir),
-               "PYTHONPATH": os.pathsep.join(p for p in (worker_site_dir(), os.environ.get("PYTHONPATH", "")) if p)}
+        self.to_child, self.from_child = to_child_w, from_child_r
+        child = child_env(self.cfg.secret_env, {
+            RUN_MARKER_ENV: str(self.cfg.work_dir),
+            "PYTHONPATH": os.pathsep.join(p for p in (worker_site_dir(), os.environ.get("PYTHONPATH", "")) if p)})
         cmd = [sys.executable, "-m", "pipeline.torchserve.inprocess", str(to_child_r), str(from_child_w),
                str(self.model_dir), self.cfg.model_name, self.handler, str(self.cfg.batch_size),
                self.cfg.service_envelope or ""]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=self.model_dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, pass_fds=(to_child_r, from_child_w),
-                                         start_new_session=True)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.to_child, self.from_child = to_child_w, from_child_r
+        try:
+            with signals_deferred(), open(self.log_path, "ab") as out:  # a started child is always recorded
+                self.proc = subprocess.Popen(cmd, cwd=self.model_dir, env=child.env, stdin=subprocess.DEVNULL,
+                                             stdout=out, stderr=subprocess.STDOUT,
+                                             pass_fds=(to_child_r, from_child_w), start_new_session=True)
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
         try:
             self.logcap.start()
             msg = self._receive(self.cfg.load_timeout_s, "initialize", "serving.startup_timeout_s")
@@ -170,28 +177,20 @@ class HandlerProcess:
         return msg["answers"], float(msg["ms"])
 
     def close(self) -> None:
-        with signals_deferred():
-            self._close()
-            self.logcap.close()
+        """Stop the child and everything it started in its session; return only when all are gone.
 
-    def _close(self) -> None:
-        for fd in ("to_child", "from_child"):
-            try:
-                os.close(getattr(self, fd))
-            except (AttributeError, OSError):
-                pass
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        SIGTERM to the child's process group, SIGKILL after ``STOP_GRACE_S``: at most
+        ``STOP_GRACE_S + KILL_WAIT_S`` (8 s). A Ctrl-C meanwhile is held until the stop is done.
+        """
+        with signals_deferred():
+            for fd in ("to_child", "from_child"):
+                try:
+                    os.close(getattr(self, fd))
+                except (AttributeError, OSError):
+                    pass
+            if self.proc is not None:
+                stop_group(self.proc, STOP_GRACE_S)  # also when the child is gone: what it started may not be
+            self.logcap.close()  # after the writer stopped: a handler.log over the cap becomes head, cut line, tail
 
 
 def _traceback_tail(tb: str) -> list[str]:
@@ -200,11 +199,7 @@ def _traceback_tail(tb: str) -> list[str]:
 
 
 def _log_tail(path: Path) -> list[str]:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return []
-    return lines[-8:]
+    return [ln for ln in tail(path, 200) if ln.strip()][-8:]  # never the whole file, never across a punched hole
 
 
 def _batches(rows: Rows, size: int) -> Iterator[list[int]]:

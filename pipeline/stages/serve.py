@@ -5,8 +5,11 @@ config (``torchserve.config``), starts TorchServe under a guardian in its own se
 its own working folder, TMPDIR and logs, waits until every worker reports READY, and checks
 through the management API that the model runs with the spec's batch size, delay, timeout
 and worker count. If the server or a worker dies first it fails at once, quoting the log
-lines that say why. On every exit path (normal, exception, Ctrl-C, SIGTERM, and SIGKILL of
-this process, through the guardian) the whole process group it started is stopped.
+lines that say why. On every exit path (normal, exception, Ctrl-C once or twice, SIGTERM, the
+deadline) the whole process group it started is gone before ``serve_model`` returns or
+raises (``stop_server``: SIGTERM, SIGKILL after ``STOP_GRACE_S``, 15 s at most); after a
+SIGKILL of this process the guardian stops it within seconds. TorchServe inherits the
+caller's environment minus its secrets (``torchserve.childenv``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from pipeline.spec import Spec
 from pipeline.torchserve.config import config_properties, server_env, write_config
 from pipeline.torchserve.logcap import LogCap
 from pipeline.torchserve.logs import explain_failure, tail
-from pipeline.torchserve.process import Ports, ServerProcess, check_ports, find_java, pick_ports, start_server, \
-    stop_server
+from pipeline.torchserve.process import Ports, ServerProcess, check_ports, find_java, pick_ports, signals_deferred, \
+    start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +192,10 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             check_ports(ports)
             log_dir.mkdir(parents=True, exist_ok=True)
             write_config(config_path, config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope))
-            env = server_env(spec, java, tmp, log_dir, cfg.run_dir)
+            env = server_env(spec, java, tmp, log_dir, cfg.run_dir).env
             started = time.monotonic()
-            proc = start_server(cmd, workdir, env, log_dir / "torchserve.out")
+            with signals_deferred():  # a server that started is always in ``proc``, to be stopped
+                proc = start_server(cmd, workdir, env, log_dir / "torchserve.out")
             log.info("TorchServe under guardian %d (process group %d), logs in %s", proc.pid, proc.pid, log_dir)
             mgmt = f"http://127.0.0.1:{ports.management}"
             try:
@@ -232,10 +236,11 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             described=described,
         )
     finally:
-        if proc is not None:
-            stop_server(proc)
-        logcap.close()  # after the writers stopped: each log over the cap becomes head, cut line, tail
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():  # a second Ctrl-C is raised after the stop and the clean-up, not amid them
+            if proc is not None:
+                stop_server(proc)
+            logcap.close()  # after the writers stopped: each log over the cap becomes head, cut line, tail
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remote_handle(endpoint: str, model_name: str, token: str | None) -> ServerHandle:

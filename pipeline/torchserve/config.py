@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.compat import worker_site_dir
 from pipeline.spec import Spec
+from pipeline.torchserve.childenv import ChildEnv, child_env
 from pipeline.torchserve.process import RUN_MARKER_ENV, JavaInfo, Ports
 
 TOKEN_EXPIRY_MIN = 24 * 60
@@ -67,11 +68,11 @@ def write_config(path: Path, props: dict[str, object]) -> None:
     path.write_text("".join(f"{k}={escape_properties(str(v))}\n" for k, v in props.items()), encoding="ascii")
 
 
-def server_env(spec: Spec, java: JavaInfo, tmp: Path, log_dir: Path, run_dir: Path) -> dict[str, str]:
-    """The environment TorchServe, Java and the workers run in."""
+def server_env(spec: Spec, java: JavaInfo, tmp: Path, log_dir: Path, run_dir: Path) -> ChildEnv:
+    """The environment TorchServe, Java and the workers run in: the caller's minus its secrets
+    (``childenv``), the run's own settings, then the spec's ``serving.env``; and the names withheld."""
     pythonpath = os.pathsep.join(p for p in (worker_site_dir(), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
+    child = child_env(spec.serving.secret_env, {
         "JAVA_HOME": str(java.home),
         "PATH": f"{java.home / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "TMPDIR": str(tmp),
@@ -85,6 +86,6 @@ def server_env(spec: Spec, java: JavaInfo, tmp: Path, log_dir: Path, run_dir: Pa
         "PYTHONIOENCODING": "utf-8",
         RUN_MARKER_ENV: str(run_dir),
         **spec.serving.env,
-    }
-    env.pop("TS_CONFIG_FILE", None)
-    return env
+    })
+    child.env.pop("TS_CONFIG_FILE", None)
+    return child

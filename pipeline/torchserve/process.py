@@ -182,7 +182,7 @@ def start_server(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path)
 
 
 def group_alive(pgid: int) -> list[psutil.Process]:
-    """The processes of group ``pgid`` that are still running."""
+    """The processes of group ``pgid`` that are still running (zombies are dead: they only wait to be reaped)."""
     alive = []
     for p in psutil.process_iter(["pid"]):
         try:
@@ -193,40 +193,98 @@ def group_alive(pgid: int) -> list[psutil.Process]:
     return alive
 
 
+def group_gone(pgid: int) -> bool:
+    """No live process is left in group ``pgid``: ``killpg(pgid, 0)`` finds none, or only zombies remain
+    (a container's init may never reap the orphans of a killed group)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a member runs as another user (setuid): ask psutil
+    return not group_alive(pgid)
+
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and the run's deadline (SIGALRM) while stopping the server, so a second
-    Ctrl-C cannot cut the clean-up short and leave TorchServe running; they are delivered right after."""
+    """Hold SIGINT, SIGTERM and the run's deadline (SIGALRM) while a child is stopped, so a second
+    Ctrl-C cannot cut the stop short and leave it running; the first one held is raised again
+    right after, to the handler that was in place.
+
+    The Python handlers are swapped, not the signal mask: a mask holds a signal only for the
+    thread that sets it, and a process-directed signal taken by any other thread (torch's,
+    the HTTP client's) still runs the Python handler in the main thread, mid-stop. Python runs
+    handlers only in the main thread, so elsewhere this holds nothing (and needs not: a signal's
+    exception is raised only in the main thread).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
+    arrived: list[int] = []
+
+    def hold(signum, frame):
+        if not arrived:
+            log.warning("%s while stopping a child process: the stop finishes first", signal.Signals(signum).name)
+        arrived.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if arrived:
+            signal.raise_signal(arrived[0])
 
 
-def stop_server(proc: ServerProcess, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the group this pipeline started, then SIGKILL what is left; reap the guardian."""
+POLL_S = 0.05
+KILL_WAIT_S = 5.0
+
+
+def stop_group(popen: subprocess.Popen, grace_s: float, kill_wait_s: float = KILL_WAIT_S) -> bool:
+    """Stop the process group that ``popen`` leads (started with ``start_new_session``) and wait until it is gone.
+
+    SIGTERM to the group, up to ``grace_s`` for every member to exit, then SIGKILL to the group
+    and up to ``kill_wait_s`` more; it returns as soon as no live member is left (polled every
+    ``POLL_S``, the leader reaped), so within ``grace_s + kill_wait_s + POLL_S`` at most. Signals
+    are held meanwhile (``signals_deferred``). Members that left the group (``setsid``) are not
+    followed: only the guardian's net covers them.
+
+    Returns:
+        True when the group is gone; False (logged) when a member survived SIGKILL, e.g. a process
+        stuck in the kernel.
+    """
+    pgid = popen.pid
     with signals_deferred():
-        pgid = proc.pid
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:
-                break
+                pass
             deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if proc.poll() is not None and not group_alive(pgid):
+            while True:
+                popen.poll()  # reap the leader: a zombie leader is gone, not alive
+                if group_gone(pgid):
+                    return True
+                if time.monotonic() >= deadline:
                     break
-                time.sleep(0.1)
-            if not group_alive(pgid):
-                break
-        try:
-            proc.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.error("TorchServe guardian %d did not exit after SIGKILL", proc.pid)
+                time.sleep(POLL_S)
+        left = [f"{p.pid} {p.name()}" for p in group_alive(pgid) if p.is_running()]
+        log.error("process group %d still has live members after SIGKILL: %s", pgid, left)
+        return False
+
+
+def stop_server(proc: ServerProcess, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop TorchServe's group (guardian, launcher, Java, workers) and return only when it is gone.
+
+    At most ``grace_s`` (``STOP_GRACE_S``) after SIGTERM plus ``KILL_WAIT_S`` after SIGKILL:
+    15 s by default. A second Ctrl-C meanwhile is held until the group is gone.
+    """
+    with signals_deferred():
+        stop_group(proc.popen, grace_s)
         try:
             os.close(proc.keepalive)
         except OSError:

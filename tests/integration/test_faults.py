@@ -158,7 +158,9 @@ def test_signal_during_replay_writes_partial_report_and_leaves_nothing(no_leftov
     _wait_for_replay(tmp, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
+    left = leftover_processes(tmp)  # right after the CLI returned, no waiting
     assert proc.returncode == code, out + err
+    assert not left, f"alive after the CLI returned: {left}"
     rep = _report(tmp)
     assert rep["status"] == "interrupted" and rep["complete"] is False and rep["verdict"] == "INTERRUPTED"
 
@@ -263,16 +265,29 @@ def test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds(no_l
     assert not leftover_processes(tmp), "the guardian stops TorchServe when the run dies"
 
 
+def _wait_for_stop(tmp: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the run has begun to stop its server: one process of TorchServe's group is gone (or all)."""
+    before = set(leftover_processes(tmp))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or before - set(leftover_processes(tmp)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run never began to stop its server")
+
+
 def test_ctrl_c_twice_while_serving_ends_130_with_a_report_and_nothing_published(no_leftovers):
     tmp = no_leftovers
     spec = make_project(tmp / "proj", rows=1000)
     proc = _start_cli(tmp, spec, "--rate", "100")
     _wait_for_replay(tmp, proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    _wait_for_stop(tmp, proc)
+    proc.send_signal(signal.SIGINT)  # while TorchServe stops, or while the report is written
     out, err = proc.communicate(timeout=90)
+    left = leftover_processes(tmp)
     assert proc.returncode == 130, out + err
+    assert not left, f"alive after the CLI returned: {left}"
     rep = _report(tmp)
     assert rep["status"] == "interrupted" and rep["published"] is None
     assert not (tmp / "store" / "tiny.mar").exists()
@@ -285,7 +300,9 @@ def test_the_run_deadline_ends_a_slow_replay_with_exit_3_and_a_partial_report(no
     t0 = time.monotonic()
     res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"),
                   "--rate", "20", "--timeout", "30")
+    left = leftover_processes(tmp)
     assert res.returncode == 3, res.stdout + res.stderr
+    assert not left, f"alive after the CLI returned: {left}"
     assert time.monotonic() - t0 < 90  # the 30 s deadline, the server's stop and the report, on a busy machine
     rep = _report(tmp)
     assert rep["error"]["type"] == "DeadlineError" and "timeout_s" in rep["error"]["message"]

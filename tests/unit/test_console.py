@@ -96,3 +96,70 @@ def test_stage_table_columns_never_run_together_however_many_rows():
     assert header.split() == ["metric", "baseline", "exported", "handled@batch16", "served"]
     assert answered.split() == ["rows", "answered"] + ["100000/100000"] * 4
     assert len({len(ln) for ln in lines if ln.startswith(("metric", "accuracy", "rows answered", "latency"))}) == 1
+
+
+def test_two_runs_of_one_process_in_one_second_get_two_run_folders(tmp_path, monkeypatch):
+    """The flake of test_json_and_quiet_print_only_the_verdict: name-stamp-pid alone collides ("File exists")."""
+    from datetime import datetime, timezone
+
+    import pipeline.run.runner as runner
+
+    class _Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(runner, "datetime", _Frozen)
+    dirs = [runner._make_run_dir(tmp_path / "r", "tiny") for _ in range(3)]
+    assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)
+    assert [d.name for d in dirs] == sorted(d.name for d in dirs), "names sort in start order"
+    assert dirs[0].name.startswith("tiny-20260102T030405Z-")
+
+
+def _spin(seconds: float = 0.3) -> None:
+    """Bytecode boundaries for a pending signal's handler to run at."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def test_a_ctrl_c_taken_by_another_thread_waits_until_the_stop_is_done():
+    """Why the stop swaps handlers: a main-thread signal mask does not hold a signal another thread takes."""
+    import os
+    import threading
+
+    from pipeline.torchserve.process import signals_deferred
+
+    stopped = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+            sender.start()
+            sender.join()
+            _spin()
+            stopped.append(True)
+    assert stopped == [True], "the stop ran to its end; the Ctrl-C came after it"
+
+
+def test_once_the_run_stops_ctrl_c_only_logs_and_the_callers_handler_comes_back(caplog):
+    from pathlib import Path
+
+    from pipeline.run import runner
+    from pipeline.run.options import RunOptions
+
+    before = signal.getsignal(signal.SIGINT)
+    run = runner._Run(RunOptions(spec_path=Path("unused.yaml")), None)
+    with pytest.raises(KeyboardInterrupt), runner._guarded(run):  # a first Ctrl-C while the stages run
+        signal.raise_signal(signal.SIGINT)
+        _spin()
+    try:
+        with runner._guarded(run):
+            runner._disarm()  # the run is stopping and writes its report: nothing may cut it short
+            signal.raise_signal(signal.SIGINT)
+            _spin()
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C after _disarm raised: it would cut the partial report short")
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "still stopping" in caplog.text

@@ -279,6 +279,7 @@ def test_the_handler_process_is_started_with_the_served_batch_size_and_envelope(
             return 0
 
     monkeypatch.setattr(handled.subprocess, "Popen", Child)
+    monkeypatch.setattr(handled, "stop_group", lambda proc, grace_s: None)  # the stand-in has no process group
     cfg = HandledConfig(work_dir=tmp_path / "handled", mar_path=mar, model_name="m", batch_size=4,
                         load_timeout_s=5, response_timeout_s=5, service_envelope="kservev2")
     with handled.HandlerProcess(cfg) as proc:
