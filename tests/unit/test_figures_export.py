@@ -1,0 +1,164 @@
+"""The export figures, tested where they are computed in ``stages.export``: the consistency with eager
+(``_compare``, ``_consistency``: a NaN or infinite output is never equal to eager), the latency ratio
+(``Timing.ratio``: exported / eager, what the gate's "exported / eager latency, batch 1" limit reads)
+and the choice of the optimized TorchScript (``_try_optimize``: only when consistent and faster).
+
+No model is exported here: ``_try_optimize``'s TorchScript calls and timings are replaced by stubs,
+so each case is a known pair of outputs and timings.
+"""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline.inputs.base import MemoryBodies, Rows
+from pipeline.model.forward import Scores
+from pipeline.stages import export
+from pipeline.stages.export import ProbeResult, Timing, _compare, _consistency, _try_optimize
+from tests.unit._support import spec_for
+
+# NaN and infinity in, on purpose: numpy says so.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:All-NaN slice encountered:RuntimeWarning")
+
+TOL = 1e-5
+REF = np.array([[1.0, -1.0], [0.5, 0.25], [2.0, 3.0], [-4.0, 4.0]], np.float32)
+
+
+def _got(**rows):
+    got = REF.copy()
+    for i, value in rows.items():
+        got[int(i[1:])] = value
+    return got
+
+
+def test_equal_outputs_are_consistent_and_a_move_beyond_the_tolerance_is_not():
+    bad, max_abs, mean_abs, max_rel = _compare(REF, REF.copy(), TOL)
+    assert not bad.any() and (max_abs, mean_abs, max_rel) == (0.0, 0.0, 0.0)
+    got = _got(r1=[0.5 + 2e-5, 0.25], r3=[-4.0, 4.0 + 1e-6])
+    bad, max_abs, mean_abs, max_rel = _compare(REF, got, TOL)
+    assert bad.tolist() == [False, True, False, False], "only the row beyond the tolerance diverges"
+    assert max_abs == pytest.approx(2e-5, rel=1e-2) and mean_abs == pytest.approx((2e-5 + 1e-6) / 8, rel=1e-2)
+    assert max_rel == pytest.approx(2e-5 / 0.5, rel=1e-2)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_exported_output_is_never_equal_to_eager(value):
+    bad, max_abs, _, _ = _compare(REF, _got(r2=[2.0, value]), TOL)
+    assert bad.tolist() == [False, False, True, False]
+    assert np.isfinite(max_abs) and max_abs == 0.0, "the finite rows' largest difference"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_outputs_on_both_sides_are_not_equal_either(value):
+    ref = REF.copy()
+    ref[0] = value
+    bad, _, _, _ = _compare(ref, _got(r0=[value, value]), TOL)
+    assert bad.tolist() == [True, False, False, False], "NaN == NaN and inf - inf are not 'the same output'"
+
+
+def test_all_outputs_non_finite_gives_no_finite_figure():
+    bad, max_abs, mean_abs, _ = _compare(REF, np.full_like(REF, np.nan), TOL)
+    assert bad.all() and np.isnan(max_abs) and np.isnan(mean_abs)
+
+
+def _rows(n: int) -> Rows:
+    return Rows(kind="tensor", source=Path("mem"), ids=tuple(f"r{i}" for i in range(n)), labels=np.zeros(n, np.int64),
+                content_type="application/json", bodies=MemoryBodies((b"",) * n))
+
+
+def _scores(logits) -> Scores:
+    return Scores(logits=np.asarray(logits, np.float32), latencies_ms=np.ones(len(logits)))
+
+
+def test_consistency_names_nan_rows_as_diverging_and_is_never_a_pass():
+    spec = spec_for(2, gate={"max_output_diff": TOL})
+    c = _consistency(spec, _scores(REF), _scores(_got(r1=[np.nan, np.nan])), _rows(4), ())
+    assert c.diverging_ids == ("r1",) and not c.is_consistent
+    assert c.agreement == 0.75, "a NaN row has no prediction (-1), so it does not agree"
+    assert (c.rows, c.tolerance, c.max_abs_diff) == (4, TOL, 0.0)
+    same = _consistency(spec, _scores(REF), _scores(REF.copy()), _rows(4), ())
+    assert same.is_consistent and same.agreement == 1.0 and same.diverging_ids == ()
+
+
+def test_one_failed_probe_makes_the_export_inconsistent():
+    spec = spec_for(2, gate={"max_output_diff": TOL})
+    probes = (ProbeResult("zeros", 4, 1, 0.0, 1.0, True), ProbeResult("domain maximum", 4, 4, np.nan, np.nan, False))
+    c = _consistency(spec, _scores(REF), _scores(REF.copy()), _rows(4), probes)
+    assert not c.is_consistent and [p.name for p in c.failed_probes] == ["domain maximum"]
+
+
+def test_latency_ratio_is_exported_over_eager():
+    # 200 us eager, 50 us exported: the export is 4x faster, and the gate's "exported / eager" reads 0.25.
+    assert Timing(1, 200.0, 3.0, 50.0, 1.0).ratio == 0.25
+    assert Timing(1, 100.0, 0.0, 300.0, 0.0).ratio == 3.0
+    assert np.isnan(Timing(1, 0.0, 0.0, 5.0, 0.0).ratio)
+
+
+# --- the optimize choice --------------------------------------------------------------------------
+
+
+class _Script:
+    def __init__(self, name: str):
+        self.name = name
+
+    def eval(self):
+        return self
+
+
+@pytest.fixture
+def optimize(monkeypatch, tmp_path):
+    """_try_optimize with TorchScript stubbed: ``run(opt_logits, plain_us, opt_us)`` returns its path and notes."""
+    plain = tmp_path / "m.pt"
+    plain.write_bytes(b"plain")
+    jit = export.torch.jit
+
+    def load(path):
+        return _Script("optimized" if path.endswith(".optimized.pt") else "plain")
+
+    monkeypatch.setattr(jit, "load", load)
+    monkeypatch.setattr(jit, "freeze", lambda m: m)
+    monkeypatch.setattr(jit, "optimize_for_inference", lambda m: _Script("optimized"))
+    monkeypatch.setattr(jit, "save", lambda m, path: Path(path).write_bytes(b"optimized"))
+    spec = spec_for(2, gate={"max_output_diff": TOL})
+    base = SimpleNamespace(sample=np.zeros((2, 2), np.float32), reference=None)
+
+    def run(opt_logits, plain_us: float, opt_us: float):
+        monkeypatch.setattr(export, "score_exported", lambda spec, fwd, rows, ref: _scores(opt_logits))
+        us = {"plain": plain_us, "optimized": opt_us}
+        monkeypatch.setattr(export, "_median_iqr", lambda fn, x, repeats: (us[fn.name], 0.0))
+        return _try_optimize(spec, plain, _scores(REF), _rows(4), base)
+
+    run.plain = plain
+    return run
+
+
+def test_the_optimized_export_is_used_when_consistent_and_faster(optimize):
+    path, notes = optimize(REF.copy(), plain_us=100.0, opt_us=60.0)
+    assert path == optimize.plain.with_name("m.optimized.pt")
+    assert notes == ["optimize: used, batch-1 median 60.0 us vs 100.0 us, max abs diff 0"]
+
+
+@pytest.mark.parametrize("logits", [_got(r3=[-4.0, 4.1]), _got(r0=[np.nan, 1.0])], ids=["beyond tolerance", "NaN"])
+def test_an_optimized_export_inconsistent_with_eager_is_not_used_however_fast(optimize, logits):
+    path, notes = optimize(logits, plain_us=100.0, opt_us=10.0)
+    assert path == optimize.plain
+    assert len(notes) == 1 and notes[0].startswith("optimize: not used, max abs diff")
+
+
+@pytest.mark.parametrize("opt_us", [100.0, 140.0])
+def test_an_optimized_export_that_is_not_faster_is_not_used(optimize, opt_us):
+    path, notes = optimize(REF.copy(), plain_us=100.0, opt_us=opt_us)
+    assert path == optimize.plain
+    assert notes == [f"optimize: not used, batch-1 median {opt_us:.1f} us is not faster than 100.0 us"]
+
+
+def test_a_model_that_cannot_be_optimized_keeps_the_plain_export(optimize, monkeypatch):
+    def fail(m):
+        raise RuntimeError("cannot freeze")
+
+    monkeypatch.setattr(export.torch.jit, "freeze", fail)
+    path, notes = optimize(REF.copy(), plain_us=100.0, opt_us=10.0)
+    assert path == optimize.plain and notes[0].startswith("optimize: freeze/optimize_for_inference failed (RuntimeError")
