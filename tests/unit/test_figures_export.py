@@ -17,7 +17,10 @@ from pipeline.inputs.base import MemoryBodies, Rows
 from pipeline.model.forward import Scores
 from pipeline.stages import export
 from pipeline.stages.export import ProbeResult, Timing, _compare, _consistency, _try_optimize
-from tests.unit._support import spec_for
+from pipeline.evaluate.compare import StageOutputs
+from pipeline.evaluate.gate import GateInputs
+from pipeline.names import Stage
+from tests.unit._support import check, comparison, fast_bootstrap, gate, gate_plan, spec_for, truth_and_baseline  # noqa: F401
 
 # NaN and infinity in, on purpose: numpy says so.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning",
@@ -162,3 +165,19 @@ def test_a_model_that_cannot_be_optimized_keeps_the_plain_export(optimize, monke
     monkeypatch.setattr(export.torch.jit, "freeze", fail)
     path, notes = optimize(REF.copy(), plain_us=100.0, opt_us=10.0)
     assert path == optimize.plain and notes[0].startswith("optimize: freeze/optimize_for_inference failed (RuntimeError")
+
+
+def test_an_exported_nan_row_fails_the_gate_even_though_every_other_row_is_equal():
+    # The baseline is 90% accurate (not every row right); the export equals it except one NaN row.
+    y, base_pred = truth_and_baseline()
+    logits = np.eye(3, dtype=np.float32)[base_pred] * 4.0
+    got = logits.copy()
+    got[50] = np.nan
+    base, exported = _scores(logits), _scores(got)
+    assert exported.predictions[50] == -1, "a NaN row has no prediction"
+    stages = [StageOutputs.from_scores(Stage.BASELINE, base), StageOutputs.from_scores(Stage.EXPORTED, exported)]
+    cmp = comparison(y, stages)
+    assert cmp.tests[Stage.EXPORTED].agreement == 0.99
+    result = gate(spec_for(3).gate, gate_plan(Stage.EXPORTED, quantity="logits"), cmp, GateInputs())
+    assert not result.passed
+    assert not check(result, "prediction agreement", Stage.EXPORTED).passed
