@@ -196,3 +196,20 @@ def test_a_probe_the_stage_could_not_send_is_not_run_and_not_failed():
     got = judge(probe, "handled", None, 1)
     assert (got.outcome, got.passed, got.message, got.status) == ("not run", True, "TorchServe's frontend refuses it", None)
     assert judge(HandlerProbe("x", b"", "t", ANSWER, 0), "handled", None, 1).message == "not sent in the handled stage"
+
+
+def test_any_other_4xx_is_a_refusal_whatever_its_class_and_401_404_are_not():
+    for status in (400, 422, 499):
+        assert outcome_of(failed(0, "p", "http_error", f"HTTP {status}", status=status), 1) == "refused"
+    assert outcome_of(interpret(0, "p", 422, b'{"message": "unprocessable"}', C), 1) == "refused"
+    assert outcome_of(failed(0, "p", "http_error", "HTTP 500", status=500), 1) == "crashed"
+
+
+def test_an_answer_carries_no_message_and_its_line_no_colon():
+    got = judge(HandlerProbe("RGBA PNG", b"x", "image/png", SAME, 0), "served", ANSWERED_SAME, 1)
+    assert got.message == "" and got.line() == "RGBA PNG: expected same, got same"
+
+
+def test_a_not_run_probe_keeps_its_name_expectation_and_stage():
+    got = judge(HandlerProbe("big", b"x", "image/png", REFUSE, 0, stages=("served",)), "handled", None, 1)
+    assert (got.probe, got.expect, got.stage, got.predicted, got.original) == ("big", REFUSE, "handled", None, 1)
