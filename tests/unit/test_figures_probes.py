@@ -29,14 +29,18 @@ def _colour_image(w: int = 24, h: int = 16) -> Image.Image:
     return Image.fromarray(px, "RGB")
 
 
-def _image_rows(im: Image.Image) -> Rows:
+def _image_rows(im: Image.Image, before: int = 0) -> Rows:
+    """One row of ``im``, after ``before`` rows of another image."""
     buf = io.BytesIO()
     im.save(buf, "PNG")
-    return Rows(kind="image", source=None, ids=("r0",), labels=np.zeros(1, np.int64),
-                content_type=image.CONTENT_TYPE, bodies=MemoryBodies((buf.getvalue(),)))
+    other = io.BytesIO()
+    Image.new("RGB", (3, 3), (255, 0, 0)).save(other, "PNG")
+    bodies = (other.getvalue(),) * before + (buf.getvalue(),)
+    return Rows(kind="image", source=None, ids=tuple(f"r{i}" for i in range(len(bodies))),
+                labels=np.zeros(len(bodies), np.int64), content_type=image.CONTENT_TYPE, bodies=MemoryBodies(bodies))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: mutmut runs only the tests it saw reach handler_probes
 def colour_probes():
     im = _colour_image()
     return im, {p.name: p for p in image.handler_probes(_image_rows(im), spec_for(2, serving={"max_request_size": LIMIT}))}
@@ -99,9 +103,12 @@ def test_size_probes_are_those_sizes_and_the_too_large_one_is_above_the_limit(co
 
 def test_record_probes_drop_one_field_or_add_one_and_keep_the_rest():
     body = encode_json({"b": 2.5, "a": 1.0, "c": "x"})
-    rows = Rows(kind="json", source=None, ids=("r0",), labels=np.zeros(1, np.int64),
-                content_type=records.CONTENT_TYPE, bodies=MemoryBodies((body,)))
-    missing, extra = records.handler_probes(rows, spec_for(2))
+    rows = Rows(kind="json", source=None, ids=("r0", "r1"), labels=np.zeros(2, np.int64),
+                content_type=records.CONTENT_TYPE, bodies=MemoryBodies((b"{}", body)))
+    assert records.handler_probes(rows, spec_for(2), index=0) == [], "an empty record has no field to drop"
+    missing, extra = records.handler_probes(rows, spec_for(2), index=1)
+    assert [(p.name, p.content_type, p.source_index) for p in (missing, extra)] == [
+        ("field 'a' missing", records.CONTENT_TYPE, 1), ("an extra field", records.CONTENT_TYPE, 1)]
     original = json.loads(body)
     first = next(iter(original))
     assert missing.expect == REFUSE and json.loads(missing.body) == {k: v for k, v in original.items() if k != first}
@@ -112,14 +119,31 @@ def test_record_probes_drop_one_field_or_add_one_and_keep_the_rest():
 def test_tensor_probes_drop_one_feature_or_add_a_key():
     rows = tensor_rows(3, width=4)
     short, extra = tensor.handler_probes(rows, spec_for(2), index=2)
+    assert [(p.name, p.content_type, p.source_index) for p in (short, extra)] == [
+        ("one feature missing", tensor.CONTENT_TYPE, 2), ("an extra key beside 'features'", tensor.CONTENT_TYPE, 2)]
+    assert json.loads(extra.body) == {"features": [2.0] * 4, "client": "probe"}
+    assert json.loads(tensor.handler_probes(rows, spec_for(2))[0].body) == {"features": [0.0] * 3}, "row 0 by default"
+    square = tensor_rows(2, width=4)
+    square = Rows(kind="tensor", source=square.source, ids=square.ids, labels=square.labels,
+                  content_type=square.content_type, bodies=square.bodies, features=square.features.reshape(2, 2, 2))
+    assert json.loads(tensor.handler_probes(square, spec_for(2), index=1)[1].body)["features"] == [1.0] * 4, "flattened"
     assert short.expect == REFUSE and json.loads(short.body) == {"features": [2.0, 2.0, 2.0]}
     assert extra.expect == SAME and json.loads(extra.body)["features"] == [2.0] * 4 and len(json.loads(extra.body)) == 2
 
 
 def test_text_probes_are_empty_long_and_non_ascii():
-    rows = Rows(kind="text", source=None, ids=("r0",), labels=np.zeros(1, np.int64),
-                content_type=text.CONTENT_TYPE, bodies=MemoryBodies(("hello world".encode(),)))
-    empty, long, other = text.handler_probes(rows, spec_for(2))
+    rows = Rows(kind="text", source=None, ids=("r0", "r1"), labels=np.zeros(2, np.int64),
+                content_type=text.CONTENT_TYPE, bodies=MemoryBodies((b"other", "hello world".encode())))
+    empty, long, other = text.handler_probes(rows, spec_for(2), index=1)
+    assert [(p.name, p.content_type, p.source_index) for p in (empty, long, other)] == [
+        ("empty text", text.CONTENT_TYPE, 1), ("very long text (100,000 characters)", text.CONTENT_TYPE, 1),
+        ("non-ASCII text", text.CONTENT_TYPE, 1)]
+    assert long.body == ("hello world " * 8334)[:100_000].encode()
+    assert other.body == "Grüße aus Köln, 東京, naïve café 🙂 hello world".encode()
+    # A text whose repeats do not fill 100,000 characters exactly still makes 100,000.
+    odd = Rows(kind="text", source=None, ids=("r0",), labels=np.zeros(1, np.int64), content_type=text.CONTENT_TYPE,
+               bodies=MemoryBodies((("x" * 6).encode(),)))
+    assert text.handler_probes(odd, spec_for(2))[1].body == ("xxxxxx " * 14286)[:100_000].encode()
     assert empty.body == b"" and len(long.body.decode()) == 100_000 and long.body.startswith(b"hello world ")
     assert not other.body.decode().isascii() and other.body.decode().endswith("hello world")
     assert {empty.expect, long.expect, other.expect} == {ANSWER}
@@ -213,3 +237,48 @@ def test_an_answer_carries_no_message_and_its_line_no_colon():
 def test_a_not_run_probe_keeps_its_name_expectation_and_stage():
     got = judge(HandlerProbe("big", b"x", "image/png", REFUSE, 0, stages=("served",)), "handled", None, 1)
     assert (got.probe, got.expect, got.stage, got.predicted, got.original) == ("big", REFUSE, "handled", None, 1)
+
+
+def test_every_image_probe_is_named_typed_and_sent_as_described():
+    rows = _image_rows(_colour_image(), before=2)
+    probes = image.handler_probes(rows, spec_for(2, serving={"max_request_size": LIMIT}), index=2)
+    both, served = ("handled", "served"), ("served",)
+    assert [(p.name, p.content_type, p.expect, p.source_index, p.stages, p.note) for p in probes] == [
+        ("grayscale (mode L) PNG", image.CONTENT_TYPE, ANSWER, 2, both,
+         "the original has colour: grayscale changes the content"),
+        ("RGBA PNG", image.CONTENT_TYPE, SAME, 2, both, ""),
+        ("palette (mode P) PNG", image.CONTENT_TYPE, ANSWER, 2, both, ""),
+        ("CMYK JPEG", image.CONTENT_TYPE, SAME, 2, both, ""),
+        ("EXIF-rotated JPEG (orientation 6)", image.CONTENT_TYPE, SAME, 2, both,
+         "shown upright by any viewer; a handler that ignores EXIF sees it rotated"),
+        ("re-encoded JPEG (quality 90)", image.CONTENT_TYPE, SAME, 2, both, ""),
+        ("very small image (4x4)", image.CONTENT_TYPE, ANSWER, 2, both, ""),
+        ("very large image (4000x4000)", image.CONTENT_TYPE, ANSWER, 2, both, ""),
+        (f"above max_request_size ({LIMIT} bytes)", image.CONTENT_TYPE, REFUSE, 2, served,
+         "TorchServe's frontend refuses it before the handler"),
+    ]
+    assert all(_open(p).size in ((24, 16), (16, 24), (4, 4), (4000, 4000)) for p in probes[:-1]), "made from row 2"
+    assert [p.source_index for p in image.handler_probes(_image_rows(_colour_image()), spec_for(2))] == [0] * 9
+
+
+def test_an_image_of_few_colours_keeps_them_in_its_palette_and_a_gray_one_in_grayscale():
+    few = Image.new("RGB", (8, 6), (10, 200, 30))
+    few.paste((250, 5, 5), (0, 0, 4, 3))
+    probes = {p.name: p for p in image.handler_probes(_image_rows(few), spec_for(2))}
+    assert probes["palette (mode P) PNG"].expect == SAME, "an exact palette is the same image"
+    assert probes["grayscale (mode L) PNG"].expect == ANSWER, "two colours are not gray"
+    for fixed in (0, 1, 2):  # one channel differs from the other two: not gray
+        px = np.zeros((4, 4, 3), np.uint8) + 90
+        px[..., fixed] = 20
+        p = {q.name: q for q in image.handler_probes(_image_rows(Image.fromarray(px, "RGB")), spec_for(2))}
+        assert p["grayscale (mode L) PNG"].expect == ANSWER and p["grayscale (mode L) PNG"].note
+    gray = {p.name: p for p in image.handler_probes(_image_rows(Image.new("RGB", (4, 4), (90, 90, 90))), spec_for(2))}
+    assert gray["grayscale (mode L) PNG"].note == ""
+    assert _mean_abs(_open(gray["grayscale (mode L) PNG"]).convert("RGB"), Image.new("RGB", (4, 4), (90, 90, 90))) < 1
+
+
+def test_a_palette_of_a_many_coloured_image_is_not_the_same_image(colour_probes):
+    original, probes = colour_probes
+    p = probes["palette (mode P) PNG"]
+    assert p.expect == ANSWER and _open(p).mode == "P"
+    assert 0 < _mean_abs(_open(p).convert("RGB"), original) < 6, "an adaptive palette: close, not exact"
