@@ -118,28 +118,54 @@ def optimize(monkeypatch, tmp_path):
     plain.write_bytes(b"plain")
     jit = export.torch.jit
 
+    calls = []
+
     def load(path):
+        assert isinstance(path, str) and path in (str(plain), str(plain.with_name("m.optimized.pt")))
         return _Script("optimized" if path.endswith(".optimized.pt") else "plain")
 
+    def freeze(m):
+        assert m.name == "plain", "the plain export is frozen"
+        return _Script("frozen")
+
+    def optimize_for_inference(m):
+        assert m.name == "frozen"
+        return _Script("optimized")
+
+    def save(m, path):
+        assert m.name == "optimized" and path == str(plain.with_name("m.optimized.pt"))
+        Path(path).write_bytes(b"optimized")
+
     monkeypatch.setattr(jit, "load", load)
-    monkeypatch.setattr(jit, "freeze", lambda m: m)
-    monkeypatch.setattr(jit, "optimize_for_inference", lambda m: _Script("optimized"))
-    monkeypatch.setattr(jit, "save", lambda m, path: Path(path).write_bytes(b"optimized"))
-    spec = spec_for(2, gate={"max_output_diff": TOL})
-    base = SimpleNamespace(sample=np.zeros((2, 2), np.float32), reference=None)
+    monkeypatch.setattr(jit, "freeze", freeze)
+    monkeypatch.setattr(jit, "optimize_for_inference", optimize_for_inference)
+    monkeypatch.setattr(jit, "save", save)
+    spec = spec_for(2, gate={"max_output_diff": TOL}, export={"latency_repeats": 40})
+    base = SimpleNamespace(sample=np.arange(6, dtype=np.float32).reshape(3, 2), reference=object())
+    rows = _rows(4)
 
     def run(opt_logits, plain_us: float, opt_us: float):
-        monkeypatch.setattr(export, "score_exported", lambda spec, fwd, rows, ref: _scores(opt_logits))
-        us = {"plain": plain_us, "optimized": opt_us}
-        monkeypatch.setattr(export, "_median_iqr", lambda fn, x, repeats: (us[fn.name], 0.0))
-        return _try_optimize(spec, plain, _scores(REF), _rows(4), base)
+        def score(s, fwd, r, ref):
+            assert (s, fwd.name, r, ref) == (spec, "optimized", rows, base.reference), "the optimized model, every row"
+            return _scores(opt_logits)
 
-    run.plain = plain
+        def median(fn, x, repeats):
+            assert x.shape == (1, 2) and x.tolist() == [[0.0, 1.0]] and repeats == 40, "batch 1, the spec's repeats"
+            calls.append(fn.name)
+            return {"plain": plain_us, "optimized": opt_us}[fn.name], 0.0
+
+        monkeypatch.setattr(export, "score_exported", score)
+        monkeypatch.setattr(export, "_median_iqr", median)
+        return _try_optimize(spec, plain, _scores(REF), rows, base)
+
+    run.plain, run.calls = plain, calls
     return run
 
 
 def test_the_optimized_export_is_used_when_consistent_and_faster(optimize):
     path, notes = optimize(REF.copy(), plain_us=100.0, opt_us=60.0)
+    assert sorted(optimize.calls) == ["optimized", "plain"]
+    assert path.read_bytes() == b"optimized"
     assert path == optimize.plain.with_name("m.optimized.pt")
     assert notes == ["optimize: used, batch-1 median 60.0 us vs 100.0 us, max abs diff 0"]
 
@@ -181,3 +207,20 @@ def test_an_exported_nan_row_fails_the_gate_even_though_every_other_row_is_equal
     result = gate(spec_for(3).gate, gate_plan(Stage.EXPORTED, quantity="logits"), cmp, GateInputs())
     assert not result.passed
     assert not check(result, "prediction agreement", Stage.EXPORTED).passed
+
+
+def test_a_difference_at_the_tolerance_itself_is_within_it_and_no_rows_give_no_figures():
+    tol = 2.0 ** -10  # exactly representable: |0.5 + tol - 0.5| == tol
+    bad, max_abs, _, _ = _compare(np.array([[0.5, 1.0]]), np.array([[0.5 + tol, 1.0]]), tol)
+    assert not bad.any() and max_abs == tol
+    bad, max_abs, mean_abs, max_rel = _compare(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), TOL)
+    assert bad.shape == (0,) and np.isnan(max_abs) and np.isnan(mean_abs) and np.isnan(max_rel)
+
+
+def test_consistency_carries_each_figure_of_the_comparison():
+    spec = spec_for(2, gate={"max_output_diff": TOL})
+    got = _got(r1=[0.5 + 2e-5, 0.25])
+    c = _consistency(spec, _scores(REF), _scores(got), _rows(4), ())
+    _, max_abs, mean_abs, max_rel = _compare(REF, got, TOL)
+    assert (c.max_abs_diff, c.mean_abs_diff, c.max_rel_diff) == (max_abs, mean_abs, max_rel)
+    assert c.diverging_ids == ("r1",) and c.agreement == 1.0

@@ -133,3 +133,59 @@ def test_rows_that_failed_in_the_warm_up_or_the_replay_are_not_compared():
 def test_the_tolerance_is_the_limit_itself(tol, flagged):
     _, differing = warmup_differences(_replay(_ok(3, 2, (0.0, 0.0, 8.5))), tol)
     assert bool(differing) == flagged
+
+
+def test_the_rest_of_the_gate_inputs_are_handed_over_as_recorded():
+    warm = _ok(1, 0, (5.0, 1.0, 2.5))  # differs from the steady answer of row 1 by 0.5
+    replay = SimpleNamespace(rows=STEADY, warmup_answers=(warm,), is_complete=True, abort_reason=None)
+    prior = SimpleNamespace(metrics={"served.accuracy": 0.9}, started_at="2026-11-30T10:00:00Z")
+    ex = (ProbeResult("zeros", 4, 1, float("nan"), float("nan"), False, "RuntimeError: boom"),)
+    record = _record(batch1=(_ok(0),), replay=replay, export_probes=ex)
+    record.prior = prior
+    g = _gate_inputs(record)
+    assert g.not_run == {s: "the run stopped before this stage finished" for s in record.plan.stages}
+    assert g.warmup_checked == 1 and g.warmup_differing == ("r1: warm-up class 0, steady class 0, max output diff 0.5",)
+    assert g.prior_metrics == {"served.accuracy": 0.9} and g.prior_label == "run of 2026-11-30T10:00:00Z"
+    assert g.failed_probes[Stage.EXPORTED] == ("zeros @ batch 1: max diff nan (RuntimeError: boom)",)
+    assert g.answered[Stage.HANDLED].complete is True and g.answered[Stage.SERVED].complete is True
+
+
+def test_stages_that_did_not_run_give_no_facts():
+    record = _record(batch1=(_ok(0),), batched=(_ok(0),))
+    record.plan.batched_stage = None  # a batched result the plan does not compare is not read
+    record.handled, record.dataset, record.exported = None, None, None
+    g = _gate_inputs(record)
+    assert g.answered == {} and g.leaked_ids is None and g.prior_metrics is None and g.prior_label == "previous run"
+    assert g.warmup_checked is None and g.warmup_differing == ()
+    assert g.export_size_ratio is None and g.export_latency_ratio is None and g.probes_run == ()
+    record = _record(batch1=(_ok(0),), batched=(_crash(0),))
+    record.plan.batched_stage = None
+    assert set(_gate_inputs(record).answered) == {Stage.HANDLED}
+
+
+def test_an_answer_without_an_error_class_is_counted_as_unknown():
+    facts = _answered_facts((_ok(0), failed(1, "r1", None, "?"), failed(2, "r2", None, "?")), True, None)
+    assert facts.errors == {"unknown": 2} and facts.error_rate == 2 / 3
+
+
+def test_every_warm_up_answer_is_read_after_one_that_failed():
+    checked, differing = warmup_differences(_replay(_crash(0), _ok(1, 2, (5.0, 1.0, 2.0))), TOL)
+    assert checked == 1 and len(differing) == 1 and differing[0].startswith("r1: warm-up class 2, steady class 0")
+
+
+def test_outputs_only_one_side_carries_are_not_compared_and_no_outputs_at_all_compare_classes():
+    from pipeline.answers.base import Prediction
+    from pipeline.stages.outcomes import RowOutcome
+
+    def bare(i, pred, logits=None, probs=None):
+        return RowOutcome(i, f"r{i}", True, 200, Prediction(pred, probs, logits), None, None, None, None, None, 1)
+
+    # The warm-up carries logits, the steady answer only probabilities: the probabilities are compared.
+    steady = (bare(0, 1, None, np.array([0.2, 0.8])),)
+    replay = SimpleNamespace(rows=steady, warmup_answers=(bare(0, 1, np.array([0.0, 9.0]), np.array([0.2, 0.8])),))
+    assert warmup_differences(replay, TOL) == (1, ())
+    # Neither carries any output: the classes decide, and the same class is no difference.
+    replay = SimpleNamespace(rows=(bare(0, 1),), warmup_answers=(bare(0, 1),))
+    assert warmup_differences(replay, TOL) == (1, ())
+    replay = SimpleNamespace(rows=(bare(0, 1),), warmup_answers=(bare(0, 0),))
+    assert warmup_differences(replay, TOL) == (1, ("r0: warm-up class 0, steady class 1, max output diff 0",))

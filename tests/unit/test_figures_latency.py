@@ -66,3 +66,24 @@ def test_stage_latency_figures_are_those_of_the_answered_rows():
     assert cmp.served_overhead_latency.count == 4
     assert cmp.served_overhead_latency.mean == pytest.approx(np.mean([6.0, 12.0, 18.0, 24.0]))
     assert cmp.served_overhead_latency.max == 24.0
+
+
+def test_stage_outputs_line_every_answered_row_up_by_index_and_leave_failed_rows_empty():
+    c = codec(3)
+    rows = (interpret(0, "r0", 200, pv_answer(2, [0.1, 0.2, 0.7], [0.0, 1.0, 3.0]), c, latency=5.0),
+            failed(1, "r1", "timeout", "no answer", latency=9.0),
+            interpret(2, "r2", 200, pv_answer(0, [0.6, 0.3, 0.1], [2.0, 1.0, 0.0]), c, latency=7.0))
+    out = stage_outputs(Stage.HANDLED, tuple(reversed(rows)), 3)  # in any order: placed by row index
+    assert out.name == Stage.HANDLED and out.predictions.dtype == np.int64
+    assert out.predictions.tolist() == [2, -1, 0]
+    np.testing.assert_array_equal(out.probabilities, [[0.1, 0.2, 0.7], [np.nan] * 3, [0.6, 0.3, 0.1]])
+    np.testing.assert_array_equal(out.logits, [[0.0, 1.0, 3.0], [np.nan] * 3, [2.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(out.latencies_ms, [5.0, np.nan, 7.0])
+
+
+def test_stage_outputs_carry_no_logits_or_probabilities_that_no_answer_had():
+    c = codec(3)
+    no_logits = stage_outputs(Stage.SERVED, (interpret(0, "r0", 200, pv_answer(1, [0.2, 0.5, 0.3]), c),), 3)
+    assert no_logits.logits is None and no_logits.probabilities.tolist() == [[0.2, 0.5, 0.3]]
+    none = stage_outputs(Stage.SERVED, (failed(0, "r0", "timeout", "x"), failed(1, "r1", "timeout", "x")), 3)
+    assert none.logits is None and none.probabilities is None and none.predictions.tolist() == [-1, -1]

@@ -95,3 +95,11 @@ def test_content_hash_is_of_the_body_not_of_the_path_id_or_position(tmp_path):
                                             labels=np.zeros(2, np.int64), content_type="text/plain",
                                             bodies=MemoryBodies((b"one", b"two"))).content_hashes())), h[0]]
     assert len(set(mem.content_hashes())) == 3
+
+
+def test_the_result_carries_the_rows_loaded_and_the_log_says_how_many(tmp_path, caplog):
+    pd.DataFrame({"id": ["a", "b"], "text": ["t", "u"], "label": ["cat", "dog"]}).to_csv(tmp_path / "eval.csv", index=False)
+    with caplog.at_level("INFO", logger="pipeline.stages.dataset"):
+        res = load_dataset(_spec(tmp_path, {"kind": "text", "path": "eval.csv"}))
+    assert res.rows.ids == ("a", "b") and res.rows.body(1) == b"u"
+    assert f"dataset {tmp_path / 'eval.csv'}: 2 text rows" in [r.getMessage() for r in caplog.records]
