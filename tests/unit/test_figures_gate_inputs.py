@@ -48,6 +48,7 @@ def test_the_batched_error_rate_is_read_from_the_batched_outcomes():
     g = _gate_inputs(_record(batch1=batch1, batched=batched))
     assert g.answered[Stage.HANDLED].error_rate == 0.0 and g.answered[Stage.HANDLED].errors == {}
     assert g.answered[BATCHED].error_rate == 0.5 and g.answered[BATCHED].errors == {"handler_error": 2}
+    assert g.answered[BATCHED].complete is True and g.answered[BATCHED].abort_reason is None
     # And the other way round: batch 1 failing, batched answering.
     g = _gate_inputs(_record(batch1=batched, batched=batch1))
     assert g.answered[Stage.HANDLED].error_rate == 0.5 and g.answered[BATCHED].error_rate == 0.0

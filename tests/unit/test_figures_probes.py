@@ -105,7 +105,7 @@ def test_record_probes_drop_one_field_or_add_one_and_keep_the_rest():
     body = encode_json({"b": 2.5, "a": 1.0, "c": "x"})
     rows = Rows(kind="json", source=None, ids=("r0", "r1"), labels=np.zeros(2, np.int64),
                 content_type=records.CONTENT_TYPE, bodies=MemoryBodies((b"{}", body)))
-    assert records.handler_probes(rows, spec_for(2), index=0) == [], "an empty record has no field to drop"
+    assert records.handler_probes(rows, spec_for(2)) == [], "row 0 by default: an empty record has no field to drop"
     missing, extra = records.handler_probes(rows, spec_for(2), index=1)
     assert [(p.name, p.content_type, p.source_index) for p in (missing, extra)] == [
         ("field 'a' missing", records.CONTENT_TYPE, 1), ("an extra field", records.CONTENT_TYPE, 1)]
@@ -282,3 +282,11 @@ def test_a_palette_of_a_many_coloured_image_is_not_the_same_image(colour_probes)
     p = probes["palette (mode P) PNG"]
     assert p.expect == ANSWER and _open(p).mode == "P"
     assert 0 < _mean_abs(_open(p).convert("RGB"), original) < 6, "an adaptive palette: close, not exact"
+
+
+def test_a_gray_original_stored_in_mode_l_is_read_as_rgb_and_its_grayscale_is_the_same_image():
+    x, y = np.meshgrid(np.arange(12), np.arange(8))
+    gray = Image.fromarray((x * 20 + y).astype(np.uint8), "L")
+    probes = {p.name: p for p in image.handler_probes(_image_rows(gray), spec_for(2))}
+    assert probes["grayscale (mode L) PNG"].expect == SAME and probes["RGBA PNG"].expect == SAME
+    assert _open(probes["CMYK JPEG"]).mode == "CMYK" and _open(probes["RGBA PNG"]).mode == "RGBA"
