@@ -215,6 +215,9 @@ def test_a_difference_at_the_tolerance_itself_is_within_it_and_no_rows_give_no_f
     assert not bad.any() and max_abs == tol
     bad, max_abs, mean_abs, max_rel = _compare(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), TOL)
     assert bad.shape == (0,) and np.isnan(max_abs) and np.isnan(mean_abs) and np.isnan(max_rel)
+    # Rows but no outputs (every row's input failed: Scores of width 0): nothing diverges, no figure.
+    bad, max_abs, _, _ = _compare(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32), TOL)
+    assert bad.tolist() == [False] * 3 and np.isnan(max_abs)
 
 
 def test_consistency_carries_each_figure_of_the_comparison():
