@@ -3,6 +3,7 @@
 #   make test               unit and integration tests (real TorchServe on loopback)
 #   make bench              replay client against ab, stage wall times -> reports/bench/
 #   make mutation           mutation tests of the verdict code (not part of make test)
+#   make mutation-figures   mutation tests of the code computing the figures the gate reads
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,10 +16,11 @@ PYTEST_ARGS ?=
 # the time, so two at once use both cores (serial: PYTEST_WORKERS=0).
 PYTEST_WORKERS ?= 2
 
-.PHONY: package-validate test unit integration bench bench-scale examples venv clean help mutation
+.PHONY: package-validate test unit integration bench bench-scale examples venv clean help mutation \
+        mutation-figures
 
 help:
-	@sed -n '2,6p' Makefile
+	@sed -n '2,7p' Makefile
 
 venv: $(STAMP)
 
@@ -85,25 +87,63 @@ $(VENV)/.mutmut: constraints.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt mutmut
 	@touch $@
 
+# The score and the survivors of the run whose mutants/ lie in folder $(2), written to folder $(1).
+define mutation_report
+@echo '*' > $(2)/mutants/.gitignore
+@cd $(2) && $(MUTMUT_ABS) results --all true 2>/dev/null | grep -v ': not checked$$' > $(abspath $(1))/results.txt
+@grep -v -e ': killed$$' -e ': timeout$$' $(1)/results.txt | sed 's/^ *//' > $(1)/survivors.txt || true
+@cd $(2) && for m in $$(cut -d: -f1 $(abspath $(1))/survivors.txt); do $(MUTMUT_ABS) show $$m; done \
+		> $(abspath $(1))/survivors.diff 2>/dev/null
+@echo "Survivors ($$(wc -l < $(1)/survivors.txt)), each equivalent or listed in the README:"
+@sed 's/^/  /' $(1)/survivors.txt
+@awk -F': ' -v min=$(MUTATION_MIN) '{ n[$$NF]++; total++ } END { \
+		for (s in n) if (s == "killed" || s == "timeout" || s == "caught by type check") killed += n[s]; \
+		printf "mutation score: %d of %d mutants killed (%.1f%%)", killed, total, 100 * killed / total; \
+		for (s in n) printf ", %s %d", s, n[s]; print ""; \
+		if (100 * killed / total < min) { print "below MUTATION_MIN=" min "%"; exit 1 } }' $(1)/results.txt
+endef
+MUTMUT_ABS = $(abspath $(MUTMUT))
+
 mutation: $(STAMP) $(VENV)/.mutmut
 	@rm -rf mutants $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
 	@echo "mutmut: mutating the verdict code and running the unit tests on each mutant (log: $(MUTATION_DIR)/run.log)"
 	@$(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS) > $(MUTATION_DIR)/run.log 2>&1 \
 		|| { tail -n 40 $(MUTATION_DIR)/run.log; exit 1; }
-	@echo '*' > mutants/.gitignore
-	@$(MUTMUT) results --all true 2>/dev/null | grep -v ': not checked$$' > $(MUTATION_DIR)/results.txt
-	@grep -v -e ': killed$$' -e ': timeout$$' $(MUTATION_DIR)/results.txt | sed 's/^ *//' \
-		> $(MUTATION_DIR)/survivors.txt || true
-	@for m in $$(cut -d: -f1 $(MUTATION_DIR)/survivors.txt); do $(MUTMUT) show $$m; done \
-		> $(MUTATION_DIR)/survivors.diff 2>/dev/null
-	@echo "Survivors ($$(wc -l < $(MUTATION_DIR)/survivors.txt)), each equivalent or listed in the README:"
-	@sed 's/^/  /' $(MUTATION_DIR)/survivors.txt
-	@awk -F': ' -v min=$(MUTATION_MIN) '{ n[$$NF]++; total++ } END { \
-		for (s in n) if (s == "killed" || s == "timeout" || s == "caught by type check") killed += n[s]; \
-		printf "mutation score: %d of %d mutants killed (%.1f%%)", killed, total, 100 * killed / total; \
-		for (s in n) printf ", %s %d", s, n[s]; print ""; \
-		if (100 * killed / total < min) { print "below MUTATION_MIN=" min "%"; exit 1 } }' $(MUTATION_DIR)/results.txt
+	$(call mutation_report,$(MUTATION_DIR),.)
+
+# Mutation testing of the code that computes the figures the gate reads, with the tests/unit/test_figures_*.py
+# files: the probes' judgement and construction, the leakage hashes, the latency summary, the export's
+# consistency and optimize choice, each handled variant's outcomes, the gate's inputs and the warm-up
+# comparison. Configured in [tool.mutmut-figures] of pyproject.toml; mutmut reads only [tool.mutmut], so it
+# runs in a copy of the tree whose pyproject.toml holds that table as [tool.mutmut] (and pytest's). Only the
+# functions named below are run (the rest of those files is orchestration, judged by the integration tests).
+# Same report and MUTATION_MIN as `make mutation`; FIGURE_MUTANTS='pipeline.stages.probing.*' runs a subset.
+FIGURES_DIR  := reports/mutation-figures
+FIGURES_WORK := $(FIGURES_DIR)/work
+FIGURE_MUTANTS ?= 'pipeline.stages.probing.*' 'pipeline.evaluate.stats.*' \
+           'pipeline.stages.outcomes.x_stage_outputs__*' 'pipeline.inputs.base.x*content_hashes__*' \
+           'pipeline.stages.dataset.*' 'pipeline.inputs.image.x_handler_probes__*' \
+           'pipeline.inputs.image.x__encode__*' 'pipeline.inputs.image.x__exif_rotated__*' \
+           'pipeline.inputs.image.x__noise_png__*' 'pipeline.inputs.records.x_handler_probes__*' \
+           'pipeline.inputs.tensor.x_handler_probes__*' 'pipeline.inputs.text.x_handler_probes__*' \
+           'pipeline.stages.export.x__compare__*' 'pipeline.stages.export.x__consistency__*' \
+           'pipeline.stages.export.x__try_optimize__*' 'pipeline.stages.handled.x__run_variant__*' \
+           'pipeline.stages.handled.x__run_probes__*' 'pipeline.stages.handled.x_run_handled__*' \
+           'pipeline.run.runner.x__answered_facts__*' 'pipeline.run.runner.x_warmup_differences__*' \
+           'pipeline.run.runner.x__gate_inputs__*'
+
+mutation-figures: $(STAMP) $(VENV)/.mutmut
+	@rm -rf $(FIGURES_DIR) && mkdir -p $(FIGURES_WORK)
+	@cp -R pipeline handlers tests $(FIGURES_WORK)/
+	@$(PY) -c 'import json, tomllib; t = tomllib.load(open("pyproject.toml", "rb"))["tool"]; \
+		[print(f"[tool.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items()), sep="\n") \
+		 for name, table in (("mutmut", t["mutmut-figures"]), ("pytest.ini_options", t["pytest"]["ini_options"]))]' \
+		> $(FIGURES_WORK)/pyproject.toml
+	@echo "mutmut: mutating the figures' code and running tests/unit/test_figures_*.py on each mutant (log: $(FIGURES_DIR)/run.log)"
+	@cd $(FIGURES_WORK) && $(MUTMUT_ABS) run --max-children $(MUTATION_JOBS) $(FIGURE_MUTANTS) > ../run.log 2>&1 \
+		|| { tail -n 40 ../run.log; exit 1; }
+	$(call mutation_report,$(FIGURES_DIR),$(FIGURES_WORK))
 
 clean:
 	rm -rf reports/*/ model_store/*.mar examples/*/.trained examples/*/weights.pt examples/*/train.csv examples/*/test.csv
-	rm -rf $(EXAMPLE_OUTPUTS) mutants
+	rm -rf $(EXAMPLE_OUTPUTS) mutants $(FIGURES_DIR)
