@@ -133,6 +133,7 @@ def test_a_ctrl_c_taken_by_another_thread_waits_until_the_stop_is_done():
     from pipeline.torchserve.process import signals_deferred
 
     stopped = []
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the handler a CLI has (the fixture restores)
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
             sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
