@@ -122,8 +122,7 @@ FIGURES_DIR  := reports/mutation-figures
 FIGURES_WORK := $(FIGURES_DIR)/work
 FIGURE_MUTANTS ?= 'pipeline.stages.probing.*' 'pipeline.evaluate.stats.*' \
            'pipeline.stages.outcomes.x_stage_outputs__*' 'pipeline.inputs.base.x*content_hashes__*' \
-           'pipeline.stages.dataset.x_load_dataset__*' 'pipeline.stages.dataset.x_check_body_sizes__*' \
-           'pipeline.stages.dataset.x__body_sizes__*' 'pipeline.inputs.image.x_handler_probes__*' \
+           'pipeline.stages.dataset.x_load_dataset__*' 'pipeline.inputs.image.x_handler_probes__*' \
            'pipeline.inputs.image.x__encode__*' 'pipeline.inputs.image.x__exif_rotated__*' \
            'pipeline.inputs.image.x__noise_png__*' 'pipeline.inputs.records.x_handler_probes__*' \
            'pipeline.inputs.tensor.x_handler_probes__*' 'pipeline.inputs.text.x_handler_probes__*' \
@@ -131,8 +130,7 @@ FIGURE_MUTANTS ?= 'pipeline.stages.probing.*' 'pipeline.evaluate.stats.*' \
            'pipeline.stages.export.x__try_optimize__*' 'pipeline.stages.handled.x__run_variant__*' \
            'pipeline.stages.handled.x__run_probes__*' 'pipeline.stages.handled.x_run_handled__*' \
            'pipeline.run.runner.x__answered_facts__*' 'pipeline.run.runner.x_warmup_differences__*' \
-           'pipeline.run.runner.x__gate_inputs__*' 'pipeline.run.runner.x__server_failure__*' \
-           'pipeline.history.prior.*' 'pipeline.run.release.*'
+           'pipeline.run.runner.x__gate_inputs__*'
 
 mutation-figures: $(STAMP) $(VENV)/.mutmut
 	@rm -rf $(FIGURES_DIR) && mkdir -p $(FIGURES_WORK)
