@@ -4,6 +4,7 @@
 #   make bench              replay client against ab, stage wall times -> reports/bench/
 #   make mutation           mutation tests of the verdict code (not part of make test)
 #   make mutation-figures   mutation tests of the code computing the figures the gate reads
+#   make soak               the signal, lifecycle and concurrency tests 20 times in a row under load
 
 PYTHON ?= python3
 VENV   := .venv
@@ -17,10 +18,10 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 
 .PHONY: package-validate test unit integration bench bench-scale examples venv clean help mutation \
-        mutation-figures
+        mutation-figures soak
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,8p' Makefile
 
 venv: $(STAMP)
 
@@ -143,6 +144,27 @@ mutation-figures: $(STAMP) $(VENV)/.mutmut
 	@cd $(FIGURES_WORK) && $(MUTMUT_ABS) run --max-children $(MUTATION_JOBS) $(FIGURE_MUTANTS) > ../run.log 2>&1 \
 		|| { tail -n 40 ../run.log; exit 1; }
 	$(call mutation_report,$(FIGURES_DIR),$(FIGURES_WORK))
+
+# The signal, lifecycle and concurrency tests RUNS times in a row while `stress -c 2` (if installed:
+# apt-get install stress) loads both cores; each run's output in reports/soak/run-N.log. Not part of
+# make test: about 2 minutes a run on 2 cores. A test that fails once here fails CI for everyone.
+RUNS ?= 20
+SOAK_TESTS := tests/integration/test_lifecycle.py tests/unit/test_console.py tests/unit/test_secrets.py \
+	tests/integration/test_faults.py::test_ctrl_c_twice_while_serving_ends_130_with_a_report_and_nothing_published \
+	tests/integration/test_faults.py::test_signal_during_replay_writes_partial_report_and_leaves_nothing \
+	tests/integration/test_faults.py::test_sigkill_of_the_run_stops_torchserve_and_its_workers_within_seconds \
+	tests/integration/test_faults.py::test_the_run_deadline_ends_a_slow_replay_with_exit_3_and_a_partial_report \
+	tests/integration/test_faults.py::test_two_runs_into_two_stores_do_not_collide \
+	tests/integration/test_serving.py::test_a_picked_port_taken_before_java_binds_it_is_picked_again
+soak: $(STAMP) $(EXAMPLES)
+	@mkdir -p reports/soak
+	@command -v stress >/dev/null && { stress -c 2 --timeout 7200 >/dev/null 2>&1 & echo $$! > reports/soak/stress.pid; } \
+		|| echo "stress not installed: the runs go without extra load"
+	@fail=0; for i in $$(seq 1 $(RUNS)); do \
+		$(PY) -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider $(SOAK_TESTS) > reports/soak/run-$$i.log 2>&1 \
+			|| fail=$$((fail + 1)); echo "run $$i: $$(tail -n 1 reports/soak/run-$$i.log)"; done; \
+		test -f reports/soak/stress.pid && kill $$(cat reports/soak/stress.pid) 2>/dev/null; rm -f reports/soak/stress.pid; \
+		echo "$$fail of $(RUNS) runs failed"; test $$fail -eq 0
 
 clean:
 	rm -rf reports/*/ model_store/*.mar examples/*/.trained examples/*/weights.pt examples/*/train.csv examples/*/test.csv
