@@ -8,6 +8,7 @@ and never reads as a pass. The checked .mar is published only when the gate pass
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -21,7 +22,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, ReplayError, ReportError
+from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, RecordError, \
+    ReplayError, ReportError
 from pipeline.evaluate.attribution import attribute
 from pipeline.evaluate.compare import StageOutputs, compare_stages
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
@@ -34,7 +36,8 @@ from pipeline.record import RunRecord
 from pipeline.run.options import TOKEN_ENV, RunOptions, apply_options
 from pipeline.run.plan import Plan, plan_run
 from pipeline.run.publish import StoreLock, check_publish_target
-from pipeline.run.release import close_run, exit_code_of
+from pipeline.report.writer import free_space
+from pipeline.run.release import close_run
 from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
@@ -356,6 +359,18 @@ def _server_failure(record: RunRecord) -> ReplayError | None:
     return ReplayError(msg, details=logs[:12])
 
 
+def _disk_full(e: BaseException) -> RecordError | None:
+    """A stage's write that the file system refused (full, over quota, read-only): the run's folder, not a bug."""
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return None
+    where = next((p for p in Path(e.filename).parents if p.is_dir()), None) if e.filename else None
+    err = RecordError(f"could not write {e.filename or 'a file of the run'}: {e.strerror} "
+                      f"({free_space(where) if where else 'free space unknown'} on that file system). Free space "
+                      "there or choose another --reports-dir, then re-run; nothing was published.")
+    err.__cause__ = e
+    return err
+
+
 def _internal(e: BaseException) -> InternalError:
     tb = traceback.format_exception(type(e), e, e.__traceback__)
     tail = [ln.rstrip() for chunk in tb[-6:] for ln in chunk.splitlines() if ln.strip()][-12:]
@@ -497,7 +512,7 @@ def _run_validation(run: _Run) -> RunOutcome:
         error, status = e, "interrupted"
     except Exception as e:  # a bug of the tool: never read as a failed model
         log.debug("internal error", exc_info=True)
-        error, status = _internal(e), "error"
+        error, status = _disk_full(e) or _internal(e), "error"
     _disarm()  # the report is written whatever the deadline
     record = run.record
     if error is not None and record.baseline is not None and record.comparison is None and record.plan is not None:

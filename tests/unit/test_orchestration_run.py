@@ -201,3 +201,20 @@ def test_a_run_without_publishing_takes_no_lock(project, tmp_path, stand):
     out = runner.run_validation(_opts(project, tmp_path, publish=False))
     assert out.status == "passed" and s.locked == {"stages": False, "gate": False}
     assert not target_of(NAME, tmp_path / "store").exists()
+
+
+def test_a_stage_whose_write_the_disk_refuses_is_exit_3_naming_the_file_not_a_tool_bug(project, tmp_path, stand,
+                                                                                          monkeypatch):
+    import errno
+
+    s = stand(gate_passes=True)
+
+    def full(run, stack):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run.record.run_dir / "export" / "model.pt"))
+
+    monkeypatch.setattr(runner, "_stages", full)
+    out = runner.run_validation(_opts(project, tmp_path))
+    assert (out.status, out.exit_code, type(out.error).__name__) == ("error", 3, "RecordError")
+    assert "export/model.pt: No space left on device" in out.error.message and "MiB free" in out.error.message
+    assert "bug" not in out.error.message and not target_of(NAME, tmp_path / "store").exists()
+    assert s.locked == {}
