@@ -36,14 +36,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Closed:
+class RunOutcome:
     """How a run ended, once its record is on disk."""
 
     status: str  # passed | failed | error | interrupted
     exit_code: int
+    run_dir: Path | None
     report: dict | None
-    error: BaseException | None
-    record: RunRecord
+    error: BaseException | None = None
+    record: RunRecord | None = None  # everything the run produced, the release included
 
 
 def exit_code_of(status: str, error: BaseException | None) -> int:
@@ -62,7 +63,7 @@ def exit_code_of(status: str, error: BaseException | None) -> int:
 
 
 def close_run(record: RunRecord, status: str, error: BaseException | None, *, publish: bool, store: Path,
-              force: bool, reports_dir: Path) -> Closed:
+              force: bool, reports_dir: Path) -> RunOutcome:
     """Write the run's record and, when the gate passed and publishing was asked, release the archive.
 
     Args:
@@ -80,7 +81,7 @@ def close_run(record: RunRecord, status: str, error: BaseException | None, *, pu
     """
     releasing = status == "passed" and publish and record.archive is not None
     if record.run_dir is None:  # the run stopped before it had a folder: nothing to record, nothing released
-        return Closed(status, exit_code_of(status, error), None, error, record)
+        return RunOutcome(status, exit_code_of(status, error), None, None, error, record)
     db = reports_dir / HISTORY_FILE
     rows = build_rows(record)
     pending = replace(record, release_state="pending") if releasing else record
@@ -91,7 +92,7 @@ def close_run(record: RunRecord, status: str, error: BaseException | None, *, pu
         return _record_failed(record, e, rows, db, None)
     run_id = _history(db, report)
     if not releasing:
-        return Closed(status, report["exit_code"], report, error, record)
+        return RunOutcome(status, report["exit_code"], record.run_dir, report, error, record)
     try:
         published = publish_archive(record.archive.mar_path, record.spec.name, store, force)
     except PipelineError as e:
@@ -107,10 +108,10 @@ def close_run(record: RunRecord, status: str, error: BaseException | None, *, pu
     confirm(published)
     if run_id is not None:
         _history(db, report, run_id)
-    return Closed(status, report["exit_code"], report, error, done)
+    return RunOutcome(status, report["exit_code"], record.run_dir, report, error, done)
 
 
-def _record_failed(record: RunRecord, error: PipelineError, rows, db: Path, run_id: int | None) -> Closed:
+def _record_failed(record: RunRecord, error: PipelineError, rows, db: Path, run_id: int | None) -> RunOutcome:
     """The run ends as an error; its report is written wherever it still can be (the whole set, else report.json)."""
     log.error("%s", error.message)
     report = build_report(record, "error", error.exit_code, error)
@@ -122,7 +123,7 @@ def _record_failed(record: RunRecord, error: PipelineError, rows, db: Path, run_
         except RecordError as again:
             log.error("no report could be written: %s", again.message)
     _history(db, report, run_id)
-    return Closed("error", error.exit_code, report, error, record)
+    return RunOutcome("error", error.exit_code, record.run_dir, report, error, record)
 
 
 def _history(db: Path, report: dict, run_id: int | None = None) -> int | None:

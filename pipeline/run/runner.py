@@ -15,7 +15,7 @@ import signal
 import time
 import traceback
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,7 +37,7 @@ from pipeline.run.options import TOKEN_ENV, RunOptions, apply_options
 from pipeline.run.plan import Plan, plan_run
 from pipeline.run.publish import StoreLock, check_publish_target
 from pipeline.report.writer import free_space
-from pipeline.run.release import close_run
+from pipeline.run.release import RunOutcome, close_run
 from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
@@ -54,15 +54,6 @@ from pipeline.torchserve.process import Ports, check_ports, find_java
 log = logging.getLogger(__name__)
 
 StageEvent = Callable[[str, str, dict], None]  # stage, "start" | "end", facts
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    status: str  # passed | failed | error | interrupted
-    exit_code: int
-    run_dir: Path | None
-    report: dict | None
-    error: BaseException | None = None
 
 
 class _Run:
@@ -520,8 +511,7 @@ def _run_validation(run: _Run) -> RunOutcome:
             _compare_and_gate(run)
         except Exception as e:  # a partial report must still be written
             log.warning("could not compare the partial results: %s", e)
-    closed = close_run(run.record, status, error, publish=opts.publish, store=opts.model_store, force=opts.force,
-                       reports_dir=opts.reports_dir)
-    run.record = closed.record
-    return RunOutcome(status=closed.status, exit_code=closed.exit_code, run_dir=run.record.run_dir,
-                      report=closed.report, error=closed.error)
+    outcome = close_run(run.record, status, error, publish=opts.publish, store=opts.model_store, force=opts.force,
+                        reports_dir=opts.reports_dir)
+    run.record = outcome.record
+    return outcome
