@@ -4,8 +4,15 @@ Stages are named (``names.Stage``) and any number may take part: baseline, expor
 handled (at batch 1 and at the served batch size), served. Failed rows count against their
 stage: each is a wrong prediction for accuracy and a missed one for its true class's
 recall, so a failure can never make a candidate look better. A metric that cannot be
-computed (0/0: a class absent from the eval rows, a class never predicted) is undefined
-(NaN, with the reason), never 0.
+computed (0/0: a class never predicted) is undefined (NaN, with the reason), never 0.
+
+Macro and weighted averages run over the classes *present* among the eval labels by default
+(``gate.metric_classes: present``, sklearn's ``labels=`` set to those classes): a 1000-class
+model evaluated on rows of 5 classes is averaged over those 5. A prediction of a class absent
+from the eval rows is still an error (it lowers the true class's recall and the accuracy) but
+adds no precision term of its own: the absent class is not averaged. ``metric_classes: all``
+averages over every class of the model; a class absent from the rows then has recall 0/0,
+which makes every macro and weighted figure undefined.
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ log = logging.getLogger(__name__)
 BOOTSTRAP_RESAMPLES = 1000
 MAX_FLIPPED_LISTED = 50
 MAX_DIVERGING_LISTED = 10
+MAX_CLASSES_NAMED = 10  # a class list longer than this is shown as its first ones and "... N more"
+METRIC_CLASSES = ("present", "all")
+
+
+def name_classes(names, limit: int = MAX_CLASSES_NAMED) -> str:
+    """A list of class names for a message: all of them when short, else the first ``limit`` and a count."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", ... {len(names) - limit} more" if len(names) > limit else ""
+    return f"[{shown}{more}]"
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,9 @@ class StageMetrics:
     failed_by_class: list[int]
     latency: LatencySummary | None
     undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it cannot be computed
+    metric_classes: str = "present"  # what macro/weighted average over: "present" (in the eval labels) or "all"
+    classes_averaged: int = 0  # how many classes the macro/weighted figures average over
+    classes_total: int = 0  # the model's classes
 
     def get(self, metric: str) -> float:
         return float(getattr(self, metric))
@@ -138,8 +158,19 @@ class Comparison:
     diverging: tuple[DivergingRow, ...] = ()
 
 
-def _f1_macro(y: np.ndarray, p: np.ndarray, c: int) -> float:
-    """Macro F1 with 0 for 0/0 (for bootstrap intervals only), vectorised."""
+def averaged_classes(y: np.ndarray, c: int, metric_classes: str = "present") -> np.ndarray:
+    """bool [C]: the classes macro and weighted figures average over (those among ``y``, or all)."""
+    if metric_classes not in METRIC_CLASSES:
+        raise ValueError(f"metric_classes must be one of {METRIC_CLASSES}, got {metric_classes!r}")
+    if metric_classes == "all":
+        return np.ones(c, bool)
+    return np.bincount(y, minlength=c)[:c] > 0
+
+
+def _f1_macro(y: np.ndarray, p: np.ndarray, c: int, over: np.ndarray | None = None) -> float:
+    """Macro F1 with 0 for 0/0 (for bootstrap intervals only), vectorised, over the classes ``over``
+    (bool [C]; None: all). The intervals resample rows but keep the full rows' class set, so a
+    resample that misses a class scores it 0 rather than averaging over fewer classes."""
     valid = p >= 0
     tp = np.bincount(y[valid & (p == y)], minlength=c).astype(float)
     predicted = np.bincount(p[valid], minlength=c).astype(float)
@@ -148,11 +179,13 @@ def _f1_macro(y: np.ndarray, p: np.ndarray, c: int) -> float:
         prec = np.where(predicted > 0, tp / predicted, 0.0)
         rec = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
-    return float(f1.mean())
+    if over is not None:
+        f1 = f1[:c][over] if over.any() else np.zeros(0)
+    return float(f1.mean()) if len(f1) else 0.0
 
 
 def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels: tuple[str, ...],
-                      latencies_ms=None) -> StageMetrics:
+                      latencies_ms=None, metric_classes: str = "present") -> StageMetrics:
     """Metrics of one stage; ``pred`` is -1 where the row got no answer.
 
     Args:
@@ -161,9 +194,11 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
         pred: predicted class indices, -1 for failed rows.
         class_labels: names of the classes, index order.
         latencies_ms: per-row latencies to summarize, or None.
+        metric_classes: "present": macro and weighted figures average over the classes among ``y``;
+            "all": over every class (a class absent from ``y`` makes them undefined).
 
     Returns:
-        Accuracy, macro and weighted precision/recall/F1, per-class figures, confusion matrix;
+        Accuracy, macro and weighted precision/recall/F1, per-class figures (every class), confusion matrix;
         undefined figures are NaN and their reasons are in ``undefined``.
     """
     c = len(class_labels)
@@ -177,10 +212,13 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
         f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan,
                       np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0))
     undefined: dict[str, str] = {}
-    absent = [class_labels[k] for k in range(c) if support[k] == 0]
-    never = [class_labels[k] for k in range(c) if predicted[k] == 0]
-    why_recall = f"class(es) {absent} are absent from the eval rows: their recall is 0/0" if absent else ""
-    why_precision = f"{stage} never predicts class(es) {never}: their precision is 0/0" if never else ""
+    over = averaged_classes(y, c, metric_classes)
+    absent = [class_labels[k] for k in range(c) if over[k] and support[k] == 0]
+    never = [class_labels[k] for k in range(c) if over[k] and predicted[k] == 0]
+    why_recall = (f"{len(absent)} class(es) {name_classes(absent)} are absent from the eval rows: their recall is "
+                  "0/0 (gate.metric_classes: all averages over every class; 'present' over those with rows)"
+                  if absent else "")
+    why_precision = f"{stage} never predicts class(es) {name_classes(never)}: their precision is 0/0" if never else ""
     for avg in ("macro", "weighted"):
         if why_recall:
             undefined[f"recall_{avg}"] = why_recall
@@ -188,13 +226,15 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
             undefined[f"precision_{avg}"] = why_precision
         if why_recall or why_precision:
             undefined[f"f1_{avg}"] = "; ".join(w for w in (why_recall, why_precision) if w)
-    weights = support / support.sum() if support.sum() else np.full(c, np.nan)
+    weights = support[over] / support.sum() if support.sum() else np.full(int(over.sum()), np.nan)
 
     def macro(v: np.ndarray) -> float:
-        return float(np.nan) if np.isnan(v).any() else float(v.mean())
+        v = v[over]
+        return float(np.nan) if not len(v) or np.isnan(v).any() else float(v.mean())
 
     def weighted(v: np.ndarray) -> float:
-        return float(np.nan) if np.isnan(v).any() else float((v * weights).sum())
+        v = v[over]
+        return float(np.nan) if not len(v) or np.isnan(v).any() else float((v * weights).sum())
 
     cm = np.zeros((c, c), int)
     np.add.at(cm, (y[answered], pred[answered]), 1)
@@ -208,7 +248,7 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
         confusion=cm.tolist(),
         failed_by_class=[int(((y == k) & ~answered).sum()) for k in range(c)],
         latency=summarize_latency(latencies_ms) if latencies_ms is not None else None,
-        undefined=undefined,
+        undefined=undefined, metric_classes=metric_classes, classes_averaged=int(over.sum()), classes_total=c,
     )
 
 
@@ -242,8 +282,9 @@ def output_diff(ref: StageOutputs, cand: StageOutputs) -> tuple[OutputDiff, np.n
 
 
 def paired_test(y: np.ndarray, ref: StageOutputs, cand: StageOutputs, c: int, seed: int = 0,
-                resamples: int | None = None) -> PairedTest:
-    """McNemar's exact test on correctness and paired-bootstrap intervals for the metric deltas."""
+                resamples: int | None = None, metric_classes: str = "present") -> PairedTest:
+    """McNemar's exact test on correctness and paired-bootstrap intervals for the metric deltas
+    (macro F1 over the same classes as ``score_predictions``: see ``averaged_classes``)."""
     base, pred = ref.predictions, cand.predictions
     bc, cc = base == y, pred == y
     b = int((bc & ~cc).sum())
@@ -251,11 +292,12 @@ def paired_test(y: np.ndarray, ref: StageOutputs, cand: StageOutputs, c: int, se
     p = float(binomtest(min(b, k), b + k, 0.5).pvalue) if b + k else 1.0
     rng = np.random.default_rng(seed)
     n = len(y)
+    over = averaged_classes(y, c, metric_classes)
     d_acc, d_f1 = [], []
     for _ in range((BOOTSTRAP_RESAMPLES if resamples is None else resamples) if n else 0):
         idx = rng.integers(0, n, n)
         d_acc.append(cc[idx].mean() - bc[idx].mean())
-        d_f1.append(_f1_macro(y[idx], pred[idx], c) - _f1_macro(y[idx], base[idx], c))
+        d_f1.append(_f1_macro(y[idx], pred[idx], c, over) - _f1_macro(y[idx], base[idx], c, over))
 
     def ci(v: list[float]) -> tuple[float, float]:
         return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v else (float("nan"),) * 2
@@ -267,7 +309,7 @@ def paired_test(y: np.ndarray, ref: StageOutputs, cand: StageOutputs, c: int, se
         disagreeing=int((pred != base).sum()),
         reference_only_correct=b, candidate_only_correct=k, mcnemar_p=p,
         delta_accuracy=float(cc.mean() - bc.mean()) if n else float("nan"), delta_accuracy_ci=ci(d_acc),
-        delta_f1_macro=_f1_macro(y, pred, c) - _f1_macro(y, base, c), delta_f1_macro_ci=ci(d_f1),
+        delta_f1_macro=_f1_macro(y, pred, c, over) - _f1_macro(y, base, c, over), delta_f1_macro_ci=ci(d_f1),
         output=diff,
     )
 
@@ -286,7 +328,7 @@ def _diverging(ids, ref: StageOutputs, cand: StageOutputs, tolerance: float) -> 
 
 def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str, ...],
                    stages: list[StageOutputs], server_ms: np.ndarray | None = None,
-                   tolerance: float = 1e-5) -> Comparison:
+                   tolerance: float = 1e-5, metric_classes: str = "present") -> Comparison:
     """Metrics for every stage, each candidate against the first (the baseline) and against the one before it.
 
     Args:
@@ -296,16 +338,19 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
         stages: the baseline first, then candidates in pipeline order.
         server_ms: the served model's server-side time per row (NaN where unknown).
         tolerance: the output tolerance; rows beyond it are listed with both outputs.
+        metric_classes: the classes macro and weighted figures average over ("present" or "all").
 
     Returns:
         Side-by-side metrics, paired tests, flipped and diverging rows, the served latency split.
     """
     c = len(class_labels)
     base = stages[0]
-    metrics = {s.name: score_predictions(s.name, y, s.predictions, class_labels, s.latencies_ms) for s in stages}
-    tests = {s.name: paired_test(y, base, s, c) for s in stages[1:]}
+    metrics = {s.name: score_predictions(s.name, y, s.predictions, class_labels, s.latencies_ms, metric_classes)
+               for s in stages}
+    tests = {s.name: paired_test(y, base, s, c, metric_classes=metric_classes) for s in stages[1:]}
     # The steps are read for blame (disagreements, output moves), never gated: no bootstrap intervals.
-    steps = {s.name: paired_test(y, prev, s, c, resamples=0) for prev, s in zip(stages, stages[1:])}
+    steps = {s.name: paired_test(y, prev, s, c, resamples=0, metric_classes=metric_classes)
+             for prev, s in zip(stages, stages[1:])}
     flipped_mask = np.zeros(len(y), bool)
     for s in stages[1:]:
         flipped_mask |= s.predictions != base.predictions

@@ -315,7 +315,7 @@ def compare_and_gate(record: RunRecord) -> RunRecord:
     stages, server_ms = _outputs(record)
     spec = record.plan.spec
     cmp = compare_stages(record.rows.ids, record.rows.labels, record.plan.class_map.labels, stages, server_ms,
-                         tolerance=spec.gate.max_output_diff)
+                         tolerance=spec.gate.max_output_diff, metric_classes=spec.gate.metric_classes)
     gate = evaluate_gate(spec.gate, record.plan.gate, cmp, _gate_inputs(record))
     return replace(record, comparison=cmp, gate=gate)
 

@@ -318,6 +318,11 @@ class GateSpec(_Frozen):
     allow_not_evaluable: tuple[str, ...] = Field(
         default=(), description="checks that may show as WARN when the answers cannot support them"
     )
+    metric_classes: Literal["present", "all"] = Field(
+        default="present",
+        description="classes the macro and weighted metrics average over: those present among the eval labels "
+                    "(sklearn's labels=), or all of the model's (a class without rows then makes them undefined)",
+    )
 
     @field_validator("metrics")
     @classmethod

@@ -39,18 +39,56 @@ def test_metrics_match_sklearn_when_every_figure_is_defined():
     assert score_predictions("x", y, base, LABELS).latency is None
 
 
-def test_a_class_absent_from_the_eval_rows_makes_recall_undefined_not_zero():
+def test_with_metric_classes_all_a_class_absent_from_the_eval_rows_makes_recall_undefined_not_zero():
     y = np.array([0, 0, 1, 1, 0, 1])
     pred = np.array([0, 2, 1, 1, 0, 0])  # class c is predicted once, but never present
-    m = score_predictions("served", y, pred, LABELS)
+    m = score_predictions("served", y, pred, LABELS, metric_classes="all")
+    why = ("1 class(es) ['c'] are absent from the eval rows: their recall is 0/0 (gate.metric_classes: all "
+           "averages over every class; 'present' over those with rows)")
     for avg in AVERAGES:
         assert math.isnan(m.get(f"recall_{avg}")) and math.isnan(m.get(f"f1_{avg}"))
-        assert m.undefined[f"recall_{avg}"] == "class(es) ['c'] are absent from the eval rows: their recall is 0/0"
+        assert m.undefined[f"recall_{avg}"] == why
         assert m.undefined[f"f1_{avg}"] == m.undefined[f"recall_{avg}"]
         assert not math.isnan(m.get(f"precision_{avg}")) and f"precision_{avg}" not in m.undefined
     assert math.isnan(m.per_class["c"]["recall"]) and m.per_class["c"]["precision"] == 0.0
     assert m.per_class["c"]["support"] == 0 and math.isnan(m.per_class["c"]["f1"])
     assert m.accuracy == pytest.approx(4 / 6)
+    assert (m.metric_classes, m.classes_averaged, m.classes_total) == ("all", 3, 3)
+
+
+def test_by_default_macro_and_weighted_average_over_the_classes_present_as_sklearn_labels_does():
+    # class c has no row but is predicted once: an error of class a (its recall drops), no precision term of c
+    y = np.array([0, 0, 1, 1, 0, 1])
+    pred = np.array([0, 2, 1, 1, 0, 0])
+    m = score_predictions("served", y, pred, LABELS)
+    assert m.undefined == {} and (m.metric_classes, m.classes_averaged, m.classes_total) == ("present", 2, 3)
+    for avg in AVERAGES:
+        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1], average=avg, zero_division=np.nan)
+        assert m.get(f"precision_{avg}") == pytest.approx(p, abs=1e-12)
+        assert m.get(f"recall_{avg}") == pytest.approx(r, abs=1e-12)
+        assert m.get(f"f1_{avg}") == pytest.approx(f, abs=1e-12)
+    assert m.recall_macro == pytest.approx(2 / 3)  # a: 2 of 3 (one row predicted c), b: 2 of 3
+    assert m.per_class["c"]["support"] == 0 and math.isnan(m.per_class["c"]["recall"])  # still listed, per class
+
+
+def test_present_classes_of_a_thousand_class_model_on_five_classes_and_the_reason_names_ten_at_most():
+    labels = tuple(f"n{k}" for k in range(1000))
+    y = np.repeat([3, 17, 134, 517, 999], 4)
+    m = score_predictions("served", y, y.copy(), labels)
+    assert m.undefined == {} and m.f1_macro == 1.0 and m.f1_weighted == 1.0 and m.classes_averaged == 5
+    wrong = y.copy()
+    wrong[0] = 5  # a prediction of a class without rows: an error, and no precision term for class 5
+    m = score_predictions("served", y, wrong, labels)
+    assert m.recall_macro == pytest.approx((3 / 4 + 4) / 5) and m.precision_macro == 1.0
+    every = score_predictions("served", y, y.copy(), labels, metric_classes="all")
+    why = every.undefined["recall_macro"]
+    assert math.isnan(every.f1_macro) and why.startswith("995 class(es) ['n0', 'n1', 'n2', 'n4', 'n5', ")
+    assert "... 985 more]" in why and "'n20'" not in why
+
+
+def test_metric_classes_must_be_present_or_all():
+    with pytest.raises(ValueError, match="metric_classes"):
+        score_predictions("served", np.array([0]), np.array([0]), LABELS, metric_classes="some")
 
 
 def test_a_class_never_predicted_makes_precision_undefined_not_zero():
@@ -69,9 +107,13 @@ def test_a_class_never_predicted_makes_precision_undefined_not_zero():
 def test_both_reasons_are_joined_for_f1():
     y = np.array([0, 0, 1])
     pred = np.array([0, 0, 0])
-    m = score_predictions("served", y, pred, LABELS)
-    assert m.undefined["f1_macro"] == ("class(es) ['c'] are absent from the eval rows: their recall is 0/0; "
-                                       "served never predicts class(es) ['b', 'c']: their precision is 0/0")
+    m = score_predictions("served", y, pred, LABELS, metric_classes="all")
+    assert m.undefined["f1_macro"] == ("1 class(es) ['c'] are absent from the eval rows: their recall is 0/0 "
+                                       "(gate.metric_classes: all averages over every class; 'present' over those "
+                                       "with rows); served never predicts class(es) ['b', 'c']: their precision is 0/0")
+    # over the classes present, c is not averaged: only b's precision is 0/0
+    present = score_predictions("served", y, pred, LABELS)
+    assert present.undefined["f1_macro"] == "served never predicts class(es) ['b']: their precision is 0/0"
 
 
 def test_a_class_predicted_but_never_right_has_f1_zero_not_nan():
@@ -126,6 +168,19 @@ def test_f1_for_intervals_counts_zero_for_zero_over_zero():
     half_y, half_p = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
     assert _f1_macro(half_y, half_p, 2) == 0.5
     assert score_predictions("s", half_y, half_p, ("a", "b")).per_class["a"]["f1"] == 0.5
+
+
+def test_paired_f1_delta_averages_over_the_same_classes_as_the_metrics():
+    # 3 classes, rows of 2: the delta of the figures the report shows, not one diluted by the absent class
+    y = np.array([0, 0, 0, 1, 1, 1] * 5)
+    base = y.copy()
+    cand = y.copy()
+    cand[[0, 3]] = [1, 2]
+    t = paired_test(y, outputs("baseline", base), outputs("served", cand), 3)
+    a, b = score_predictions("served", y, cand, LABELS), score_predictions("baseline", y, base, LABELS)
+    assert t.delta_f1_macro == pytest.approx(a.f1_macro - b.f1_macro, abs=1e-12)
+    every = paired_test(y, outputs("baseline", base), outputs("served", cand), 3, metric_classes="all")
+    assert every.delta_f1_macro == pytest.approx(t.delta_f1_macro * 2 / 3 + 0.0, abs=1e-12)  # c scores 0, 0
 
 
 def test_f1_for_intervals_raises_no_floating_point_warning():
