@@ -71,21 +71,46 @@ class Carries:
 
 @dataclass(frozen=True)
 class ClassMap:
-    """Class labels as answers name them, index order, and where they came from."""
+    """Class labels as answers name them, index order, and where they came from.
+
+    A name may belong to several classes (TorchServe's ImageNet ``index_to_name.json`` has two
+    'crane' and two 'maillot'): ``index_of`` then gives the first of them and ``candidates`` all
+    of them; the comparison decides between them by name (``evaluate.compare``).
+    """
 
     labels: tuple[str, ...]
     source: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {name: i for i, name in enumerate(self.labels)})
+        index: dict[str, int] = {}
+        for i, name in enumerate(self.labels):
+            index.setdefault(name, i)  # the first class of a shared name, the same on every run
+        object.__setattr__(self, "_index", index)
 
     def index_of(self, label: str) -> int:
-        """The class index of ``label``; AnswerError when the model has no such class."""
+        """The class index of ``label`` (the first, for a name several classes share); AnswerError when
+        the model has no such class."""
         index = self._index.get(label)  # type: ignore[attr-defined]
         if index is None:
             raise AnswerError(f"label {label!r} is not a class of the model "
                               f"({self.source}: {list(self.labels)[:12]})")
         return index
+
+    def candidates(self, label: str) -> tuple[int, ...]:
+        """Every class named ``label`` (one for a unique name, none for an unknown one)."""
+        return tuple(i for i, name in enumerate(self.labels) if name == label)
+
+    def shared_names(self) -> dict[str, tuple[int, ...]]:
+        """Names that belong to more than one class -> those classes."""
+        return shared_names(self.labels)
+
+
+def shared_names(labels: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Names that belong to more than one class -> those classes, in index order."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(labels):
+        groups.setdefault(name, []).append(i)
+    return {name: tuple(ix) for name, ix in groups.items() if len(ix) > 1}
 
 
 def parse_json(body: bytes | str | Any) -> Any:

@@ -4,12 +4,15 @@ TorchServe's built-in classifiers label their answers through ``index_to_name.js
 are class indices as strings; a list value means its last element) and fall back to the
 index as a string. Both sources given and disagreeing is an input error: one of them is
 stale, and a shifted label map is a classic served-vs-local bug.
+
+A name shared by several classes (TorchServe's own ImageNet map names 134 and 517 'crane',
+638 and 639 'maillot') is a warning, not an error: an answer that names it is compared by
+name (``shared_name_note``; ``evaluate.compare.resolve_shared_names``).
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from pipeline.answers.base import ClassMap
@@ -23,9 +26,8 @@ def read_label_map(path: Path, num_classes: int) -> tuple[str, ...]:
     """Names of classes 0..C-1 from an index_to_name.json, as TorchServe 0.12 reads it.
 
     Raises:
-        ConfigError: not JSON, not an object, a class without a name (the built-in handler
-            would raise KeyError on it), or two classes with one name (its answer, a dict,
-            would collapse them).
+        ConfigError: not JSON, not an object, or a class without a name (the built-in handler
+            would raise KeyError on it). Two classes with one name are allowed (``shared_name_note``).
     """
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -51,15 +53,30 @@ def read_label_map(path: Path, num_classes: int) -> tuple[str, ...]:
     if extra:
         raise ConfigError(f"{path}: keys {extra[:10]} are not classes of the model (0..{num_classes - 1}). "
                           "Fix the label map or model.num_classes.")
-    labels = tuple(names[str(i)] for i in range(num_classes))
-    dup = sorted(n for n, c in Counter(labels).items() if c > 1)
-    if dup:
-        classes = {n: [i for i, m in enumerate(labels) if m == n] for n in dup}
-        raise ConfigError(
-            f"{path}: name(s) {dup[:5]} belong to more than one class {classes}; an answer "
-            "{label: probability} keeps only one of them, so classes are lost. Make every name unique."
-        )
-    return labels
+    return tuple(names[str(i)] for i in range(num_classes))
+
+
+# Formats whose answers name the predicted class by its index: a shared name never reaches them.
+INDEX_FORMATS = frozenset({"package_validate", "logits", "index"})
+
+
+def names_classes(fmt: str) -> bool:
+    """Whether answers of format ``fmt`` name classes by label (so a shared name is ambiguous in them)."""
+    return fmt not in INDEX_FORMATS
+
+
+def shared_name_note(class_map: ClassMap) -> str | None:
+    """The plan's warning for names several classes share, or None when every name is unique."""
+    shared = class_map.shared_names()
+    if not shared:
+        return None
+    groups = ", ".join(f"{name!r}: classes {list(ix)}" for name, ix in list(shared.items())[:10])
+    more = f", ... {len(shared) - 10} more" if len(shared) > 10 else ""
+    return (f"warning: {class_map.source} gives {len(shared)} name(s) to more than one class ({groups}{more}). An "
+            "answer that names such a class cannot say which one: it is compared by name (it matches the baseline "
+            "when the baseline's class has that name) and its probability of that name is not compared; such rows "
+            "are listed in the report. TorchServe's {label: probability} answer also keeps only one probability "
+            "per name when both classes are in its top k.")
 
 
 def label_map_file(spec: Spec) -> Path | None:

@@ -156,6 +156,17 @@ class Comparison:
     served_server_latency: LatencySummary | None = None
     served_overhead_latency: LatencySummary | None = None
     diverging: tuple[DivergingRow, ...] = ()
+    # stage -> ids of the rows whose answer named a class by a name several classes share (compared by name)
+    shared_name_rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def class_keys(class_labels: tuple[str, ...]) -> list[str]:
+    """One key per class for per-class tables: its name, with its index added where several classes share
+    the name ('crane [134]', 'crane [517]'), so no class hides another."""
+    seen: dict[str, int] = {}
+    for name in class_labels:
+        seen[name] = seen.get(name, 0) + 1
+    return [name if seen[name] == 1 else f"{name} [{k}]" for k, name in enumerate(class_labels)]
 
 
 def averaged_classes(y: np.ndarray, c: int, metric_classes: str = "present") -> np.ndarray:
@@ -243,8 +254,9 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
         accuracy=float((pred == y).mean()) if len(y) else float("nan"),
         precision_macro=macro(precision), recall_macro=macro(recall), f1_macro=macro(f1),
         precision_weighted=weighted(precision), recall_weighted=weighted(recall), f1_weighted=weighted(f1),
-        per_class={class_labels[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
-                                     "f1": float(f1[k]), "support": int(support[k])} for k in range(c)},
+        per_class={key: {"precision": float(precision[k]), "recall": float(recall[k]),
+                                     "f1": float(f1[k]), "support": int(support[k])}
+                   for k, key in enumerate(class_keys(class_labels))},
         confusion=cm.tolist(),
         failed_by_class=[int(((y == k) & ~answered).sum()) for k in range(c)],
         latency=summarize_latency(latencies_ms) if latencies_ms is not None else None,
@@ -326,9 +338,42 @@ def _diverging(ids, ref: StageOutputs, cand: StageOutputs, tolerance: float) -> 
     return out
 
 
+def resolve_shared_names(stage: StageOutputs, reference: np.ndarray, shared: dict[str, tuple[int, ...]]
+                         ) -> tuple[StageOutputs, np.ndarray]:
+    """A stage whose answers name classes, with each name several classes share decided by name.
+
+    An answer naming 'crane' (classes 134 and 517) says only the name; its decoder gave the first
+    class. The row counts as the reference's class when that class has the name (so it matches
+    the baseline by name), else stays the first class of the name. The probabilities of every
+    class of that name are dropped on such rows (NaN, not compared): the answer holds one number
+    for two classes.
+
+    Returns:
+        The stage with the decided predictions, and the row mask of answers that named a shared name.
+    """
+    pred = stage.predictions.copy()
+    probs = stage.probabilities.copy() if stage.probabilities is not None else None
+    mask = np.zeros(len(pred), bool)
+    for classes in shared.values():
+        group = np.asarray(classes)
+        rows = np.isin(pred, group)
+        if not rows.any():
+            continue
+        mask |= rows
+        same = rows & np.isin(reference, group)
+        pred[same] = reference[same]
+        if probs is not None:
+            probs[np.ix_(rows, group)] = np.nan
+    if not mask.any():
+        return stage, mask
+    return StageOutputs(stage.name, pred, probs, stage.logits, stage.latencies_ms), mask
+
+
 def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str, ...],
                    stages: list[StageOutputs], server_ms: np.ndarray | None = None,
-                   tolerance: float = 1e-5, metric_classes: str = "present") -> Comparison:
+                   tolerance: float = 1e-5, metric_classes: str = "present",
+                   shared_names: dict[str, tuple[int, ...]] | None = None,
+                   by_name: frozenset[str] = frozenset()) -> Comparison:
     """Metrics for every stage, each candidate against the first (the baseline) and against the one before it.
 
     Args:
@@ -339,12 +384,25 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
         server_ms: the served model's server-side time per row (NaN where unknown).
         tolerance: the output tolerance; rows beyond it are listed with both outputs.
         metric_classes: the classes macro and weighted figures average over ("present" or "all").
+        shared_names: names several classes share -> those classes (``ClassMap.shared_names``).
+        by_name: the stages whose answers name classes by label; their answers of a shared name are
+            decided against the baseline by name (``resolve_shared_names``) and listed.
 
     Returns:
         Side-by-side metrics, paired tests, flipped and diverging rows, the served latency split.
     """
     c = len(class_labels)
     base = stages[0]
+    shared_rows: dict[str, tuple[str, ...]] = {}
+    if shared_names:
+        decided = [base]
+        for s in stages[1:]:
+            if s.name in by_name:
+                s, mask = resolve_shared_names(s, base.predictions, shared_names)
+                if mask.any():
+                    shared_rows[s.name] = tuple(ids[i] for i in np.nonzero(mask)[0])
+            decided.append(s)
+        stages = decided
     metrics = {s.name: score_predictions(s.name, y, s.predictions, class_labels, s.latencies_ms, metric_classes)
                for s in stages}
     tests = {s.name: paired_test(y, base, s, c, metric_classes=metric_classes) for s in stages[1:]}
@@ -375,5 +433,5 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
     return Comparison(
         labels=class_labels, stages=metrics, tests=tests, steps=steps, flipped=tuple(flipped),
         flipped_total=int(flipped_mask.sum()), served_server_latency=server_lat, served_overhead_latency=overhead,
-        diverging=tuple(diverging),
+        diverging=tuple(diverging), shared_name_rows=shared_rows,
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.answers.classes import shared_name_note
 from pipeline.evaluate.attribution import attribute
 from pipeline.names import Stage
 from pipeline.record import RunRecord
@@ -42,8 +43,12 @@ def _plan_block(record: RunRecord) -> dict | None:
                     "carries": carries.describe() if carries else "unknown (no answer decoded)"},
         "class_labels": list(plan.class_map.labels),
         "class_map_source": plan.class_map.source,
+        "shared_names": {k: list(v) for k, v in plan.class_map.shared_names().items()},
+        # stage -> ids of rows whose answer named a shared name (compared by name)
+        "shared_name_rows": {k: list(v) for k, v in record.comparison.shared_name_rows.items()}
+        if record.comparison is not None else {},
         "stages": [Stage.BASELINE.value, *plan.stages],
-        "notes": list(plan.notes),
+        "notes": list(plan.notes) + [n for n in (shared_name_note(plan.class_map),) if n],
     }
 
 

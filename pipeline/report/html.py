@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.report.text import averaged_over, shown_classes  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -53,12 +54,15 @@ def _confusion_plot(rep: dict) -> str | None:
     if not metrics:
         return None
     names = list(metrics)
-    labels = list(metrics[names[0]]["per_class"])
+    shown, hidden = shown_classes(metrics)  # a 1000-class matrix is unreadable: the classes with rows or predicted
+    labels = [list(metrics[names[0]]["per_class"])[k] for k in shown]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
     for ax, n in zip(axes[0], names):
-        cm = np.array(metrics[n]["confusion"])
+        cm = np.array(metrics[n]["confusion"])[np.ix_(shown, shown)]
         ax.imshow(cm, cmap="Blues")
-        ax.set_title(f"{n} ({metrics[n]['answered']}/{metrics[n]['rows']} answered)")
+        ax.set_title(f"{n} ({metrics[n]['answered']}/{metrics[n]['rows']} answered)"
+                     + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out" if hidden else ""),
+                     fontsize=9 if hidden else None)
         ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0)
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted")
@@ -75,7 +79,8 @@ def _f1_plot(rep: dict) -> str | None:
     if not metrics:
         return None
     names = list(metrics)
-    labels = list(metrics[names[0]]["per_class"])
+    shown, _ = shown_classes(metrics)
+    labels = [list(metrics[names[0]]["per_class"])[k] for k in shown]
     values = {n: [metrics[n]["per_class"][c]["f1"] for c in labels] for n in names}
     finite = [v for vs in values.values() for v in vs if v is not None and math.isfinite(v)]
     # From 0 the few-thousandths differences a packaging bug causes are invisible: start near the lowest bar.
@@ -229,6 +234,8 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         parts.append("<h2>Metrics</h2>")
         parts.append(_table(["metric"] + names, [[m] + [e(metric_text(metrics[n], m)) for n in names] for m in
                      ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
+        if averaged_over(metrics[names[0]]):
+            parts.append(f"<p>{e(averaged_over(metrics[names[0]]))}.</p>")
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:

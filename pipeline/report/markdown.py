@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.report.text import check_word, fmt, metric, table
+from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, table
 
 SUMMARY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
 
@@ -33,15 +33,25 @@ def _metrics(rep: dict) -> list[str]:
     rows = [[m] + [metric(metrics[n], m) for n in names] for m in SUMMARY_METRICS]
     rows.append(["rows answered"] + [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names])
     lines += table(["metric"] + names, rows) + [""]
+    over = averaged_over(metrics[names[0]])
+    if over:
+        lines += [over[0].upper() + over[1:] + ".", ""]
     undefined = {f"{n}: {k}": why for n in names for k, why in (metrics[n].get("undefined") or {}).items()}
     if undefined:
         lines += ["Undefined figures (never shown as 0):", ""] + [f"- {k}: {v}" for k, v in undefined.items()] + [""]
     lines += ["### Per class (precision / recall / F1)", ""]
-    classes = list(metrics[names[0]]["per_class"])
-    rows = [[c] + [" / ".join("undefined" if metrics[n]["per_class"][c][k] is None
-                               else fmt(metrics[n]["per_class"][c][k], 3) for k in ("precision", "recall", "f1"))
-                   for n in names] for c in classes]
-    lines += table(["class"] + names, rows) + [""]
+    keys = list(metrics[names[0]]["per_class"])
+    shown, hidden = shown_classes(metrics)
+    classes = [keys[k] for k in shown]
+    rows = [[c, str(metrics[names[0]]["per_class"][c]["support"])]
+            + [" / ".join("undefined" if metrics[n]["per_class"][c][k] is None
+                          else fmt(metrics[n]["per_class"][c][k], 3) for k in ("precision", "recall", "f1"))
+               for n in names] for c in classes]
+    lines += table(["class", "rows"] + names, rows) + [""]
+    if hidden:
+        lines += [f"... {hidden} more class(es) without rows and never predicted (all {len(keys)} are in "
+                  "report.json).", ""]
+    lines += _shared_rows(rep)
     lines += ["### Latency per row (ms)", ""]
     rows = []
     for n in names:
@@ -56,6 +66,16 @@ def _metrics(rep: dict) -> list[str]:
             rows.append([label] + [fmt(lat[k], 3) for k in ("p50", "p95", "p99", "mean", "max")] + [str(lat["count"])])
     lines += table(["stage", "p50", "p95", "p99", "mean", "max", "n"], rows) + [""]
     return lines
+
+
+def _shared_rows(rep: dict) -> list[str]:
+    shared = (rep.get("plan") or {}).get("shared_name_rows") or {}
+    out = []
+    for stage, ids in shared.items():
+        out.append(f"- {stage}: {len(ids)} row(s) answered a name several classes share, compared by name: "
+                   f"{', '.join(ids[:10])}{f', ... {len(ids) - 10} more' if len(ids) > 10 else ''}")
+    return (["Answers naming a shared class name (see the label map warning under What ran):", ""] + out + [""]
+            if out else [])
 
 
 def _attribution(rep: dict) -> list[str]:
@@ -114,7 +134,8 @@ def _plan(rep: dict) -> list[str]:
              f"({plan['reference']['description']})",
              f"- answers: format `{a['format']}` (chosen by {a['chosen_by']}), envelope `{a['envelope']}`, "
              f"carrying {a['carries']}; each must carry {a['required_classes']} class(es) ({a['required_words']})",
-             f"- classes: {plan['class_map_source']} {plan['class_labels'][:12]}",
+             f"- classes: {len(plan['class_labels'])} from {plan['class_map_source']} {plan['class_labels'][:10]}"
+             + (f" ... {len(plan['class_labels']) - 10} more" if len(plan['class_labels']) > 10 else ""),
              f"- stages: {', '.join(plan['stages'])}"]
     if ds:
         lines.append(f"- dataset: {ds['rows']} {ds['kind']} rows from {ds['source']} (sent as {ds['content_type']})")

@@ -38,3 +38,33 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows]
     return out
+
+
+MAX_CLASS_ROWS = 40  # a per-class table longer than this shows the classes with rows (and those predicted) only
+
+
+def shown_classes(metrics: dict) -> tuple[list[int], int]:
+    """The classes a per-class table or plot shows, by index, and how many it leaves out.
+
+    Every class when the model has few; otherwise those with eval rows and those some stage
+    predicted (a prediction of a class without rows is an error worth seeing). report.json keeps all.
+    """
+    names = list(metrics)
+    keys = list(metrics[names[0]]["per_class"]) if names else []
+    if len(keys) <= MAX_CLASS_ROWS:
+        return list(range(len(keys))), 0
+    shown = [k for k, key in enumerate(keys)
+             if metrics[names[0]]["per_class"][key]["support"]
+             or any(metrics[n]["per_class"][key]["precision"] is not None for n in names)]
+    return shown, len(keys) - len(shown)
+
+
+def averaged_over(m: dict) -> str:
+    """What the macro and weighted figures of a stage's metrics average over, in words."""
+    total, n = m.get("classes_total"), m.get("classes_averaged")
+    if not total:
+        return ""
+    if m.get("metric_classes") == "all":
+        return f"macro and weighted figures average over all {total} classes (gate.metric_classes: all)"
+    return (f"macro and weighted figures average over the {n} class(es) present among the eval labels, of the "
+            f"model's {total} (gate.metric_classes: present; predictions of other classes count as errors)")

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline.answers.classes import names_classes
 from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, RecordError, \
     ReplayError, ReportError
 from pipeline.evaluate.attribution import attribute
@@ -314,10 +315,21 @@ def compare_and_gate(record: RunRecord) -> RunRecord:
     """The record with every stage compared with the baseline and the gate evaluated on the plan."""
     stages, server_ms = _outputs(record)
     spec = record.plan.spec
-    cmp = compare_stages(record.rows.ids, record.rows.labels, record.plan.class_map.labels, stages, server_ms,
-                         tolerance=spec.gate.max_output_diff, metric_classes=spec.gate.metric_classes)
+    cmap = record.plan.class_map
+    by_name = frozenset(s.name for s in stages if s.name not in (Stage.BASELINE, Stage.EXPORTED)
+                        and names_classes(_codec_of(record, s.name).format))
+    cmp = compare_stages(record.rows.ids, record.rows.labels, cmap.labels, stages, server_ms,
+                         tolerance=spec.gate.max_output_diff, metric_classes=spec.gate.metric_classes,
+                         shared_names=cmap.shared_names(), by_name=by_name)
     gate = evaluate_gate(spec.gate, record.plan.gate, cmp, _gate_inputs(record))
     return replace(record, comparison=cmp, gate=gate)
+
+
+def _codec_of(record: RunRecord, stage: str):
+    """The answer codec a stage's answers were read with (settled by its first answer under auto)."""
+    if stage == Stage.SERVED and record.replay is not None and record.replay.codec is not None:
+        return record.replay.codec
+    return record.handled.codec if record.handled is not None else record.plan.codec
 
 
 def _compare_and_gate(run: _Run) -> None:
