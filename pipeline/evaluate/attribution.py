@@ -75,9 +75,10 @@ def attribute(cmp: Comparison, tolerance: float) -> Attribution:
         steps.append(Step(stage, t.reference, layer, why, step_differs(t, tolerance), t.disagreeing,
                           t.output.max_abs, t.output.quantity))
     bad = [s for s in steps if s.differs]
+    if not steps:  # only the baseline has results (a run that stopped early): nothing was compared
+        return Attribution(None, "nothing to attribute: no stage after the baseline has results", ())
     if not bad:
-        last = steps[-1].stage if steps else Stage.BASELINE
-        return Attribution(None, f"{last} matches the baseline at every step", tuple(steps))
+        return Attribution(None, f"{steps[-1].stage} matches the baseline at every step", tuple(steps))
     first = bad[0]
     diff = f", max {first.quantity} difference {first.max_output_diff:.3g}" if first.max_output_diff is not None else ""
     summary = (f"{first.layer}: {first.why} ({first.stage} vs {first.reference}: {first.disagreeing} row(s) with "

@@ -24,12 +24,20 @@ def render_console(rep: dict, *, width: int = 12) -> str:
         out.append(f"{rep['error']['type']}: {rep['error']['message']}")
         out += [f"  - {d}" for d in rep["error"].get("details", [])[:15]]
     if checks and not rep.get("complete"):
-        out.append(f"gate: not evaluated, the run did not complete ({len(failed)} failed check(s) on partial results)")
+        # The checks of the stages that never ran all fail "not evaluated": one line says so, not one each.
+        unrun = [c for c in failed if not c.get("evaluated", True)]
+        failed = [c for c in failed if c.get("evaluated", True)]
+        missing = not_run(rep)
+        out.append("gate: not evaluated, the run did not complete" + (
+            f"; did not run: {', '.join(missing)}" if missing else "") + (
+            f"; {len(unrun)} check(s) without results" if unrun else "") + (
+            f"; {len(failed)} failed on the partial results:" if failed else ""))
     for c in failed[:MAX_FAILED_SHOWN]:
         out.append(f"  FAIL {c['stage']}: {c['name']}: value {fmt(c['value'])}, baseline {fmt(c['baseline'])}, "
                    f"limit {c['limit']}" + (f" ({c['detail']})" if c["detail"] else ""))
     if len(failed) > MAX_FAILED_SHOWN:
         out.append(f"  ... and {len(failed) - MAX_FAILED_SHOWN} more failed checks in the report")
+    out += _failed_rows(rep)
     for c in warned[:4]:
         out.append(f"  WARN {c['stage']}: {c['name']}: value {fmt(c['value'])}, limit {c['limit']}")
     a = rep.get("attribution")
@@ -52,6 +60,42 @@ def render_console(rep: dict, *, width: int = 12) -> str:
         out.append("published: no (not asked to publish)")
     out.append(_where(rep.get("run_dir")))
     return "\n".join(out)
+
+
+MAX_ROW_EXAMPLES = 3
+PIPELINE = ("dataset", "baseline", "export", "archive", "handled", "serve", "replay", "compare")
+
+
+def not_run(rep: dict) -> list[str]:
+    """The stages of the run's plan after the one it stopped in (stage_seconds holds those that started)."""
+    ran = list(rep.get("stage_seconds") or {})
+    planned = set((rep.get("plan") or {}).get("stages") or ())
+    wanted = {"dataset", "baseline", "compare"}
+    if "exported" in planned:
+        wanted.add("export")
+    if any(s.startswith("handled") for s in planned):
+        wanted |= {"archive", "handled"}
+    if "served" in planned:
+        wanted |= {"serve", "replay"}
+    if not rep.get("plan"):
+        wanted = set(PIPELINE)
+    last = max((PIPELINE.index(s) for s in ran if s in PIPELINE), default=-1)
+    return [s for s in PIPELINE[last + 1:] if s in wanted and s not in ran]
+
+
+def _failed_rows(rep: dict) -> list[str]:
+    """One failed row per stage and error class, with its message: what the handler raised, quoted."""
+    stages = rep.get("stages") or {}
+    blocks = [("handled", (stages.get("handled") or {}).get("batch1")),
+              (f"handled@batch{(stages.get('handled') or {}).get('batch_size')}",
+               (stages.get("handled") or {}).get("batched")),
+              ("served", stages.get("replay"))]
+    out = []
+    for stage, block in blocks:
+        for cls, ex in ((block or {}).get("examples") or {}).items():
+            out.append(f"  {stage} row {ex['id']} ({(block.get('errors') or {}).get(cls, 1)} like it): {cls}: "
+                       f"{ex['message']}")
+    return out[:MAX_ROW_EXAMPLES]
 
 
 def _where(run_dir: str | None) -> str:

@@ -46,10 +46,11 @@ from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model
 from pipeline.stages.handled import HandledConfig, run_handled
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
-from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset
+from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
 from pipeline.torchserve.errors import SERVER_FAILURES
-from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, worker_recoveries
+from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, logged_causes, \
+    model_log_offset, worker_recoveries
 from pipeline.torchserve.process import Ports, check_ports, find_java
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         run.update(server=server)
         metrics_log = None
     replay_cfg = _replay_config(run, server.inference_url, server.inference_token, codec, metrics_log)
-    ts_log_start = log_offset(server.log_dir)
+    ts_log_start, model_log_start = log_offset(server.log_dir), model_log_offset(server.log_dir)
     with run.timed("replay") as facts:
         replay = replay_dataset(replay_cfg, rows)
         run.update(worker_restarts=worker_recoveries(server.log_dir, ts_log_start))
@@ -193,6 +194,25 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             run.update(served_probes=probe_served(replay_cfg, probes, replay.rows, replay.codec or codec))
         if server.log_dir is not None and replay.error_counts().get("handler_error"):
             run.update(server_failures=tuple(tuple(x) for x in handler_exceptions(server.log_dir)))
+        if server.log_dir is not None and (replay.error_counts().get("handler_error") or any(
+                p.message.startswith("handler_error") for p in run.record.served_probes)):
+            causes = _await_causes(server.log_dir, model_log_start)
+            quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, causes)
+            run.update(replay=quoted, served_probes=served_probes)
+
+
+CAUSES_WAIT_S = 3.0
+
+
+def _await_causes(log_dir: Path, since: int) -> list[str]:
+    """The handler exceptions logged since ``since``: the worker's stdout reaches model_log.log a moment
+    after its answer, so a replay with handler errors waits (bounded) for the first traceback."""
+    deadline = time.monotonic() + CAUSES_WAIT_S
+    causes = logged_causes(log_dir, since)
+    while not causes and time.monotonic() < deadline:
+        time.sleep(0.05)
+        causes = logged_causes(log_dir, since)
+    return causes
 
 
 def _replay_config(run: _Run, url_base: str, token: str | None, codec, metrics_log) -> ReplayConfig:
@@ -374,9 +394,45 @@ def _disk_full(e: BaseException) -> RecordError | None:
     return err
 
 
+TOOL_DIR = str(Path(__file__).resolve().parents[1]) + os.sep  # the pipeline package
+TAIL_FRAMES = 5
+
+
+def traceback_tail(e: BaseException) -> list[str]:
+    """The frames of a tool bug worth reading, ending at the tool's own frame.
+
+    The innermost frames are often torch's or the user's (the tool called into them); the tail
+    ends at the last frame in ``pipeline/``, the tool's line that made the call, and a first line
+    names where below it the exception was raised.
+    """
+    frames = traceback.extract_tb(e.__traceback__)
+    own = [i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(TOOL_DIR)]
+    last = own[-1] if own else len(frames) - 1
+    out = []
+    if 0 <= last < len(frames) - 1:
+        inner = frames[-1]
+        out.append(f"raised {len(frames) - 1 - last} frame(s) below the tool's call, innermost "
+                   f"{_short_file(inner.filename)}:{inner.lineno} in {inner.name}: {type(e).__name__}: {e}")
+    else:
+        out.append(f"{type(e).__name__}: {e}")
+    for f in frames[max(0, last - TAIL_FRAMES + 1): last + 1]:
+        out.append(f"{_short_file(f.filename)}:{f.lineno} in {f.name}" + (f": {f.line.strip()}" if f.line else ""))
+    return out
+
+
+def _short_file(filename: str) -> str:
+    real = os.path.realpath(filename)
+    if real.startswith(TOOL_DIR):
+        return "pipeline/" + real[len(TOOL_DIR):]
+    if "/site-packages/" in filename:
+        return filename.rsplit("/site-packages/", 1)[1]
+    if "/lib/python3" in filename:  # the standard library: json/decoder.py
+        return "/".join(filename.split("/")[-2:])
+    return filename
+
+
 def _internal(e: BaseException) -> InternalError:
-    tb = traceback.format_exception(type(e), e, e.__traceback__)
-    tail = [ln.rstrip() for chunk in tb[-6:] for ln in chunk.splitlines() if ln.strip()][-12:]
+    tail = traceback_tail(e)
     err = InternalError(f"package-validate failed inside itself: {type(e).__name__}: {e}. This is a bug in the "
                         "tool, not a verdict on the model: report it with the run folder.", details=tail)
     err.__cause__ = e

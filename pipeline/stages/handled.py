@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -108,6 +108,7 @@ class HandlerProcess:
         self.logcap = LogCap(cfg.work_dir, names=(self.log_path.name,))
         self.proc: subprocess.Popen | None = None
         self.load_s = 0.0
+        self.last_cause: str | None = None  # what the handler raised on the last batch, quoted (None: nothing)
 
     def __enter__(self) -> "HandlerProcess":
         to_child_r, to_child_w = os.pipe()
@@ -174,6 +175,7 @@ class HandlerProcess:
         if "error" in msg:
             raise HandledError(f"the in-process handler run failed: {msg['error']}",
                                details=_traceback_tail(msg.get("traceback", "")))
+        self.last_cause = msg.get("cause")
         return msg["answers"], float(msg["ms"])
 
     def close(self) -> None:
@@ -191,6 +193,13 @@ class HandlerProcess:
             if self.proc is not None:
                 stop_group(self.proc, STOP_GRACE_S)  # also when the child is gone: what it started may not be
             self.logcap.close()  # after the writer stopped: a handler.log over the cap becomes head, cut line, tail
+
+
+def with_cause(row: RowOutcome, cause: str | None) -> RowOutcome:
+    """A failed row with what the handler raised added to its message ("Prediction failed" alone says nothing)."""
+    if row.is_ok or not cause:
+        return row
+    return replace(row, message=f"{row.message}; the handler raised {cause}")
 
 
 def _traceback_tail(tb: str) -> list[str]:
@@ -217,10 +226,11 @@ def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: in
             requests.append(codec.request(body, rows.content_type, worker_view(body, rows.content_type)))
         answers, ms = proc.predict(requests)
         per_row_ms = ms / len(index)
+        cause = getattr(proc, "last_cause", None)
         for i, (status, _ct, body) in zip(index, answers):
             if status == 200:
                 codec = codec.settle(body)
-            out[i] = interpret(i, rows.ids[i], status, body, codec, latency=per_row_ms)
+            out[i] = with_cause(interpret(i, rows.ids[i], status, body, codec, latency=per_row_ms), cause)
     return [o if o is not None else failed(i, rows.ids[i], "not_sent", "no answer") for i, o in enumerate(out)], codec
 
 
@@ -241,7 +251,8 @@ def _run_probes(proc: HandlerProcess, probes, codec: AnswerCodec, batch1: list[R
             out.append(judge(probe, "handled", failed(-1, probe.name, "timeout", e.message), original))
             continue
         status, _ct, body = answers[0]
-        out.append(judge(probe, "handled", interpret(-1, probe.name, status, body, codec, latency=ms), original))
+        row = with_cause(interpret(-1, probe.name, status, body, codec, latency=ms), getattr(proc, "last_cause", None))
+        out.append(judge(probe, "handled", row, original))
     return tuple(out)
 
 

@@ -445,3 +445,35 @@ def preflight(cfg: ReplayConfig, rows: Rows) -> tuple[int, str]:
     if isinstance(res, _Answer):
         return 200, ""
     return res.status or 0, f"{res.error_class}: {res.message}"
+
+
+MAX_CAUSES_QUOTED = 3
+
+
+def served_cause(causes: list[str]) -> str | None:
+    """What to add to a failed served row from the handler exceptions model_log.log holds for the replay.
+
+    TorchServe logs no request id with a handler's traceback, so one cause is quoted as the row's
+    cause only when every traceback logged in the replay is the same; several distinct ones are all
+    quoted, saying the row failed with one of them.
+    """
+    distinct = list(dict.fromkeys(causes))
+    if not distinct:
+        return None
+    if len(distinct) == 1:
+        return f"the handler raised {distinct[0]} (model_log.log)"
+    shown = " | ".join(distinct[:MAX_CAUSES_QUOTED])
+    more = f" | ... {len(distinct) - MAX_CAUSES_QUOTED} more" if len(distinct) > MAX_CAUSES_QUOTED else ""
+    return f"the handler raised one of {len(distinct)} exceptions in model_log.log: {shown}{more}"
+
+
+def with_served_causes(result: "ReplayResult", probes: tuple, causes: list[str]) -> tuple["ReplayResult", tuple]:
+    """The replay's rows and the served probes, each failed handler_error row with its quoted cause."""
+    cause = served_cause(causes)
+    if cause is None:
+        return result, probes
+    rows = tuple(replace(r, message=f"{r.message}; {cause}") if not r.is_ok and r.error_class == "handler_error"
+                 else r for r in result.rows)
+    probes = tuple(replace(p, message=f"{p.message}; {cause}") if p.message.startswith("handler_error")
+                   else p for p in probes)
+    return replace(result, rows=rows), probes

@@ -128,6 +128,60 @@ def causes(e: BaseException) -> list[str]:
     return out
 
 
+def _short_path(filename: str, user_dir: str) -> str:
+    """A frame's file for a message: relative to the model folder for the user's files, else its last parts."""
+    try:
+        rel = os.path.relpath(filename, user_dir)
+    except ValueError:
+        rel = filename
+    if not rel.startswith(".."):
+        return rel
+    path = filename.replace("\\", "/")
+    if "/site-packages/" in path:  # torch/nn/modules/conv.py, not the venv's whole path
+        return path.rsplit("/site-packages/", 1)[1]
+    return "/".join(path.split("/")[-2:])
+
+
+def quote_exception(e: BaseException, user_dir: str) -> str:
+    """What a handler raised, for a row's message: type, message, and where.
+
+    "where" is the innermost frame in the user's own files (the handler and model files of the
+    archive, under ``user_dir``), and the innermost frame of all when that lies elsewhere (in
+    torch, say): the user's line is what to fix, the library's line says what refused.
+    """
+    frames = traceback.extract_tb(e.__traceback__)
+    text = str(e).strip().splitlines()
+    msg = f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+    if len(msg) > 400:
+        msg = msg[:400] + "..."
+    root = os.path.realpath(user_dir) + os.sep
+    own = [f for f in frames if os.path.realpath(f.filename).startswith(root)]
+    where = []
+    if own:
+        where.append(f"at {_short_path(own[-1].filename, user_dir)}:{own[-1].lineno} in {own[-1].name}")
+    if frames and (not own or frames[-1] is not own[-1]):
+        inner = frames[-1]
+        where.append(f"{'raised in' if own else 'at'} {_short_path(inner.filename, user_dir)}:{inner.lineno} "
+                     f"in {inner.name}")
+    return msg + (f" ({'; '.join(where)})" if where else "")
+
+
+def _capture_entry_point(service, captured: list[BaseException]) -> None:
+    """Keep what the handler raises: ``Service.predict`` catches it and answers only "Prediction failed"
+    (it logs the traceback, which reaches handler.log, not the answer). The entry point is wrapped,
+    not replaced: the exception still propagates to ``Service.predict`` unchanged."""
+    entry = service._entry_point
+
+    def entry_point(data, context):
+        try:
+            return entry(data, context)
+        except BaseException as e:
+            captured.append(e)
+            raise
+
+    service._entry_point = entry_point
+
+
 def _otf_batch(requests: list[tuple[bytes, str]]) -> list[dict]:
     batch = []
     for body, content_type in requests:
@@ -169,6 +223,8 @@ def _child(argv: list[str]) -> int:
         service = TsModelLoader().load(model_name, model_dir, handler, None, int(batch_size), envelope or None,
                                        True, metrics)
         service.set_cl_socket(None)
+        captured: list[BaseException] = []
+        _capture_entry_point(service, captured)
     except BaseException as e:  # the handler's initialize (or import) failed: report it whole
         send_message(out_fd, {"loaded": False, "error": f"{type(e).__name__}: {e}", "causes": causes(e),
                               "traceback": traceback.format_exc()})
@@ -181,11 +237,13 @@ def _child(argv: list[str]) -> int:
             return 0
         requests = msg["requests"]
         t = time.perf_counter_ns()
+        captured.clear()
         try:
             raw = service.predict(_otf_batch(requests))
             code, message, per_request = parse_predict_response(raw)
             answers = frontend_answers(code, message, per_request, len(requests))
-            send_message(out_fd, {"answers": answers, "ms": (time.perf_counter_ns() - t) / 1e6})
+            cause = quote_exception(captured[-1], model_dir) if captured else None
+            send_message(out_fd, {"answers": answers, "ms": (time.perf_counter_ns() - t) / 1e6, "cause": cause})
         except BaseException as e:  # never expected: Service.predict catches the handler's errors
             send_message(out_fd, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 

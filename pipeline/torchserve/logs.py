@@ -192,6 +192,63 @@ def handler_exceptions(log_dir: Path, limit: int = 5) -> list[list[str]]:
     return out[-limit:]
 
 
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
+_LIBRARY = re.compile(r"/(site-packages|dist-packages)/|/lib/python3[.\d]*/")
+
+
+def _short(path: str) -> str:
+    if "/site-packages/" in path:
+        return path.rsplit("/site-packages/", 1)[1]
+    return "/".join(path.split("/")[-2:]) if _LIBRARY.search(path) else path.rsplit("/", 1)[-1]
+
+
+def quote_traceback(block: list[str]) -> str:
+    """One logged traceback as a row's cause: "Type: message (at handler.py:12 in handle; raised in torch/...)".
+
+    "at" is the innermost frame outside installed libraries and Python itself (the handler and
+    model files TorchServe extracted), "raised in" the innermost frame when it lies elsewhere.
+    """
+    frames = [m for m in (_FRAME.search(ln) for ln in block) if m]
+    own = [m for m in frames if not _LIBRARY.search(m["file"])]
+    where = []
+    if own:
+        where.append(f"at {_short(own[-1]['file'])}:{own[-1]['line']} in {own[-1]['fn']}")
+    if frames and (not own or frames[-1] is not own[-1]):
+        inner = frames[-1]
+        where.append(f"{'raised in' if own else 'at'} {_short(inner['file'])}:{inner['line']} in {inner['fn']}")
+    msg = block[-1].strip()
+    msg = msg[:400] + "..." if len(msg) > 400 else msg
+    return msg + (f" ({'; '.join(where)})" if where else "")
+
+
+def logged_causes(log_dir: Path | None, since: int = 0) -> list[str]:
+    """Every handler exception model_log.log records after byte ``since``, quoted (``quote_traceback``), in order.
+
+    TorchServe's worker logs each failed batch's traceback ("Invoking custom service failed.") but
+    no request id with it, so the caller matches them to rows by their quotes, not by id.
+    """
+    if log_dir is None:
+        return []
+    try:
+        with open(log_dir / "model_log.log", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = _after_last_hole(f.fileno(), min(since, size), size)
+            f.seek(start)
+            data = f.read(min(size - start, TAIL_MAX_BYTES))
+    except OSError:
+        return []
+    lines = [clean(ln) for ln in data.decode("utf-8", errors="replace").splitlines()]
+    return [quote_traceback(b) for b in _tracebacks(lines)]
+
+
+def model_log_offset(log_dir: Path | None) -> int:
+    """The current end of model_log.log, to read only the tracebacks logged after it."""
+    try:
+        return (log_dir / "model_log.log").stat().st_size if log_dir is not None else 0
+    except OSError:
+        return 0
+
+
 RECOVERY = re.compile(rb"Auto recovery start timestamp: (\d+)")
 
 
