@@ -224,8 +224,9 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
                       np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0))
     undefined: dict[str, str] = {}
     over = averaged_classes(y, c, metric_classes)
-    absent = [class_labels[k] for k in range(c) if over[k] and support[k] == 0]
-    never = [class_labels[k] for k in range(c) if over[k] and predicted[k] == 0]
+    keys = class_keys(class_labels)
+    absent = [keys[k] for k in range(c) if over[k] and support[k] == 0]
+    never = [keys[k] for k in range(c) if over[k] and predicted[k] == 0]
     why_recall = (f"{len(absent)} class(es) {name_classes(absent)} are absent from the eval rows: their recall is "
                   "0/0 (gate.metric_classes: all averages over every class; 'present' over those with rows)"
                   if absent else "")
@@ -254,9 +255,9 @@ def score_predictions(stage: str, y: np.ndarray, pred: np.ndarray, class_labels:
         accuracy=float((pred == y).mean()) if len(y) else float("nan"),
         precision_macro=macro(precision), recall_macro=macro(recall), f1_macro=macro(f1),
         precision_weighted=weighted(precision), recall_weighted=weighted(recall), f1_weighted=weighted(f1),
-        per_class={key: {"precision": float(precision[k]), "recall": float(recall[k]),
+        per_class={keys[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
                                      "f1": float(f1[k]), "support": int(support[k])}
-                   for k, key in enumerate(class_keys(class_labels))},
+                   for k in range(c)},
         confusion=cm.tolist(),
         failed_by_class=[int(((y == k) & ~answered).sum()) for k in range(c)],
         latency=summarize_latency(latencies_ms) if latencies_ms is not None else None,
