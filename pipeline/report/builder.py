@@ -15,6 +15,7 @@ from pipeline.answers.classes import shared_name_note
 from pipeline.evaluate.attribution import attribute
 from pipeline.names import Stage
 from pipeline.record import RunRecord
+from pipeline.report.text import MAX_CLASS_ROWS
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
 from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
@@ -195,7 +196,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         "probes": _probes_block(record),
     })
     if cmp is not None:
-        rep["metrics"] = {name: jsonable(m) for name, m in cmp.stages.items()}
+        rep["metrics"] = _metrics_block(cmp)
         rep["paired_tests"] = {name: jsonable(t) for name, t in cmp.tests.items()}
         rep["steps"] = {name: jsonable(t) for name, t in cmp.steps.items()}
         rep["flipped_rows"] = jsonable(cmp.flipped)
@@ -214,6 +215,24 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
     if extra:
         raise ValueError(f"report keys {sorted(extra)} are not in the schema's REPORT_KEYS")
     return {key: rep.get(key) for key in REPORT_KEYS}
+
+
+def _metrics_block(cmp) -> dict:
+    """Each stage's metrics; with many classes, the confusion matrices keep only the classes with rows or
+    predictions (``confusion_classes``: their indices; every other entry is 0), not 1000 x 1000 zeros."""
+    out = {name: jsonable(m) for name, m in cmp.stages.items()}
+    c = len(cmp.labels)
+    if c <= MAX_CLASS_ROWS or not out:
+        return out
+    used = np.zeros(c, bool)
+    for m in cmp.stages.values():
+        cm = np.asarray(m.confusion)
+        used |= (cm.sum(axis=0) > 0) | (cm.sum(axis=1) > 0) | (np.asarray(m.failed_by_class) > 0)
+    keep = np.nonzero(used)[0]
+    for name, m in cmp.stages.items():
+        out[name]["confusion"] = np.asarray(m.confusion)[np.ix_(keep, keep)].tolist()
+        out[name]["confusion_classes"] = keep.tolist()
+    return out
 
 
 def _release_block(record: RunRecord) -> dict | None:

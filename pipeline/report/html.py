@@ -58,7 +58,10 @@ def _confusion_plot(rep: dict) -> str | None:
     labels = [list(metrics[names[0]]["per_class"])[k] for k in shown]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
     for ax, n in zip(axes[0], names):
-        cm = np.array(metrics[n]["confusion"])[np.ix_(shown, shown)]
+        cm = np.array(metrics[n]["confusion"])
+        kept = metrics[n].get("confusion_classes")  # a many-class report keeps only the classes in use
+        pos = {k: i for i, k in enumerate(kept if kept is not None else range(len(cm)))}
+        cm = np.array([[cm[pos[a], pos[b]] if a in pos and b in pos else 0 for b in shown] for a in shown], int)
         ax.imshow(cm, cmap="Blues")
         ax.set_title(f"{n} ({metrics[n]['answered']}/{metrics[n]['rows']} answered)"
                      + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out" if hidden else ""),

@@ -10,6 +10,7 @@ import pytest
 from pipeline.answers.base import ClassMap
 from pipeline.answers.classes import names_classes, read_label_map, shared_name_note
 from pipeline.evaluate.compare import class_keys, compare_stages, name_classes, resolve_shared_names
+from pipeline.report.builder import _metrics_block
 from pipeline.report.markdown import render_markdown
 from pipeline.report.schema import jsonable
 from pipeline.report.text import shown_classes
@@ -94,8 +95,18 @@ def _report_of_1000_classes():
     pred = y.copy()
     pred[0] = 5  # a prediction of a class without rows: shown in the per-class table
     cmp = compare_stages(ids(len(y)), y, labels, [outputs("baseline", y, c=C), outputs("served", pred, c=C)])
-    return {"verdict": "FAIL", "model": "m", "complete": True, "metrics": {n: jsonable(m) for n, m in
-                                                                         cmp.stages.items()}}
+    return {"verdict": "FAIL", "model": "m", "complete": True, "metrics": _metrics_block(cmp)}
+
+
+def test_report_json_keeps_the_confusion_of_the_classes_in_use_not_a_million_zeros():
+    metrics = _report_of_1000_classes()["metrics"]
+    served = metrics["served"]
+    assert served["confusion_classes"] == [3, 5, 17, 134, 517, 999]
+    assert served["confusion"][0] == [1, 1, 0, 0, 0, 0]  # row of class 3: one right, one called 5
+    assert metrics["baseline"]["confusion"][1] == [0] * 6 and len(served["per_class"]) == C
+    small = compare_stages(ids(3), np.array([0, 1, 2]), ("a", "b", "c"),
+                           [outputs("baseline", [0, 1, 2]), outputs("served", [0, 1, 2])])
+    assert "confusion_classes" not in _metrics_block(small)["served"]
 
 
 def test_per_class_table_of_a_1000_class_model_shows_the_classes_with_rows_and_counts_the_rest():
