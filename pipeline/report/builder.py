@@ -7,6 +7,7 @@ all reading the dict built here; ``writer.write_reports`` writes every file atom
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -220,10 +221,11 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
 def _metrics_block(cmp) -> dict:
     """Each stage's metrics; with many classes, the confusion matrices keep only the classes with rows or
     predictions (``confusion_classes``: their indices; every other entry is 0), not 1000 x 1000 zeros."""
-    out = {name: jsonable(m) for name, m in cmp.stages.items()}
     c = len(cmp.labels)
-    if c <= MAX_CLASS_ROWS or not out:
-        return out
+    if c <= MAX_CLASS_ROWS or not cmp.stages:
+        return {name: jsonable(m) for name, m in cmp.stages.items()}
+    # the full matrices never pass through jsonable (a million Python ints per stage, twice per run)
+    out = {name: jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
     used = np.zeros(c, bool)
     for m in cmp.stages.values():
         cm = np.asarray(m.confusion)
