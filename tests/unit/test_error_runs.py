@@ -59,7 +59,7 @@ def _error_report(**extra):
 def test_an_input_error_prints_the_error_and_what_did_not_run_once():
     text = render_console(_error_report())
     assert text.count("not evaluated") == 1 and "FAIL served" not in text
-    assert ("gate: not evaluated, the run did not complete; did not run: handled, serve, replay, compare; 30 check(s) "
+    assert ("gate: not evaluated, the run did not complete; did not run: handled, serve, replay; 30 check(s) "
             "without results; 1 failed on the partial results:") in text
     assert "  FAIL exported: max abs output difference: value 0.5000" in text  # measured: still shown
     assert text.index("ConfigError: handler.config") < text.index("gate: not evaluated")
@@ -67,9 +67,9 @@ def test_an_input_error_prints_the_error_and_what_did_not_run_once():
 
 def test_not_run_follows_the_plan():
     assert not_run(_error_report(plan={"stages": ["baseline", "exported"]},
-                                 stage_seconds={"dataset": 0.1})) == ["baseline", "export", "compare"]
+                                 stage_seconds={"dataset": 0.1})) == ["baseline", "export"]
     assert not_run(_error_report(plan=None, stage_seconds={})) == ["dataset", "baseline", "export", "archive",
-                                                                     "handled", "serve", "replay", "compare"]
+                                                                     "handled", "serve", "replay"]
 
 
 def test_the_console_quotes_one_failed_row_per_stage_and_error_class():
