@@ -19,6 +19,16 @@ class AnswerError(ValueError):
     """An answer does not match its decoder; the row becomes ``bad_response`` with this reason."""
 
 
+class NotJSON(AnswerError):
+    """The answer is UTF-8 text but not JSON. ``text`` keeps it: TorchServe sends a handler's ``str``
+    answer as raw UTF-8 (``business``, not ``"business"``), so the formats that read a bare label,
+    and a custom decode function, take the text itself."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One decoded answer.
@@ -33,6 +43,7 @@ class Prediction:
     index: int
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
+    extra: dict | None = None  # what a custom decode function returned beyond these (kept for other tasks)
 
     @property
     def classes_carried(self) -> int:
@@ -53,10 +64,12 @@ def classes_carried(pred: Prediction) -> int:
 class Carries:
     """What a format's answers can hold, known before any answer arrives (for planning checks)."""
 
-    probabilities: str  # "all" | "top_k" | "some" | "none"
+    probabilities: str  # "all" | "top_k" | "some" | "none" | "unknown" (a custom decode, before its first answer)
     logits: bool
 
     def describe(self) -> str:
+        if self.probabilities == "unknown":
+            return "what answers.decode returns (known after the first answer)"
         parts = []
         if self.logits:
             parts.append("logits")
@@ -79,6 +92,13 @@ class ClassMap:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {name: i for i, name in enumerate(self.labels)})
 
+    @property
+    def digit_labels(self) -> bool:
+        """Every label is a string of digits: TorchServe's fallback without index_to_name.json (the
+        class index as its label), or a label map whose names are numbers. A bare answer ``5`` then
+        reads the same as the label ``"5"``."""
+        return digit_labels(self.labels)
+
     def index_of(self, label: str) -> int:
         """The class index of ``label``; AnswerError when the model has no such class."""
         index = self._index.get(label)  # type: ignore[attr-defined]
@@ -86,6 +106,15 @@ class ClassMap:
             raise AnswerError(f"label {label!r} is not a class of the model "
                               f"({self.source}: {list(self.labels)[:12]})")
         return index
+
+
+def digit_labels(labels: tuple[str, ...]) -> bool:
+    return bool(labels) and all(label.isdigit() for label in labels)
+
+
+def is_index_labels(labels: tuple[str, ...]) -> bool:
+    """The labels are the class indices themselves ("0", "1", ...): an index and a label name one class."""
+    return labels == tuple(str(i) for i in range(len(labels)))
 
 
 def parse_json(body: bytes | str | Any) -> Any:
@@ -99,7 +128,7 @@ def parse_json(body: bytes | str | Any) -> Any:
         try:
             return json.loads(body)
         except ValueError as e:
-            raise AnswerError(f"the answer is not JSON: {e}") from e
+            raise NotJSON(f"the answer is not JSON: {e}", body) from e
     return body
 
 
