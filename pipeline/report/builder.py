@@ -43,7 +43,7 @@ def _plan_block(record: RunRecord) -> dict | None:
         "class_labels": list(plan.class_map.labels),
         "class_map_source": plan.class_map.source,
         "stages": [Stage.BASELINE.value, *plan.stages],
-        "notes": list(plan.notes),
+        "notes": list(plan.notes) + list(getattr(codec, "notes", ())),  # the first answer's (answers/registry.py)
     }
 
 
