@@ -439,12 +439,3 @@ def test_classes_only_still_fails_a_stage_without_results_and_compares_outputs_i
                  "max abs output difference")
     assert real.is_gating and not real.passed and real.value == 0.5, "outputs it can see are compared as usual"
 
-
-def test_the_plan_allows_classes_only_unless_the_spec_demands_probabilities(tmp_path):
-    from pipeline.run.plan import plan_run
-
-    (tmp_path / "h.py").write_text("class H:\n    pass\n")
-    plan = plan_run(spec_for(3, handler=str(tmp_path / "h.py"), answers={"format": "index"}))
-    assert plan.gate.classes_only == ("handled", "served")
-    demanded = plan_run(spec_for(3, handler=str(tmp_path / "h.py"), answers={"format": "index", "top_k": 1}))
-    assert demanded.gate.classes_only == ()
