@@ -439,3 +439,8 @@ def test_classes_only_still_fails_a_stage_without_results_and_compares_outputs_i
                  "max abs output difference")
     assert real.is_gating and not real.passed and real.value == 0.5, "outputs it can see are compared as usual"
 
+
+
+def test_top_k_set_demands_probabilities_of_a_bare_answer():
+    with pytest.raises(AnswerError, match=r"carries 0 class\(es\) but answers.top_k: 1 requires 1"):
+        codec(3, "index", answers={"top_k": 1}).decode(b"1")
