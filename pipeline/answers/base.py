@@ -19,6 +19,16 @@ class AnswerError(ValueError):
     """An answer does not match its decoder; the row becomes ``bad_response`` with this reason."""
 
 
+class NotJSON(AnswerError):
+    """The answer is UTF-8 text but not JSON. ``text`` keeps it: TorchServe sends a handler's ``str``
+    answer as raw UTF-8 (``business``, not ``"business"``), so the formats that read a bare label,
+    and a custom decode function, take the text itself."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One decoded answer.
@@ -33,6 +43,7 @@ class Prediction:
     index: int
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
+    extra: dict | None = None  # what a custom decode function returned beyond these (kept for other tasks)
 
     @property
     def classes_carried(self) -> int:
@@ -53,10 +64,12 @@ def classes_carried(pred: Prediction) -> int:
 class Carries:
     """What a format's answers can hold, known before any answer arrives (for planning checks)."""
 
-    probabilities: str  # "all" | "top_k" | "some" | "none"
+    probabilities: str  # "all" | "top_k" | "some" | "none" | "unknown" (a custom decode, before its first answer)
     logits: bool
 
     def describe(self) -> str:
+        if self.probabilities == "unknown":
+            return "what answers.decode returns (known after the first answer)"
         parts = []
         if self.logits:
             parts.append("logits")
@@ -87,6 +100,13 @@ class ClassMap:
             index.setdefault(name, i)  # the first class of a shared name, the same on every run
         object.__setattr__(self, "_index", index)
 
+    @property
+    def digit_labels(self) -> bool:
+        """Every label is a string of digits: TorchServe's fallback without index_to_name.json (the
+        class index as its label), or a label map whose names are numbers. A bare answer ``5`` then
+        reads the same as the label ``"5"``."""
+        return digit_labels(self.labels)
+
     def index_of(self, label: str) -> int:
         """The class index of ``label`` (the first, for a name several classes share); AnswerError when
         the model has no such class."""
@@ -113,6 +133,15 @@ def shared_names(labels: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(ix) for name, ix in groups.items() if len(ix) > 1}
 
 
+def digit_labels(labels: tuple[str, ...]) -> bool:
+    return bool(labels) and all(label.isdigit() for label in labels)
+
+
+def is_index_labels(labels: tuple[str, ...]) -> bool:
+    """The labels are the class indices themselves ("0", "1", ...): an index and a label name one class."""
+    return labels == tuple(str(i) for i in range(len(labels)))
+
+
 def parse_json(body: bytes | str | Any) -> Any:
     """The JSON document of an answer body (bytes or str); other values are already parsed."""
     if isinstance(body, (bytes, bytearray)):
@@ -124,7 +153,7 @@ def parse_json(body: bytes | str | Any) -> Any:
         try:
             return json.loads(body)
         except ValueError as e:
-            raise AnswerError(f"the answer is not JSON: {e}") from e
+            raise NotJSON(f"the answer is not JSON: {e}", body) from e
     return body
 
 

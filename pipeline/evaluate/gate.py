@@ -53,6 +53,12 @@ class GatePlan:
         has_training_data: the leakage check is planned.
         has_prior: a second baseline (an earlier run's served metrics) is planned.
         probes: stages whose probes are planned ("exported", "handled").
+        classes_only: candidates whose answers may carry only the class (no logits, no probabilities)
+            without failing the output-difference check: it is then a WARN "compares classes only",
+            the classes being compared by the agreement and metric checks. The plan names the stages
+            that answer over a handler unless the spec demands probabilities (``answers.top_k`` set).
+            A stage whose outputs do carry a quantity (e.g. the model's own outputs read inside the
+            handler) is compared on it as usual.
     """
 
     candidates: tuple[str, ...]
@@ -62,6 +68,7 @@ class GatePlan:
     has_prior: bool = False
     probes: tuple[str, ...] = ()
     warmup: bool = False  # the served warm-up answers are compared with the steady-state ones
+    classes_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,17 +229,29 @@ def output_check(spec: GateSpec, plan: GatePlan, t: PairedTest | None, stage: st
     """The largest |candidate - baseline| of the logits (or carried probabilities) against the one tolerance."""
     name, limit = "max abs output difference", f"<= {spec.max_output_diff:g}"
     planned = plan.output_quantity.get(stage, "")
-    if planned.startswith("not evaluable"):
+    classes_only = stage in plan.classes_only
+    if planned.startswith("not evaluable") and not classes_only:
         return missing(name, stage, limit, planned.split(": ", 1)[-1], spec, evaluable_gap=True)
     if t is None:
         return missing(name, stage, limit, not_run or f"the {stage} stage has no results", spec)
     d = t.output
+    if d.quantity is None and classes_only:
+        return classes_only_check(name, stage, limit, d.reason or "the answers carry only the class")
     if d.quantity is None or d.max_abs is None:
         return missing(name, stage, limit, d.reason or "nothing to compare", spec, evaluable_gap=d.quantity is None)
     detail = f"{d.quantity}, {d.rows_compared} row(s) compared"
     if over:
         detail += f"; largest beyond the tolerance: {', '.join(over)}"
     return Check(name, stage, d.max_abs, 0.0, limit, at_most(d.max_abs, spec.max_output_diff), detail)
+
+
+def classes_only_check(name: str, stage: str, limit: str, why: str) -> Check:
+    """The output difference of answers that carry only the class: a WARN, not a failure (the spec did
+    not demand probabilities), saying what is compared instead."""
+    return Check(name, stage, "compares classes only", None, limit, False,
+                 f"compares classes only: {why}; the predicted classes are compared by the agreement and metric "
+                 "checks (set answers.top_k, with answers that carry probabilities, to gate the outputs too)",
+                 is_gating=False, evaluated=False)
 
 
 def answered_checks(spec: GateSpec, facts: StageFacts | None, stage: str, why_missing: str) -> list[Check]:

@@ -50,7 +50,8 @@ def _plan_block(record: RunRecord) -> dict | None:
         "shared_name_rows": {k: list(v) for k, v in record.comparison.shared_name_rows.items()}
         if record.comparison is not None else {},
         "stages": [Stage.BASELINE.value, *plan.stages],
-        "notes": list(plan.notes) + [n for n in (shared_name_note(plan.class_map),) if n],
+        "notes": list(plan.notes) + [n for n in (shared_name_note(plan.class_map),) if n]
+        + list(getattr(codec, "notes", ())),  # the first answer's (answers/registry.py)
     }
 
 

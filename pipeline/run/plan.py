@@ -230,6 +230,8 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Pl
         probes=tuple(s for s in ((Stage.EXPORTED,) if spec.export.probe else ()) + (
             (Stage.HANDLED, Stage.SERVED) if spec.handler.probes else ()) if s in stages),
         warmup=spec.replay.warmup_requests > 0 and Stage.SERVED in stages,
+        # answers of only a class compare classes, unless the spec demands probabilities (gate.py)
+        classes_only=tuple(stages[1:]) if spec.answers.top_k is None else (),
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
                 stages=tuple(stages), gate=gate, notes=tuple(notes))

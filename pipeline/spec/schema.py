@@ -39,7 +39,8 @@ GATED_METRICS = (
     "f1_weighted",
 )
 INPUT_KINDS = ("tensor", "image", "text", "json")
-ANSWER_FORMATS = ("auto", "package_validate", "topk", "logits", "mapping")
+ANSWER_FORMATS = ("auto", "package_validate", "topk", "logits", "mapping", "index", "label", "top1", "label_scores",
+                  "custom")
 ENVELOPES = ("none", "kserve_v1", "kserve_v2")
 EXPORT_MODES = ("script", "trace", "export", "eager")
 
@@ -197,10 +198,13 @@ class AnswerMapping(_Frozen):
 class AnswersSpec(_Frozen):
     """What the served answers look like and what each must carry."""
 
-    format: Literal["auto", "package_validate", "topk", "logits", "mapping"] = Field(
+    format: Literal["auto", "package_validate", "topk", "logits", "mapping", "index", "label", "top1",
+                    "label_scores", "custom"] = Field(
         default="auto",
-        description="auto: from the handler; package_validate: this project's JSON; topk: the built-in "
-                    "classifiers' {label: probability}; logits: a list of numbers; mapping: paths you declare",
+        description="auto: from the handler or the first answer; package_validate: this project's JSON; topk: the "
+                    "built-in classifiers' {label: probability}; logits: a list of numbers; mapping: paths you "
+                    "declare; index: a bare class index; label: a bare class label; top1: {label, confidence}; "
+                    "label_scores: [{label, score}, ...] as Hugging Face pipelines answer; custom: answers.decode",
     )
     top_k: int | Literal["all"] | None = Field(
         default=None, description="classes every answer must carry; default: what the format promises"
@@ -209,6 +213,23 @@ class AnswersSpec(_Frozen):
         default="none", description="KServe v1 or v2 (Open Inference Protocol) requests and answers"
     )
     mapping: AnswerMapping | None = None
+    decode: str | None = Field(
+        default=None, description="'file.py:function' (or 'package.module:function') reading one answer body (the "
+                                  "JSON document, or the raw text when it is not JSON) into a class index, a label "
+                                  "or {index|label, probabilities?, logits?}; implies format custom")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decode_means_custom(cls, data: Any) -> Any:
+        # answers.decode with the default format is the custom format: one field is enough to say it
+        if isinstance(data, dict) and data.get("decode") is not None and data.get("format", "auto") == "auto":
+            return {**data, "format": "custom"}
+        return data
+
+    @field_validator("decode")
+    @classmethod
+    def _decode_ref(cls, v: str | None) -> str | None:
+        return None if v is None else _check_callable_ref(v, "answers.decode")
 
     @field_validator("top_k")
     @classmethod
@@ -222,6 +243,12 @@ class AnswersSpec(_Frozen):
         if self.format == "mapping" and self.mapping is None:
             raise ValueError("answers.format mapping needs answers.mapping (where prediction, label, "
                              "probabilities sit in the answer)")
+        if self.format == "custom" and self.decode is None:
+            raise ValueError("answers.format custom needs answers.decode: file.py:function, the function that "
+                             "reads one answer (or choose another answers.format)")
+        if self.decode is not None and self.format != "custom":
+            raise ValueError(f"answers.decode is read only by answers.format custom, but the format is "
+                             f"{self.format!r}: remove answers.format (or set it to custom), or remove answers.decode")
         return self
 
 
@@ -467,7 +494,9 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         "train_path": _resolve(base_dir, spec.dataset.train_path),
     })
     replay = spec.replay.model_copy(update={"ca_file": _resolve(base_dir, spec.replay.ca_file)})
-    return spec.model_copy(update={"model": model, "dataset": dataset, "handler": handler, "replay": replay})
+    answers = spec.answers.model_copy(update={"decode": _resolve_ref(base_dir, spec.answers.decode)})
+    return spec.model_copy(update={"model": model, "dataset": dataset, "handler": handler, "replay": replay,
+                                   "answers": answers})
 
 
 def load_spec(path: Path) -> Spec:

@@ -525,7 +525,10 @@ def test_a_mapping_without_top_k_requires_what_the_first_answer_carried():
 def test_a_format_with_its_requirement_is_already_settled():
     for c in (codec(3, "topk", builtin_top_k=2), codec(3, "logits"),
               codec(3, "mapping", answers={"format": "mapping", "mapping": {"probabilities": "p"}, "top_k": 2})):
-        assert c.settle(b'{"0": 0.5}') is c
+        settled = c.settle(b'{"0": 0.5}')
+        assert (settled.format, settled.decoder, settled.required_classes, settled.required_words) == (
+            c.format, c.decoder, c.required_classes, c.required_words)
+        assert settled.settle(b'{"0": 0.5}') is settled
 
 
 def test_auto_topk_with_top_k_set_requires_top_k():
@@ -653,8 +656,9 @@ def test_whole_messages_of_the_decoders():
         codec(3, "auto").decode(b"[1, 2, 3]")
     assert str(e.value) == (
         "the answer's format is not recognised (answers.format: auto): expected this project's {prediction, "
-        "probabilities} JSON, a {label: probability} object or a list of logits. Set answers.format (and "
-        "answers.mapping for a custom answer)")
+        "probabilities} JSON, a {label: probability} object, a list of logits, a class index, a class label, a "
+        "{label, confidence} object or a list of {label, score} objects. Set answers.format (answers.mapping or "
+        "answers.decode: file.py:function for another answer)")
 
 
 def test_get_path_reaches_the_first_element_from_the_end():
