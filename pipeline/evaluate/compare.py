@@ -54,6 +54,8 @@ class StageOutputs:
             stage's answers carry no probabilities.
         logits: float [N, C] or None.
         latencies_ms: float64 [N] or None.
+        logits_from: what the logits are, as the output-difference check names them ("logits", or the
+            model's outputs read inside the handler when its answers carry only a class).
     """
 
     name: str
@@ -61,6 +63,8 @@ class StageOutputs:
     probabilities: np.ndarray | None
     logits: np.ndarray | None
     latencies_ms: np.ndarray | None
+    logits_from: str = "logits"
+    no_outputs_why: str | None = None  # why a stage whose answers carry only a class has no numbers to compare
 
     @classmethod
     def from_scores(cls, name: str, scores) -> "StageOutputs":
@@ -277,11 +281,14 @@ def output_diff(ref: StageOutputs, cand: StageOutputs) -> tuple[OutputDiff, np.n
     n = len(cand.predictions)
     both = (cand.predictions >= 0) & (ref.predictions >= 0)
     if cand.logits is not None and ref.logits is not None:
-        quantity, a, b = "logits", ref.logits.astype(np.float64), cand.logits.astype(np.float64)
+        quantity, a, b = cand.logits_from, ref.logits.astype(np.float64), cand.logits.astype(np.float64)
     elif cand.probabilities is not None and ref.probabilities is not None:
         quantity, a, b = "probabilities", ref.probabilities, cand.probabilities
     else:
-        return (OutputDiff(None, None, 0, f"the {cand.name} answers carry no logits or probabilities"),
+        why = f"the {cand.name} answers carry no logits or probabilities"
+        if cand.no_outputs_why:
+            why += f", and {cand.no_outputs_why}"
+        return (OutputDiff(None, None, 0, why),
                 np.full(n, np.nan), None, None)
     diff = np.abs(a - b)
     carried = np.isfinite(diff)

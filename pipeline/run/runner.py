@@ -44,7 +44,7 @@ from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
 from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model
-from pipeline.stages.handled import HandledConfig, run_handled
+from pipeline.stages.handled import HandledConfig, run_handled, with_inner
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
@@ -257,9 +257,10 @@ def _outputs(record: RunRecord) -> tuple[list[StageOutputs], np.ndarray | None]:
     if record.exported is not None:
         stages.append(StageOutputs.from_scores(Stage.EXPORTED, record.exported.scores))
     if record.handled is not None:
-        stages.append(stage_outputs(Stage.HANDLED, record.handled.batch1, c))
-        if record.handled.batched is not None and plan.batched_stage:
-            stages.append(stage_outputs(plan.batched_stage, record.handled.batched, c))
+        h = record.handled
+        stages.append(with_inner(stage_outputs(Stage.HANDLED, h.batch1, c), h.inner_batch1, c))
+        if h.batched is not None and plan.batched_stage:
+            stages.append(with_inner(stage_outputs(plan.batched_stage, h.batched, c), h.inner_batched, c))
     server_ms = None
     if record.replay is not None:
         stages.append(stage_outputs(Stage.SERVED, record.replay.rows, c))

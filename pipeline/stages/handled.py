@@ -27,9 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from pipeline.answers.registry import AnswerCodec
 from pipeline.compat import worker_site_dir
 from pipeline.errors import HandledError, UserCodeError
+from pipeline.evaluate.compare import StageOutputs
 from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.stages.probing import ProbeOutcome, judge
@@ -60,6 +62,40 @@ class HandledConfig:
 
 
 @dataclass(frozen=True)
+class InnerOutputs:
+    """The model's outputs inside the handler (what BaseHandler's ``inference`` returned), per row.
+
+    Read without changing the handler (``inprocess.capture_inference``), so a handler whose answers
+    carry only a class still has its numbers compared with the exported model's in-process.
+
+    Attributes:
+        values: float32 [N, K], NaN for rows whose batch gave none; None when no batch gave any.
+        why: why some or all rows have none (None when every row has its outputs).
+    """
+
+    values: np.ndarray | None
+    why: str | None = None
+
+
+def _collect_inner(n: int, batches: list[tuple[list[int], object, str | None]]) -> InnerOutputs:
+    """One variant's inner outputs from each batch's (row indices, [k, K] array or None, why)."""
+    values: np.ndarray | None = None
+    why: str | None = None
+    for index, arr, reason in batches:
+        if arr is None:
+            why = why or reason
+            continue
+        arr = np.asarray(arr, dtype=np.float32)
+        if values is None:
+            values = np.full((n, arr.shape[1]), np.nan, np.float32)
+        elif arr.shape[1] != values.shape[1]:
+            why = why or f"the handler's inference gave {arr.shape[1]} outputs per row, before {values.shape[1]}"
+            continue
+        values[index] = arr
+    return InnerOutputs(values, why)
+
+
+@dataclass(frozen=True)
 class HandledResult:
     """The handler's answers in-process, at batch 1 and at the served batch size.
 
@@ -72,6 +108,7 @@ class HandledResult:
         load_s: how long ``initialize`` took.
         log_path: the handler's own output.
         probes: what the handler did with each input probe (``inputs.probes``).
+        inner_batch1, inner_batched: the model's outputs inside the handler, per variant.
     """
 
     batch1: tuple[RowOutcome, ...]
@@ -82,6 +119,8 @@ class HandledResult:
     load_s: float
     log_path: Path
     probes: tuple[ProbeOutcome, ...] = ()
+    inner_batch1: InnerOutputs | None = None
+    inner_batched: InnerOutputs | None = None
 
     def outcomes(self, variant: str) -> tuple[RowOutcome, ...] | None:
         return self.batch1 if variant == "batch1" else self.batched
@@ -109,6 +148,7 @@ class HandlerProcess:
         self.proc: subprocess.Popen | None = None
         self.load_s = 0.0
         self.last_cause: str | None = None  # what the handler raised on the last batch, quoted (None: nothing)
+        self.last_inner: tuple[object, str | None] = (None, "no batch handled yet")
 
     def __enter__(self) -> "HandlerProcess":
         to_child_r, to_child_w = os.pipe()
@@ -176,6 +216,7 @@ class HandlerProcess:
             raise HandledError(f"the in-process handler run failed: {msg['error']}",
                                details=_traceback_tail(msg.get("traceback", "")))
         self.last_cause = msg.get("cause")
+        self.last_inner = (msg.get("inner"), msg.get("inner_why"))
         return msg["answers"], float(msg["ms"])
 
     def close(self) -> None:
@@ -202,6 +243,29 @@ def with_cause(row: RowOutcome, cause: str | None) -> RowOutcome:
     return replace(row, message=f"{row.message}; the handler raised {cause}")
 
 
+INNER_QUANTITY = "the model's outputs inside the handler (its inference result)"
+
+
+def with_inner(outputs: StageOutputs, inner: InnerOutputs | None, num_classes: int) -> StageOutputs:
+    """A handled stage's outputs, with the model's outputs inside the handler as its logits when its
+    answers carry neither logits nor probabilities (a bare class index or label) and the handler's
+    inference gave one number per class for every answered row. Otherwise unchanged: the answers'
+    own numbers are what a client gets, so they are what is compared."""
+    if outputs.logits is not None or outputs.probabilities is not None or inner is None:
+        return outputs
+    values = inner.values
+    if values is None:
+        return replace(outputs, no_outputs_why=f"the model's outputs inside the handler cannot be read: {inner.why}")
+    if values.shape[1] != num_classes:
+        return replace(outputs, no_outputs_why=f"the handler's inference gives {values.shape[1]} numbers per row, "
+                                               f"not one per class ({num_classes})")
+    answered = outputs.predictions >= 0
+    if not np.isfinite(values[answered]).all():
+        return replace(outputs, no_outputs_why=f"the model's outputs inside the handler are missing for some "
+                                               f"answered rows: {inner.why}")
+    return replace(outputs, logits=values, logits_from=INNER_QUANTITY)
+
+
 def _traceback_tail(tb: str) -> list[str]:
     lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
     return lines[-6:]
@@ -217,21 +281,24 @@ def _batches(rows: Rows, size: int) -> Iterator[list[int]]:
 
 
 def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: int
-                 ) -> tuple[list[RowOutcome], AnswerCodec]:
+                 ) -> tuple[list[RowOutcome], AnswerCodec, InnerOutputs]:
     out: list[RowOutcome | None] = [None] * len(rows)
+    inner: list[tuple[list[int], object, str | None]] = []
     for index in _batches(rows, batch):
         requests = []
         for i in index:
             body = rows.body(i)
             requests.append(codec.request(body, rows.content_type, worker_view(body, rows.content_type)))
         answers, ms = proc.predict(requests)
+        inner.append((index, *proc.last_inner))
         per_row_ms = ms / len(index)
         cause = getattr(proc, "last_cause", None)
         for i, (status, _ct, body) in zip(index, answers):
             if status == 200:
                 codec = codec.settle(body)
             out[i] = with_cause(interpret(i, rows.ids[i], status, body, codec, latency=per_row_ms), cause)
-    return [o if o is not None else failed(i, rows.ids[i], "not_sent", "no answer") for i, o in enumerate(out)], codec
+    done = [o if o is not None else failed(i, rows.ids[i], "not_sent", "no answer") for i, o in enumerate(out)]
+    return done, codec, _collect_inner(len(rows), inner)
 
 
 def _run_probes(proc: HandlerProcess, probes, codec: AnswerCodec, batch1: list[RowOutcome]
@@ -274,12 +341,12 @@ def run_handled(cfg: HandledConfig, rows: Rows, codec: AnswerCodec, probes=()) -
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     with HandlerProcess(cfg) as proc:
         t0 = time.perf_counter()
-        batch1, codec = _run_variant(proc, rows, codec, 1)
-        batched = None
+        batch1, codec, inner1 = _run_variant(proc, rows, codec, 1)
+        batched, inner_b = None, None
         if cfg.batch_size > 1:
-            batched, codec = _run_variant(proc, rows, codec, cfg.batch_size)
+            batched, codec, inner_b = _run_variant(proc, rows, codec, cfg.batch_size)
         log.info("handled %d rows in %.2f s", len(rows), time.perf_counter() - t0)
         probed = _run_probes(proc, probes, codec, batch1)
     return HandledResult(batch1=tuple(batch1), batched=tuple(batched) if batched is not None else None,
                          batch_size=cfg.batch_size, codec=codec, handler=proc.handler, load_s=proc.load_s,
-                         log_path=proc.log_path, probes=probed)
+                         log_path=proc.log_path, probes=probed, inner_batch1=inner1, inner_batched=inner_b)

@@ -194,6 +194,52 @@ def _otf_batch(requests: list[tuple[bytes, str]]) -> list[dict]:
     return batch
 
 
+def capture_inference(service: Any) -> list | None:
+    """Keep each model output the handler's ``inference`` returns, without changing the handler.
+
+    BaseHandler's ``handle`` calls ``self.inference`` between ``preprocess`` and ``postprocess``;
+    an instance attribute that calls the class's method and keeps its result shadows it, so
+    the handler still gets exactly what it returned. A function handler, or a class whose
+    ``handle`` never calls ``inference``, gives nothing to read: None, or an empty list per batch.
+    """
+    entry = getattr(service, "_entry_point", None)
+    owner = getattr(entry, "__self__", None)
+    inner = getattr(owner, "_handle_fn", None)  # a KServe envelope wraps the handler's handle
+    if inner is not None:
+        owner = getattr(inner, "__self__", None)
+    method = getattr(owner, "inference", None)
+    if owner is None or not callable(method):
+        return None
+    seen: list = []
+
+    def inference(*args: Any, **kwargs: Any) -> Any:
+        out = method(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    try:
+        owner.inference = inference
+    except (AttributeError, TypeError):  # __slots__ or a read-only attribute: leave the handler alone
+        return None
+    return seen
+
+
+def inner_rows(seen: list | None, n: int) -> tuple[Any, str | None]:
+    """One batch's model outputs as a float32 [n, K] array, or None and why not."""
+    if seen is None:
+        return None, "the handler has no inference method (a function handler, or a class without BaseHandler's)"
+    if len(seen) != 1:
+        return None, f"the handler called inference {len(seen)} time(s) for one batch"
+    out = seen[0]
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        return None, f"the handler's inference returns a {type(out).__name__}, not one tensor"
+    if out.ndim < 1 or out.shape[0] != n:
+        return None, f"the handler's inference returns shape {list(out.shape)} for a batch of {n}"
+    return out.detach().to("cpu", torch.float32).reshape(n, -1).numpy(), None
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL this child when the run that started it dies (even by SIGKILL)."""
     try:
@@ -223,6 +269,7 @@ def _child(argv: list[str]) -> int:
         service = TsModelLoader().load(model_name, model_dir, handler, None, int(batch_size), envelope or None,
                                        True, metrics)
         service.set_cl_socket(None)
+        seen = capture_inference(service)  # before the entry point is wrapped: it reads the handler's instance
         captured: list[BaseException] = []
         _capture_entry_point(service, captured)
     except BaseException as e:  # the handler's initialize (or import) failed: report it whole
@@ -238,12 +285,16 @@ def _child(argv: list[str]) -> int:
         requests = msg["requests"]
         t = time.perf_counter_ns()
         captured.clear()
+        if seen is not None:
+            seen.clear()
         try:
             raw = service.predict(_otf_batch(requests))
+            ms = (time.perf_counter_ns() - t) / 1e6
             code, message, per_request = parse_predict_response(raw)
             answers = frontend_answers(code, message, per_request, len(requests))
             cause = quote_exception(captured[-1], model_dir) if captured else None
-            send_message(out_fd, {"answers": answers, "ms": (time.perf_counter_ns() - t) / 1e6, "cause": cause})
+            inner, why = inner_rows(seen, len(requests))
+            send_message(out_fd, {"answers": answers, "ms": ms, "cause": cause, "inner": inner, "inner_why": why})
         except BaseException as e:  # never expected: Service.predict catches the handler's errors
             send_message(out_fd, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 

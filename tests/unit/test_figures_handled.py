@@ -29,6 +29,7 @@ class FakeProcess:
         self.crash, self.ms, self.hang_on, self.calls = crash or {}, ms_per_call, hang_on, []
         self.drop_last, self.content_types = drop_last, []
         self.handler, self.load_s, self.log_path = "h.py", 0.1, Path("handler.log")
+        self.last_inner = (None, "a fake handler")
 
     def __enter__(self):
         return self
@@ -60,7 +61,7 @@ class FakeProcess:
 def test_each_row_gets_its_own_answer_and_a_share_of_its_batch_time():
     rows = tensor_rows(7)
     proc = FakeProcess(ms_per_call=12.0)
-    out, _ = _run_variant(proc, rows, C, 4)
+    out, _, _ = _run_variant(proc, rows, C, 4)
     assert proc.calls == [4, 3]
     assert [o.predicted for o in out] == [i % 3 for i in range(7)]
     assert [o.id for o in out] == list(rows.ids) and [o.index for o in out] == list(range(7))
@@ -93,7 +94,7 @@ def test_batched_outcomes_are_those_of_the_batched_calls(monkeypatch, tmp_path, 
 def test_a_row_the_handler_gave_no_answer_for_is_not_sent_and_named():
     proc = FakeProcess(drop_last=True)
     rows = tensor_rows(5)
-    out, _ = _run_variant(proc, rows, C, 5)
+    out, _, _ = _run_variant(proc, rows, C, 5)
     assert [o.is_ok for o in out] == [True] * 4 + [False]
     last = out[4]
     assert (last.index, last.id, last.error_class, last.message, last.status) == (4, "r4", "not_sent", "no answer", None)
@@ -106,7 +107,7 @@ def _probe(name, body, expect, index=0, stages=("handled", "served")):
 
 def test_probes_are_judged_against_the_original_rows_batch_1_class():
     proc = FakeProcess()
-    batch1, _ = _run_variant(proc, tensor_rows(3), C, 1)
+    batch1, _, _ = _run_variant(proc, tensor_rows(3), C, 1)
     probes = [_probe("row 2 again", json.dumps({"features": [2.0, 2.0]}).encode(), SAME, index=2),
               _probe("row 1's body for row 2", json.dumps({"features": [1.0, 1.0]}).encode(), SAME, index=2),
               _probe("one feature missing", json.dumps({"features": [2.0]}).encode(), REFUSE, index=2),
@@ -124,7 +125,7 @@ def test_probes_are_judged_against_the_original_rows_batch_1_class():
 def test_a_probe_that_hangs_the_handler_fails_and_the_later_ones_are_not_sent():
     hang = json.dumps({"features": [9.0, 9.0], "x": 1}).encode()
     proc = FakeProcess(hang_on=hang)
-    batch1, _ = _run_variant(proc, tensor_rows(2), C, 1)
+    batch1, _, _ = _run_variant(proc, tensor_rows(2), C, 1)
     probes = [_probe("hangs", hang, ANSWER), _probe("after", json.dumps({"features": [0.0, 0.0]}).encode(), SAME)]
     first, after = _run_probes(proc, probes, C, batch1)
     assert (first.probe, first.stage, first.outcome, first.passed, first.original) == ("hangs", "handled", "crashed", False, 0)
