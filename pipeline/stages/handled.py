@@ -290,7 +290,7 @@ def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: in
             body = rows.body(i)
             requests.append(codec.request(body, rows.content_type, worker_view(body, rows.content_type)))
         answers, ms = proc.predict(requests)
-        inner.append((index, *proc.last_inner))
+        inner.append((index, *getattr(proc, "last_inner", (None, "the handler process reads no outputs"))))
         per_row_ms = ms / len(index)
         cause = getattr(proc, "last_cause", None)
         for i, (status, _ct, body) in zip(index, answers):

@@ -82,7 +82,7 @@ class CausingProcess:
 
 def test_failed_handled_rows_and_probes_carry_the_quoted_cause():
     proc = CausingProcess()
-    out, _ = _run_variant(proc, tensor_rows(3), C, 1)
+    out, _, _ = _run_variant(proc, tensor_rows(3), C, 1)
     assert out[0].is_ok and out[0].message is None and out[2].message is None
     assert out[1].error_class == "handler_error"
     assert out[1].message.endswith("; the handler raised RuntimeError: expected 1 channels (at handler.py:7 in "
