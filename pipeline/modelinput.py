@@ -268,8 +268,8 @@ def probe_rows(sample: InputSample, n: int, value_range: tuple[float, float] | N
 
 def _cast(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     if like.dtype == torch.bool:
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(values) != 0))
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(values, np.float64))).to(like.dtype)
+        return torch.from_numpy(np.array(np.asarray(values) != 0))
+    return torch.from_numpy(np.array(values, np.float64)).to(like.dtype)
 
 
 class RangeTracker:
