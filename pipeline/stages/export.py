@@ -498,6 +498,9 @@ def export_model(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult,
             notes.append(f"latency: {NOT_TIMED_EAGER}")
         else:
             timings = _time_models(spec, model, exported, base)
+            if len(timings) < len(TIMING_BATCH_SIZES):
+                notes.append("latency: timed at batch 1 only: rows vary in shape and the spec names no "
+                             "model.collate to batch them")
     return ExportResult(
         mode=mode, path=path, sha256=file_sha256(path), size_bytes=path.stat().st_size, scores=scores,
         consistency=consistency, timings=timings, warnings=_capture(recorded), model_file=model_file,

@@ -232,7 +232,7 @@ def _pad(rows):
     mask = torch.zeros(len(rows), width, dtype=torch.int64)
     for i, r in enumerate(rows):
         ids[i, : len(r["input_ids"])] = r["input_ids"]
-        mask[i, : len(r["input_ids"])] = 1
+        mask[i, : len(r["input_ids"])] = r["attention_mask"]
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -277,3 +277,80 @@ def test_latency_timing_stops_at_its_budget_and_at_its_repeat_count(monkeypatch)
     calls.clear()
     export._median_iqr(counted, torch.zeros(1), repeats=30, budget_s=100.0)
     assert len(calls) == 30 + 5, "5 warm-up calls, then the repeat count"
+
+
+class _NoClampMean(_MaskedMean):
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).float()
+        return self.fc((self.embed(input_ids) * m).sum(1) / m.sum(1))  # NaN for a row with no word
+
+
+def test_a_probe_where_eager_and_export_both_give_nan_agrees_and_a_real_difference_still_fails():
+    from tests.unit._support import spec_for
+
+    rows = [{"input_ids": torch.tensor([1, 2, 0]), "attention_mask": torch.tensor([1, 1, 0])},
+            {"input_ids": torch.tensor([3, 4]), "attention_mask": torch.tensor([1, 1])}]
+    base = SimpleNamespace(inputs=_sample(rows, collate=_pad, is_fixed=False), sample=np.zeros((0,)))
+    spec = spec_for(2)
+    model = _NoClampMean().eval()
+    probes = export._run_probes(spec, model, model, base)
+    assert all(p.is_ok for p in probes), [(p.name, p.error) for p in probes if not p.is_ok]
+    assert any(p.name == "domain minimum" for p in probes), "the all-zero mask was probed"
+    shifted = lambda **x: model(**x) + 1e-3  # noqa: E731
+    assert not any(p.is_ok for p in export._run_probes(spec, model, shifted, base) if p.name == "uniform in the domain")
+
+
+MEAN_IDS = '''
+import torch
+from torch import nn
+
+
+class MeanIds(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids).mean(1))
+
+
+def build():
+    torch.manual_seed(0)
+    return MeanIds()
+
+
+def pre(text):
+    return torch.tensor([ord(c) % 30 for c in text], dtype=torch.int64)
+'''
+
+
+def test_rows_of_varying_length_without_a_collate_are_scored_exported_and_timed_one_at_a_time(tmp_path):
+    import pandas as pd
+    import yaml
+
+    from tests.helpers import in_process
+
+    (tmp_path / "m.py").write_text(MEAN_IDS)
+    ns: dict = {}
+    exec(MEAN_IDS, ns)
+    model = ns["build"]().eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    texts = ["ab", "hello", "xyz", "a longer text", "mid", "q"]
+    with torch.no_grad():
+        labels = [int(model(ns["pre"](t)[None]).argmax()) for t in texts]
+    pd.DataFrame({"id": [str(i) for i in range(6)], "label": labels, "text": texts}).to_csv(tmp_path / "t.csv",
+                                                                                          index=False)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "ids", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": 2, "preprocess": "m.py:pre"},
+        "dataset": {"kind": "text", "path": "t.csv"}, "handler": "text_classifier",
+        "export": {"mode": "trace", "latency_repeats": 10, "latency_budget_s": 0.5}}))
+    ip = in_process(tmp_path / "spec.yaml")
+    assert (ip.base.scores.predictions == labels).all()
+    assert ip.base.inputs.description() == "int64 [2] (first row; shapes vary by row)"
+    ex = export.export_model(ip.spec, ip.model, ip.rows, ip.base, tmp_path / "out")
+    assert ex.consistency.is_consistent, ex.consistency
+    skipped = [p for p in ex.consistency.probes if p.batch_size > 1]
+    assert skipped and all(p.is_ok and p.error.startswith("skipped: rows vary in shape") for p in skipped)
+    assert [t.batch_size for t in ex.timings] == [1]
+    assert "latency: timed at batch 1 only: rows vary in shape" in " ".join(ex.notes)
