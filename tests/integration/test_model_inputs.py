@@ -13,6 +13,10 @@ from tests.model_inputs import IGNORED_MASK, make_bag_project, make_encoder_proj
 
 pytestmark = pytest.mark.integration
 
+# A defective handler is judged at the handled stage: the export probes and timing (checked by the correct
+# runs and by tests/unit/test_modelinput.py) add nothing there.
+_QUICK = {"export": {"probe": False, "latency_repeats": 10, "latency_budget_s": 0.2}}
+
 
 def _run(tmp, spec, *extra):
     res = run_cli("run", str(spec), "--reports-dir", str(tmp / "reports"), "--model-store", str(tmp / "store"), *extra)
@@ -31,7 +35,7 @@ def test_embedding_bag_with_int64_ids_and_offsets_passes_through_the_builtin_tex
 
 def test_a_packed_vocabulary_that_differs_from_the_references_fails_in_the_handled_stage(no_leftovers):
     tmp = no_leftovers
-    res, rep = _run(tmp, make_bag_project(tmp / "proj", packed_vocab_shift=3), "--until", "handled")
+    res, rep = _run(tmp, make_bag_project(tmp / "proj", packed_vocab_shift=3, spec_overrides=_QUICK), "--until", "handled")
     assert res.returncode == 1, res.stdout + res.stderr
     assert rep["attribution"]["layer"] == "handler problem", rep["attribution"]
     assert rep["steps"]["handled"]["disagreeing"] > 0
@@ -49,7 +53,7 @@ def test_two_input_transformer_from_a_config_passes_end_to_end(no_leftovers):
 
 def test_a_handler_that_ignores_the_attention_mask_fails_in_the_padded_handled_batch(no_leftovers):
     tmp = no_leftovers
-    res, rep = _run(tmp, make_encoder_project(tmp / "proj", mask_expr=IGNORED_MASK), "--until", "handled")
+    res, rep = _run(tmp, make_encoder_project(tmp / "proj", mask_expr=IGNORED_MASK, spec_overrides=_QUICK), "--until", "handled")
     assert res.returncode == 1, res.stdout + res.stderr
     assert rep["attribution"]["layer"] == "handler problem that depends on the batch", rep["attribution"]
     assert rep["steps"]["handled"]["disagreeing"] == 0, "no padding at batch 1: the mask is all ones anyway"
