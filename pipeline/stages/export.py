@@ -162,7 +162,8 @@ def _aoti_package(spec: Spec, model: nn.Module, examples: list[Structure], out: 
         dynamic = ({0: torch.export.Dim("batch", min=1, max=_AOTI_MAX_BATCH)},)
     else:
         dims = dynamic_dims(examples)
-        dynamic = dims if isinstance(dims, dict) else tuple(dims) if isinstance(dims, tuple) else (dims,)
+        # One tensor: its dims' spec is the first positional argument's (a dict there would read as kwargs).
+        dynamic = (dims,) if isinstance(example, torch.Tensor) else dims
     try:
         ep = torch.export.export(model, args, kwargs or None, dynamic_shapes=dynamic, strict=False)
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out))

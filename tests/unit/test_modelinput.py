@@ -354,3 +354,19 @@ def test_rows_of_varying_length_without_a_collate_are_scored_exported_and_timed_
     assert skipped and all(p.is_ok and p.error.startswith("skipped: rows vary in shape") for p in skipped)
     assert [t.batch_size for t in ex.timings] == [1]
     assert "latency: timed at batch 1 only: rows vary in shape" in " ".join(ex.notes)
+
+
+def test_a_single_tensor_of_varying_length_gets_its_dims_as_the_first_arguments_spec(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_export(model, args, kwargs, dynamic_shapes, strict):
+        seen.update(args=args, kwargs=kwargs, dynamic=dynamic_shapes)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(torch.export, "export", fake_export)
+    from tests.unit._support import spec_for
+
+    examples = [torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, 5, dtype=torch.int64)]
+    with pytest.raises(export.ExportError, match="stop here"):
+        export._aoti_package(spec_for(2), nn.Identity(), examples, tmp_path / "m.pt2")
+    assert seen["dynamic"] == ({1: torch.export.Dim.AUTO},) and seen["kwargs"] is None
