@@ -726,10 +726,13 @@ def _run_bodies(f: _Facts, model, bodies: list[bytes], content_type: str, what: 
         out = _logits(model, x)
     except Exception as e:  # the user's model or preprocessing: quote it with what was tried
         became = f"one row became a tensor of shape {list(shape)}" if shape else "the preprocessing failed"
+        fix = ("Pass --preprocess file.py:function: the preprocessing your model was trained with (given what "
+               "TorchServe's worker hands the handler, returning one row's input tensor)." if f.preprocess is None
+               else f"Check that --preprocess {f.preprocess} returns what the model's forward takes (one tensor per "
+               "row); a model of several inputs (text and offsets, ids and mask) is validated by a spec whose "
+               "model.preprocess returns a tuple or dict, with model.collate where rows do not stack.")
         raise ConfigError(
-            f"the model of {f.factory} did not run on {what} through {ref.name} ({became}): {_first_line(e)}. "
-            "Pass --preprocess file.py:function: the preprocessing your model was trained with (given what "
-            "TorchServe's worker hands the handler, returning one row's input tensor)."
+            f"the model of {f.factory} did not run on {what} through {ref.name} ({became}): {_first_line(e)}. {fix}"
         ) from e
     return out, shape, ref.name
 

@@ -87,6 +87,7 @@ class GateInputs:
 
     export_size_ratio: float | None = None  # exported file / eager weights file
     export_latency_ratio: float | None = None  # exported / eager in-process median, batch 1
+    export_latency_untimed: str = ""  # why the export ran but latency was not timed
     failed_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> failed probe lines
     probes_run: tuple[str, ...] = ()  # stages whose probes ran
     answered: dict[str, StageFacts] = field(default_factory=dict)  # handled, served
@@ -293,7 +294,9 @@ def export_ratio_checks(spec: GateSpec, inputs: GateInputs) -> list[Check]:
     ):
         words = f"<= {limit:g}" if limit is not None else f"<= {seed_limit:g} ({seed_words}; not gated)"
         if ratio is None:
-            out.append(Check(name, Stage.EXPORTED, None, 1.0, words, False, "not evaluated: no export result",
+            why = inputs.export_latency_untimed if "latency" in name and inputs.export_latency_untimed else \
+                "no export result"
+            out.append(Check(name, Stage.EXPORTED, None, 1.0, words, False, f"not evaluated: {why}",
                              is_gating=limit is not None, evaluated=False))
             continue
         out.append(Check(name, Stage.EXPORTED, ratio, 1.0, words, at_most(ratio, limit if limit is not None

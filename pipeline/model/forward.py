@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+from pipeline.modelinput import Collate, batch_of, call_model
+
+Forward = Callable[..., torch.Tensor]
+
+
+class OutputError(TypeError):
+    """The model's output is not one logits tensor (the model ran; what it returns is not validated here)."""
 
 
 @dataclass(frozen=True)
@@ -48,20 +54,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def output_rows(y: torch.Tensor, n: int) -> np.ndarray:
     """A model output as float32 [n, C]; TypeError for outputs that are not one tensor."""
     if isinstance(y, (tuple, list)):
-        raise TypeError(f"the model returns a {type(y).__name__} of {len(y)} outputs; "
+        raise OutputError(f"the model returns a {type(y).__name__} of {len(y)} outputs; "
                         "package-validate validates models that return one logits tensor")
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"the model returns {type(y).__name__}, not a tensor of logits")
+        raise OutputError(f"the model returns {type(y).__name__}, not a tensor of logits")
     return y.detach().to(torch.float32).reshape(n, -1).numpy()
 
 
-def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], torch.Tensor]], n_rows: int,
+def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], Any]], n_rows: int,
                  warmup: int = 5) -> Scores:
     """Run ``forward`` on each row at batch 1, timing each call with a monotonic clock.
 
     Args:
-        forward: the model's forward, taking a [1, *shape] tensor.
-        chunks: (row indices, stacked inputs) as ``inputs.stream.reference_chunks`` yields them.
+        forward: the model's forward, called as ``modelinput.call_model`` does (``x``, ``*x`` or ``**x``).
+        chunks: (row indices, ``inputs.stream.Chunk``) as ``inputs.stream.reference_chunks`` yields them.
         n_rows: the dataset's row count; rows never yielded keep NaN.
         warmup: untimed calls on the first row before timing starts.
 
@@ -72,15 +78,16 @@ def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], torch.Tenso
     lat = np.full(n_rows, np.nan)
     warmed = False
     with torch.inference_mode():
-        for index, batch in chunks:
+        for index, chunk in chunks:
             if not warmed:
+                first = chunk.one(0)
                 for _ in range(warmup):
-                    forward(batch[:1])
+                    call_model(forward, first)
                 warmed = True
             for j, i in enumerate(index):
-                row = batch[j : j + 1]
+                row = chunk.one(j)
                 t0 = time.perf_counter_ns()
-                y = forward(row)
+                y = call_model(forward, row)
                 lat[i] = (time.perf_counter_ns() - t0) / 1e6
                 out = output_rows(y, 1)
                 if logits is None:
@@ -91,12 +98,15 @@ def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], torch.Tenso
     return Scores(logits=logits, latencies_ms=lat)
 
 
-def run_batched(forward: Forward, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Outputs of ``forward`` on ``x`` fed in batches of ``batch_size``."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
+def run_batched(forward: Forward, rows: Sequence | np.ndarray, batch_size: int, collate: Collate | None = None
+                ) -> np.ndarray:
+    """Outputs of ``forward`` on ``rows`` (per-row structures, or one array [N, ...]) fed ``batch_size`` at a time,
+    each batch stacked or built by ``collate``."""
+    if isinstance(rows, np.ndarray):
+        rows = list(torch.from_numpy(np.ascontiguousarray(rows)))
     outs = []
     with torch.inference_mode():
-        for i in range(0, len(t), batch_size):
-            b = t[i : i + batch_size]
-            outs.append(output_rows(forward(b), len(b)))
+        for i in range(0, len(rows), batch_size):
+            part = rows[i : i + batch_size]
+            outs.append(output_rows(call_model(forward, batch_of(part, collate)), len(part)))
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)

@@ -88,6 +88,7 @@ def _stage_block(record: RunRecord) -> dict:
         out["baseline"] = {"weights": str(b.weights_path), "weights_sha256": b.weights_sha256,
                            "weights_size_bytes": b.weights_size_bytes, "reference": b.reference.name,
                            "input_shape": list(b.input_shape), "input_dtype": b.input_dtype,
+                           "input": b.inputs.description() if b.inputs.rows else f"{b.input_dtype} {list(b.input_shape)}",
                            "preprocess_ms_p50": jsonable(b.preprocess_ms_p50)}
     if record.exported is not None:
         e = record.exported

@@ -75,6 +75,12 @@ class ModelSpec(_Frozen):
                     "(bytes, str or parsed JSON) and returning one row's input tensor; "
                     "'builtin:image_classifier' for TorchServe's image transforms",
     )
+    collate: str | None = Field(
+        default=None,
+        description="'file.py:function' given the list of per-row inputs of model.preprocess, returning the "
+                    "model's batched input (a tensor, a tuple for forward(*x), a dict for forward(**x)); "
+                    "default: each tensor stacked, and rows whose shapes differ scored one at a time",
+    )
 
     @field_validator("factory")
     @classmethod
@@ -87,6 +93,11 @@ class ModelSpec(_Frozen):
         if v is None or v.startswith("builtin:"):
             return v
         return _check_callable_ref(v, "model.preprocess")
+
+    @field_validator("collate")
+    @classmethod
+    def _collate_ref(cls, v: str | None) -> str | None:
+        return v if v is None else _check_callable_ref(v, "model.collate")
 
     @model_validator(mode="after")
     def _names_match_classes(self) -> "ModelSpec":
@@ -175,7 +186,12 @@ class ExportSpec(_Frozen):
         default=None, description="[low, high] of valid input values; default: the dataset's range"
     )
     optimize: bool = Field(default=False, description="try freeze + optimize_for_inference (script only)")
-    latency_repeats: int = Field(default=200, ge=10)
+    latency_repeats: int = Field(default=200, ge=10, description="the most timed calls per model and batch size")
+    latency_budget_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="seconds of latency timing per timed model (eager and exported), over every batch size; "
+                    "timing stops at latency_repeats calls or at the budget, whichever comes first",
+    )
 
 
 class AnswerMapping(_Frozen):
@@ -488,6 +504,7 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         "weights": _resolve(base_dir, spec.model.weights),
         "factory": _resolve_ref(base_dir, spec.model.factory),
         "preprocess": _resolve_ref(base_dir, spec.model.preprocess),
+        "collate": _resolve_ref(base_dir, spec.model.collate),
     })
     dataset = spec.dataset.model_copy(update={
         "path": _resolve(base_dir, spec.dataset.path),

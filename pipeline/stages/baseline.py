@@ -18,9 +18,10 @@ from pipeline.errors import DatasetError, ModelError, UserCodeError
 from pipeline.files import file_sha256
 from pipeline.inputs.base import Reference, Rows
 from pipeline.inputs.stream import StreamFacts, reference_chunks
-from pipeline.model.forward import Scores, score_chunks
+from pipeline.model.forward import OutputError, Scores, score_chunks
+from pipeline.modelinput import Collate, InputSample
 from pipeline.spec import Spec
-from pipeline.usercode import user_frame
+from pipeline.usercode import import_callable, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,11 @@ class BaselineResult:
         scores: logits and per-row forward latency.
         reference: the preprocessing that ran (its name is in every report).
         input_shape, input_dtype: one row's model input.
-        input_low, input_high: elementwise range of the inputs over all rows (export probes).
-        sample: the first rows' inputs (export example and probes).
+        input_low, input_high: elementwise range of the inputs over all rows (export probes; one tensor
+            of one shape per row).
+        sample: the first rows' inputs as float32 (one tensor of one shape per row, else empty).
+        inputs: the first rows' inputs of any structure and dtype, ``model.collate``, each tensor's range
+            (export examples, probes and latency timing).
         preprocess_ms_p50: median time of the reference preprocessing per row.
     """
 
@@ -49,6 +53,7 @@ class BaselineResult:
     weights_path: object
     weights_sha256: str
     weights_size_bytes: int
+    inputs: InputSample = InputSample(rows=())
 
 
 def preprocess_failure(spec: Spec, reference: Reference, facts: StreamFacts, total: int) -> DatasetError:
@@ -77,19 +82,26 @@ def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Referenc
         ModelError: the model returns the wrong number of outputs.
     """
     facts = StreamFacts()
+    collate = load_collate(spec)
     try:
-        scores = score_chunks(model, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts), len(rows))
-    except TypeError as e:
+        scores = score_chunks(model, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts,
+                                                      collate=collate), len(rows))
+    except OutputError as e:
         raise ModelError(f"{e}.") from e
     except Exception as e:
-        shape = ", ".join(map(str, facts.shape)) if facts.shape else "?"
         raise UserCodeError(
-            f"the eager model raised on a [1, {shape}] input from "
-            f"{reference.name}: {type(e).__name__}: {str(e)[:300]}{user_frame(e)}. Check that the preprocessing "
-            "returns what the model takes (dataset.input_shape for kind tensor)."
+            f"the eager model raised on a batch-1 input from {reference.name} ({_what_ran(facts, collate)}): "
+            f"{type(e).__name__}: {str(e)[:300]}{user_frame(e)}. Check that the preprocessing returns what the "
+            "model takes (dataset.input_shape for kind tensor): one tensor for forward(x), a tuple for "
+            "forward(*x) (e.g. text and offsets), a dict for forward(**x); where rows are not stacked on a new "
+            "first dimension (concatenated ids with offsets, padding), name model.collate: file.py:function."
         ) from e
     if facts.failed_count:
         raise preprocess_failure(spec, reference, facts, len(rows))
+    if spec.dataset.input_shape is not None and not facts.is_fixed:
+        raise DatasetError(f"the reference preprocessing gives inputs whose shape varies by row (the first "
+                           f"{list(facts.shape)}) but dataset.input_shape is {list(spec.dataset.input_shape)}. "
+                           "Fix the preprocessing.")
     if spec.dataset.input_shape is not None and facts.shape != tuple(spec.dataset.input_shape):
         raise DatasetError(f"the reference preprocessing gives inputs of shape {list(facts.shape)} but "
                            f"dataset.input_shape is {list(spec.dataset.input_shape)}. Fix one of them.")
@@ -104,4 +116,22 @@ def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Referenc
         input_low=facts.low, input_high=facts.high, sample=facts.sample_array(),
         preprocess_ms_p50=float(np.median(facts.preprocess_ms)) if facts.preprocess_ms else float("nan"),
         weights_path=w, weights_sha256=file_sha256(w), weights_size_bytes=w.stat().st_size,
+        inputs=facts.input_sample(collate),
     )
+
+
+def load_collate(spec: Spec) -> Collate | None:
+    """``model.collate`` imported, or None when the spec names none.
+
+    Raises:
+        UserCodeError: the module cannot be imported or has no such function.
+    """
+    return None if spec.model.collate is None else import_callable(spec.model.collate, "model.collate")
+
+
+def _what_ran(facts: StreamFacts, collate) -> str:
+    """The first row's input as the preprocessing gave it, and how it was batched."""
+    if facts.layout is None:
+        return "no row preprocessed"
+    how = f"batched by {getattr(collate, '__name__', 'model.collate')}" if collate else "given a batch dimension"
+    return f"one row gave {facts.description()}, {how}"

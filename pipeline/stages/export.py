@@ -28,6 +28,8 @@ from pipeline.files import file_sha256
 from pipeline.inputs.base import Reference, Rows
 from pipeline.inputs.stream import StreamFacts, reference_chunks
 from pipeline.model.forward import Forward, Scores, run_batched, score_chunks
+from pipeline.modelinput import (Structure, call_model, dynamic_dims, example_inputs, leaves, probe_rows,
+                                   stack)
 from pipeline.model.loading import model_file_for_eager
 from pipeline.spec import Spec
 from pipeline.stages.baseline import BaselineResult
@@ -119,6 +121,7 @@ class ExportResult:
     model_file: Path | None = None
     optimized: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    untimed_reason: str = ""  # why ``timings`` is empty (eager mode: a file copy)
 
 
 def _capture(recorded: list[warnings.WarningMessage]) -> tuple[CapturedWarning, ...]:
@@ -127,13 +130,15 @@ def _capture(recorded: list[warnings.WarningMessage]) -> tuple[CapturedWarning, 
     return tuple(CapturedWarning(c, m, n) for (c, m), n in counts.most_common())
 
 
-def _script_or_trace(spec: Spec, model: nn.Module, example: torch.Tensor, out: Path) -> None:
+def _script_or_trace(spec: Spec, model: nn.Module, example: Structure, out: Path) -> None:
     mode = spec.export.mode
     try:
         if mode == "script":
             exported = torch.jit.script(model)
         else:
-            exported = torch.jit.trace(model, example, check_trace=False)
+            args, kwargs = example_inputs(example)
+            exported = (torch.jit.trace(model, example_kwarg_inputs=kwargs, check_trace=False) if kwargs
+                        else torch.jit.trace(model, args, check_trace=False))
     except Exception as e:
         first = str(e).strip().splitlines()
         hint = (
@@ -148,10 +153,19 @@ def _script_or_trace(spec: Spec, model: nn.Module, example: torch.Tensor, out: P
     torch.jit.save(exported, str(out))
 
 
-def _aoti_package(spec: Spec, model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=_AOTI_MAX_BATCH)
+def _aoti_package(spec: Spec, model: nn.Module, examples: list[Structure], out: Path) -> None:
+    """``examples``: one batch (one tensor: dim 0 is the batch), or two of one structure whose sizes differ
+    where the inputs' do (the batch, a token length): those dims are exported dynamic."""
+    example = examples[0]
+    args, kwargs = example_inputs(example)
+    if isinstance(example, torch.Tensor) and len(examples) == 1:
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=_AOTI_MAX_BATCH)},)
+    else:
+        dims = dynamic_dims(examples)
+        # One tensor: its dims' spec is the first positional argument's (a dict there would read as kwargs).
+        dynamic = (dims,) if isinstance(example, torch.Tensor) else dims
     try:
-        ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+        ep = torch.export.export(model, args, kwargs or None, dynamic_shapes=dynamic, strict=False)
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out))
     except Exception as e:
         first = " ".join(str(e).strip().splitlines()[:6])[:800]
@@ -174,7 +188,7 @@ def load_exported(path: Path, model_file: Path | None = None) -> Forward:
         return m.eval()
     if path.suffix == ".pt2":
         runner = torch._inductor.aoti_load_package(str(path))
-        return lambda x: runner(x)
+        return lambda *args, **kwargs: runner(*args, **kwargs)
     m = torch.jit.load(str(path), map_location="cpu")
     m.eval()
     return m
@@ -221,21 +235,45 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
+def _probe_families(spec: Spec, base: BaselineResult) -> list[tuple[str, list]]:
+    """Per-row probe inputs: one float tensor per row keeps today's numeric families; integer, bool and
+    structured inputs probe within their range (``modelinput.probe_rows``)."""
+    inputs = base.inputs
+    if inputs.is_single_float or not inputs.rows:
+        dtype = getattr(np, base.input_dtype, np.float32) if base.input_dtype else np.float32
+        return [(name, list(torch.from_numpy(np.ascontiguousarray(x.astype(dtype)))))
+                for name, x in _probe_inputs(spec, base)]
+    width = sum(t.numel() for t in leaves(inputs.rows[0]))
+    return probe_rows(inputs, 64 if width <= _LARGE_INPUT else 8, spec.export.probe_value_range)
+
+
+def _dataset_rows(base: BaselineResult) -> list:
+    inputs = base.inputs
+    if inputs.rows:
+        return list(inputs.rows[: max(PROBE_BATCH_SIZES) * 2])
+    return list(torch.from_numpy(np.ascontiguousarray(base.sample[: max(PROBE_BATCH_SIZES) * 2])))
+
+
 def _run_probes(spec: Spec, eager: Forward, exported: Forward, base: BaselineResult) -> tuple[ProbeResult, ...]:
     tol = spec.gate.max_output_diff
     results = []
-    dtype = getattr(np, base.input_dtype, np.float32) if base.input_dtype else np.float32
+    collate = base.inputs.collate
+    can_batch = base.inputs.can_batch or not base.inputs.rows
 
-    def check(name: str, x: np.ndarray, batch: int) -> None:
-        x = x.astype(dtype)
+    def check(name: str, x: list, batch: int) -> None:
+        if batch > 1 and not can_batch:
+            results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), True,
+                                       "skipped: rows vary in shape and the spec names no model.collate, so "
+                                       "rows are fed one at a time"))
+            return
         try:
-            ref = run_batched(eager, x, batch)
+            ref = run_batched(eager, x, batch, collate)
         except Exception as e:  # the eager model itself rejects this input: nothing to compare
             results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), True,
                                        f"skipped, the eager model fails too: {type(e).__name__}"))
             return
         try:
-            got = run_batched(exported, x, batch)
+            got = run_batched(exported, x, batch, collate)
         except Exception as e:
             results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), False, _first_line(e)))
             return
@@ -243,44 +281,67 @@ def _run_probes(spec: Spec, eager: Forward, exported: Forward, base: BaselineRes
             results.append(ProbeResult(name, len(x), batch, float("nan"), 0.0, False,
                                        f"output shape {got.shape} differs from eager {ref.shape}"))
             return
+        # Where the eager model itself gives NaN (a fully masked row), the export matches it by giving NaN too.
+        both_nan = np.isnan(ref) & np.isnan(got)
+        ref, got = np.where(both_nan, 0, ref), np.where(both_nan, 0, got)
         bad, max_abs, _, _ = _compare(ref, got, tol)
         agree = float((ref.argmax(1) == got.argmax(1)).mean())
         results.append(ProbeResult(name, len(x), batch, max_abs, agree, not bad.any()))
 
-    rows = base.sample[: max(PROBE_BATCH_SIZES) * 2]
+    rows = _dataset_rows(base)
     for b in PROBE_BATCH_SIZES:
         check(f"dataset rows at batch {b}", rows, b)
-    for name, x in _probe_inputs(spec, base):
+    for name, x in _probe_families(spec, base):
         check(name, x, 1)
         check(name, x, len(x))
     return tuple(results)
 
 
-def _median_iqr(fn: Forward, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+def _median_iqr(fn: Forward, x: Structure, repeats: int, budget_s: float | None = None) -> tuple[float, float]:
+    """Median and IQR (us) of ``fn`` on ``x``: warm-up, then at most ``repeats`` timed calls, stopping early
+    once ``budget_s`` seconds (warm-up included) are spent; at least two timed calls."""
     samples = []
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
     with torch.inference_mode():
         for _ in range(max(5, repeats // 10)):
-            fn(x)
+            call_model(fn, x)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
         for _ in range(repeats):
             t0 = time.perf_counter_ns()
-            fn(x)
+            call_model(fn, x)
             samples.append((time.perf_counter_ns() - t0) / 1e3)
+            if deadline is not None and len(samples) >= 2 and time.perf_counter() > deadline:
+                break
     q = statistics.quantiles(samples, n=4)
     return statistics.median(samples), q[2] - q[0]
 
 
+NOT_TIMED_EAGER = "not timed: the archive holds the eager model file (export.mode eager), the exported model is the eager model"
+
+
+def _timing_batches(base: BaselineResult) -> list[tuple[int, Structure]]:
+    inputs = base.inputs
+    if not inputs.rows:
+        sample = base.sample
+        return [(b, torch.from_numpy(np.ascontiguousarray(sample[np.arange(b) % len(sample)])))
+                for b in TIMING_BATCH_SIZES]
+    return [(b, inputs.batch(range(b))) for b in TIMING_BATCH_SIZES if b == 1 or inputs.can_batch]
+
+
 def _time_models(spec: Spec, eager: Forward, exported: Forward, base: BaselineResult) -> tuple[Timing, ...]:
+    """Eager against exported at each batch size, within ``export.latency_budget_s`` per model."""
     out = []
-    sample = base.sample
-    for b in TIMING_BATCH_SIZES:
-        idx = np.arange(b) % len(sample)
-        x = torch.from_numpy(np.ascontiguousarray(sample[idx]))
+    batches = _timing_batches(base)
+    # Each model's budget is shared by the batch sizes and the two interleaved halves.
+    share = spec.export.latency_budget_s / max(1, len(batches)) / 2
+    half = spec.export.latency_repeats // 2
+    for b, x in batches:
         # Interleave the two so that machine noise hits both alike.
-        half = spec.export.latency_repeats // 2
-        e1, ei1 = _median_iqr(eager, x, half)
-        x1, xi1 = _median_iqr(exported, x, half)
-        e2, ei2 = _median_iqr(eager, x, half)
-        x2, xi2 = _median_iqr(exported, x, half)
+        e1, ei1 = _median_iqr(eager, x, half, share)
+        x1, xi1 = _median_iqr(exported, x, half, share)
+        e2, ei2 = _median_iqr(eager, x, half, share)
+        x2, xi2 = _median_iqr(exported, x, half, share)
         out.append(Timing(b, (e1 + e2) / 2, (ei1 + ei2) / 2, (x1 + x2) / 2, (xi1 + xi2) / 2))
     return tuple(out)
 
@@ -295,11 +356,11 @@ def _consistency(spec: Spec, ref: Scores, got: Scores, rows: Rows, probes: tuple
     )
 
 
-def score_exported(spec: Spec, forward: Forward, rows: Rows, reference: Reference) -> Scores:
+def score_exported(spec: Spec, forward: Forward, rows: Rows, reference: Reference, collate=None) -> Scores:
     """The artefact's outputs on every row, streamed through the reference preprocessing again."""
     facts = StreamFacts()
     return score_chunks(forward, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts,
-                                                  keep_range=False), len(rows))
+                                                  keep_range=False, collate=collate), len(rows))
 
 
 def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, rows: Rows, base: BaselineResult
@@ -315,11 +376,12 @@ def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, rows: Rows, base
     except Exception as e:
         notes.append(f"optimize: freeze/optimize_for_inference failed ({type(e).__name__}: {e}); kept the plain export")
         return path, notes
-    opt_scores = score_exported(spec, opt, rows, base.reference)
+    opt_scores = score_exported(spec, opt, rows, base.reference, *_collate_arg(base))
     bad, max_abs, _, _ = _compare(eager_scores.logits, opt_scores.logits, spec.gate.max_output_diff)
-    x = torch.from_numpy(np.ascontiguousarray(base.sample[:1]))
-    plain_us, _ = _median_iqr(torch.jit.load(str(path)).eval(), x, spec.export.latency_repeats)
-    opt_us, _ = _median_iqr(opt, x, spec.export.latency_repeats)
+    x = _example(base, 1)
+    budget = spec.export.latency_budget_s / 2
+    plain_us, _ = _median_iqr(torch.jit.load(str(path)).eval(), x, spec.export.latency_repeats, budget)
+    opt_us, _ = _median_iqr(opt, x, spec.export.latency_repeats, budget)
     if bad.any():
         notes.append(f"optimize: not used, max abs diff {max_abs:.3g} exceeds {spec.gate.max_output_diff:g}")
         return path, notes
@@ -328,6 +390,32 @@ def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, rows: Rows, base
         return path, notes
     notes.append(f"optimize: used, batch-1 median {opt_us:.1f} us vs {plain_us:.1f} us, max abs diff {max_abs:.3g}")
     return opt_path, notes
+
+
+def _collate_arg(base: BaselineResult) -> tuple:
+    inputs = getattr(base, "inputs", None)
+    return (inputs.collate,) if inputs is not None and inputs.collate is not None else ()
+
+
+def _example(base: BaselineResult, n: int) -> Structure:
+    """The model's input for the first ``n`` sample rows, structure and dtype kept."""
+    inputs = getattr(base, "inputs", None)
+    if inputs is None or not inputs.rows:
+        return torch.from_numpy(np.ascontiguousarray(base.sample[:n]))
+    return inputs.batch(range(n))
+
+
+def _export_examples(base: BaselineResult) -> list[Structure]:
+    """torch.export's example batches. One tensor per row of one shape: two rows (batch 1 would be specialised
+    to a constant, torch's 0/1 specialisation), dim 0 dynamic. Any other input: two batches whose sizes
+    differ wherever the inputs' do, so those dims are exported dynamic."""
+    inputs = base.inputs
+    if not inputs.rows or (isinstance(inputs.rows[0], torch.Tensor) and inputs.collate is None and inputs.is_fixed):
+        sample = torch.from_numpy(np.ascontiguousarray(base.sample)) if not inputs.rows else stack(inputs.rows[:2])
+        return [sample[:2] if len(sample) >= 2 else torch.cat([sample[:1], sample[:1]])]
+    if inputs.can_batch and len(inputs.rows) >= 3:
+        return [inputs.batch(range(2)), inputs.batch(range(2, min(len(inputs.rows), 5)))]
+    return [inputs.batch([i]) for i in range(min(2, len(inputs.rows)))]
 
 
 def verify_export(spec: Spec, model: nn.Module, path: Path, rows: Rows, base: BaselineResult,
@@ -350,7 +438,7 @@ def verify_export(spec: Spec, model: nn.Module, path: Path, rows: Rows, base: Ba
     """
     try:
         exported = load_exported(path, model_file)
-        scores = score_exported(spec, exported, rows, base.reference)
+        scores = score_exported(spec, exported, rows, base.reference, *_collate_arg(base))
     except Exception as e:
         raise ExportError(
             f"the exported model {path} could not be loaded or run: {type(e).__name__}: {str(e)[:500]}"
@@ -391,16 +479,13 @@ def export_model(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult,
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        sample = torch.from_numpy(np.ascontiguousarray(base.sample))
         if mode == "export":
-            # Batch 1 would be specialised to a constant (0/1 specialisation): trace with two rows.
-            example = sample[:2] if len(sample) >= 2 else torch.cat([sample[:1], sample[:1]])
-            _aoti_package(spec, model, example, path)
+            _aoti_package(spec, model, _export_examples(base), path)
         elif mode == "eager":
             model_file = model_file_for_eager(spec)
             shutil.copyfile(spec.model.weights, path)
         else:
-            _script_or_trace(spec, model, sample[:1], path)
+            _script_or_trace(spec, model, _example(base, 1), path)
         log.info("export %s took %.1f s", mode, time.perf_counter() - t0)
         optimized = False
         if spec.export.optimize and mode in ("script", "trace"):
@@ -408,9 +493,17 @@ def export_model(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult,
             optimized = new_path != path
             path = new_path
         scores, consistency, exported = verify_export(spec, model, path, rows, base, model_file)
-        timings = _time_models(spec, model, exported, base)
+        if mode == "eager":
+            # A file copy: timing the model against itself spends the budget to measure noise.
+            timings = ()
+            notes.append(f"latency: {NOT_TIMED_EAGER}")
+        else:
+            timings = _time_models(spec, model, exported, base)
+            if len(timings) < len(TIMING_BATCH_SIZES):
+                notes.append("latency: timed at batch 1 only: rows vary in shape and the spec names no "
+                             "model.collate to batch them")
     return ExportResult(
         mode=mode, path=path, sha256=file_sha256(path), size_bytes=path.stat().st_size, scores=scores,
         consistency=consistency, timings=timings, warnings=_capture(recorded), model_file=model_file,
-        optimized=optimized, notes=tuple(notes),
+        optimized=optimized, notes=tuple(notes), untimed_reason=NOT_TIMED_EAGER if mode == "eager" else "",
     )

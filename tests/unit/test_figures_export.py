@@ -149,8 +149,9 @@ def optimize(monkeypatch, tmp_path):
             assert (s, fwd.name, r, ref) == (spec, "optimized", rows, base.reference), "the optimized model, every row"
             return _scores(opt_logits)
 
-        def median(fn, x, repeats):
+        def median(fn, x, repeats, budget_s):
             assert x.shape == (1, 2) and x.tolist() == [[0.0, 1.0]] and repeats == 40, "batch 1, the spec's repeats"
+            assert budget_s == spec.export.latency_budget_s / 2, "the two models share the spec's budget"
             calls.append(fn.name)
             return {"plain": plain_us, "optimized": opt_us}[fn.name], 0.0
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.errors import ConfigError, DatasetError
+from pipeline.errors import ConfigError, DatasetError, UserCodeError
 from pipeline.inputs.registry import load_rows, resolve_reference
 from pipeline.run.plan import plan_run
 from pipeline.spec import load_spec
@@ -109,13 +109,15 @@ def test_tasks_that_are_not_single_label_classification_are_refused(tmp_path, la
         load_rows(load_spec(spec))
 
 
-def test_several_inputs_per_row_are_refused_with_the_reason(tmp_path):
+def test_a_tuple_for_a_model_of_one_input_names_what_ran_and_how_to_fix_it(tmp_path):
     spec = make_project(tmp_path)
     (tmp_path / "pair.py").write_text("import torch\n\ndef pre(view):\n    x = torch.tensor(view['features'])\n"
                                       "    return (x, x)\n")
     _edit(spec, model={"preprocess": "pair.py:pre"})
-    with pytest.raises(DatasetError, match="several inputs per row are not validated"):
+    with pytest.raises(UserCodeError) as e:
         in_process(spec)
+    assert "one row gave (float32 [4], float32 [4]), given a batch dimension" in str(e.value)
+    assert "a tuple for forward(*x)" in str(e.value) and "model.collate" in str(e.value)
 
 
 @pytest.mark.parametrize("handler, words", [
