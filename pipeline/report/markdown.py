@@ -127,6 +127,8 @@ def _export(rep: dict) -> list[str]:
     ex = (rep.get("stages") or {}).get("export")
     if not ex:
         return []
+    if "not_applicable" in ex:
+        return ["## Export", "", f"Export {ex['not_applicable']}.", ""]
     c = ex["consistency"]
     lines = ["## Export", "", f"Mode `{ex['mode']}`{' (optimized)' if ex['optimized'] else ''}: max abs diff "
              f"{fmt(c['max_abs_diff'])}, mean {fmt(c['mean_abs_diff'])}, max relative {fmt(c['max_rel_diff'])}, "

@@ -144,10 +144,12 @@ def _stages(run: _Run, stack: ExitStack) -> None:
     # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
     surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
     probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
-    with run.timed("export") as facts:
-        exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
-        run.update(exported=exported)
-        facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
+    exported = None  # --mar: the archive's model is read only by its handler (the plan says so)
+    if opts.prebuilt_mar is None:
+        with run.timed("export") as facts:
+            exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
+            run.update(exported=exported)
+            facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
     if opts.until == "export":
         return
     with run.timed("archive") as facts:
@@ -388,7 +390,8 @@ def _prepare(run: _Run) -> None:
         prior_path = Path(last.run_dir)
     if prior_path is not None:
         run.update(prior=load_prior_report(prior_path, spec.name))
-    plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until)
+    plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until,
+                    prebuilt=opts.prebuilt_mar is not None)
     run.update(plan=plan)
     if opts.publish:
         check_publish_target(spec.name, opts.model_store, opts.force)
