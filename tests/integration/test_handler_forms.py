@@ -147,3 +147,66 @@ def test_mar_run_names_the_artefacts_with_sha256_and_blames_a_foreign_archive(no
     assert arts[serialized]["role"] == "serialized_file" and arts["fn_handler.py"]["role"] == "handler"
     assert rep["attribution"]["layer"] == "archive problem", rep["attribution"]
     assert "--mar" in rep["attribution"]["summary"]
+
+
+MODULE_HANDLE = '''
+import json
+import os
+import sys
+
+import torch
+
+_model = None
+
+
+def handle(data, context):
+    """A module-level handle(data, context), no class: it loads its own weights from extra files."""
+    global _model
+    if _model is None:
+        model_dir = context.system_properties["model_dir"]
+        sys.path.insert(0, model_dir)
+        from tiny_model import Tiny
+
+        _model = Tiny()
+        _model.load_state_dict(torch.load(os.path.join(model_dir, "weights.pt"), weights_only=True))
+        _model.eval()
+    if data is None:
+        return None
+    rows = [json.loads(r["body"]) if isinstance(r["body"], (bytes, bytearray)) else r["body"] for r in data]
+    with torch.no_grad():
+        return [row.tolist() for row in _model(torch.tensor([r["features"] for r in rows]))]
+'''
+
+CLASS_HANDLE_ONLY = '''
+import json
+import os
+
+import torch
+
+
+class OnlyHandle:
+    """A plain class that overrides nothing but handle; TorchServe calls initialize, so it has one."""
+
+    def initialize(self, context):
+        props = context.system_properties
+        path = os.path.join(props["model_dir"], context.manifest["model"]["serializedFile"])
+        self.model = torch.jit.load(path, map_location="cpu").eval()
+
+    def handle(self, data, context):
+        rows = [json.loads(r["body"]) if isinstance(r["body"], (bytes, bytearray)) else r["body"] for r in data]
+        with torch.no_grad():
+            return [row.tolist() for row in self.model(torch.tensor([r["features"] for r in rows]))]
+'''
+
+
+@pytest.mark.parametrize("form", ["module_handle", "class_handle_only"])
+def test_the_other_handler_forms_are_archived_and_run_in_process(no_leftovers, form):
+    tmp = no_leftovers
+    handler = write_handler(tmp / f"{form}.py", MODULE_HANDLE if form == "module_handle" else CLASS_HANDLE_ONLY)
+    extra = {"extra_files": ["tiny_model.py", "weights.pt"]} if form == "module_handle" else {}
+    spec = _project(tmp, str(handler), handler=extra)
+    res = _run(spec, tmp, "--until", "handled")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rep = report_of(tmp / "reports")
+    assert rep["stages"]["archive"]["manifest"]["model"]["handler"] == f"{form}.py"
+    assert rep["stages"]["handled"]["batch1"]["answered"] == 16 and rep["attribution"]["layer"] is None
