@@ -5,9 +5,10 @@
     handled@batchN vs handled     handler problem that depends on the batch
     served   vs handled           serving problem (the worker's environment, dynamic batching, concurrency)
 
-With ``--mar`` there is no exported stage: the handled stage runs the archive's own model
-through its handler, so a difference there is blamed on the archive (its model or its
-handler), never on the handler alone.
+With ``--mar`` the exported stage is the archive's own model where the tool can load it
+without the handler (a difference there is the archive's model); where it cannot, there is no
+exported stage, the handled stage faces the baseline directly, and a difference there is
+blamed on the archive (its model or its handler), never on the handler alone.
 
 A step "differs" when a prediction changes or an output moves beyond the tolerance. The
 first step that differs is blamed; later steps that differ are listed too.
@@ -30,6 +31,8 @@ LAYERS = (
 )
 
 
+FROM_MAR_MODEL = ("archive problem", "the archive's own model (--mar), loaded without its handler, differs from "
+                  "the spec's model in-process: its weights or its code are not the spec's")
 FROM_MAR = ("archive problem", "the archive given with --mar answers differently from the spec's model: its "
             "model or its handler (the archive's model is read only through its handler, so the two are not told "
             "apart); rebuild the archive from the spec or check its weights")
@@ -81,7 +84,11 @@ def attribute(cmp: Comparison, tolerance: float, from_mar: bool = False) -> Attr
     """
     steps = []
     for stage, t in cmp.steps.items():
-        layer, why = FROM_MAR if from_mar and stage == Stage.HANDLED else _layer(stage)
+        layer, why = _layer(stage)
+        if from_mar and stage == Stage.EXPORTED:
+            layer, why = FROM_MAR_MODEL
+        elif from_mar and stage == Stage.HANDLED and t.reference == Stage.BASELINE:
+            layer, why = FROM_MAR
         steps.append(Step(stage, t.reference, layer, why, step_differs(t, tolerance), t.disagreeing,
                           t.output.max_abs, t.output.quantity))
     bad = [s for s in steps if s.differs]

@@ -139,8 +139,9 @@ def _export(rep: dict) -> list[str]:
         lines += table(["probe", "batch", "rows", "max abs diff", "result", "note"], rows) + [""]
     rows = [[str(t["batch_size"]), fmt(t["eager_median_us"], 1), fmt(t["exported_median_us"], 1),
              fmt(t["ratio"], 3)] for t in ex["timings"]]
-    lines += ["In-process latency (median of many repeats, us):", ""]
-    lines += table(["batch", "eager", "exported", "exported / eager"], rows) + [""]
+    if rows:  # none for an archive's own model (--mar): it is checked, not timed
+        lines += ["In-process latency (median of many repeats, us):", ""]
+        lines += table(["batch", "eager", "exported", "exported / eager"], rows) + [""]
     lines += [f"- {n}" for n in ex["notes"]]
     if ex["warnings"]:
         lines += ["Warnings captured during export (each shown once):", ""]

@@ -23,7 +23,7 @@ from pipeline.inputs.base import Reference
 from pipeline.inputs.registry import resolve_reference
 from pipeline.names import Stage
 from pipeline.spec import Spec
-from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, model_config_for
+from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, archived_model_kind, inspect_archive, model_config_for
 from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
 
 
@@ -40,6 +40,8 @@ class Plan:
         stages: the candidate stages, in order (``handled@batchN`` when the served batch size N > 1).
         gate: the checks the gate must contain.
         notes: decisions a reader of the report should know.
+        archive_model: with --mar, how the archive's own model loads without its handler
+            ("script", "eager"), or None: then there is no exported stage.
     """
 
     spec: Spec
@@ -50,6 +52,7 @@ class Plan:
     stages: tuple[str, ...]
     gate: GatePlan
     notes: tuple[str, ...] = field(default_factory=tuple)
+    archive_model: str | None = None  # --mar: "script" or "eager" when the tool can load the archive's model
 
     @property
     def batched_stage(self) -> str | None:
@@ -228,15 +231,16 @@ def _check_extra_files(spec: Spec) -> None:
                           "(relative to the spec).", details=missing)
 
 
-def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebuilt: bool = False) -> Plan:
+def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebuilt: Path | None = None) -> Plan:
     """Decide and check everything that can be known before a stage runs.
 
     Args:
         spec: the spec with the run options applied.
         prior: a second baseline (an earlier run) is given.
         until: the last stage to run ("export", "handled" or "served", the default).
-        prebuilt: a .mar is validated as shipped (--mar): no export stage; the handled stage
-            compares the archive's handler and model with the baseline.
+        prebuilt: a .mar validated as shipped (--mar): its own model is the exported stage where
+            the tool can load it without the handler (TorchScript, or --model-file + state_dict);
+            else there is no exported stage and the handled stage faces the baseline directly.
 
     Returns:
         The plan.
@@ -255,8 +259,13 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         model_config_for(spec)  # the handler's config and the serving keys, merged as the archive will be
         check_text_vocabulary(spec, handler)
     notes = check_requirements(spec.handler.requirements)
-    if prebuilt:
-        notes.append(f"export: {NOT_APPLICABLE_FROM_MAR}")
+    archive_model = None
+    if prebuilt is not None:
+        manifest, _, _ = inspect_archive(prebuilt)
+        archive_model = archived_model_kind(prebuilt, manifest)
+        notes.append(f"export: {NOT_APPLICABLE_FROM_MAR}" if archive_model is None else
+                     f"export: the archive's own {archive_model} model ({manifest['model'].get('serializedFile')}), "
+                     "loaded without its handler and compared with the spec's model")
     _check_torchvision(handler, spec)
     class_map = class_map_for(spec)
     reference = _reference(spec, handler)
@@ -267,10 +276,10 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
     else:
         fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
     codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)
-    if prebuilt and until == "export":
-        raise ConfigError("--mar with --until export: the export stage does not run on a prebuilt archive (its "
-                          "model is read only by its handler); use --until handled.")
-    stages = [] if prebuilt else [Stage.EXPORTED]
+    if prebuilt is not None and archive_model is None and until == "export":
+        raise ConfigError(f"--mar {prebuilt} with --until export: the archive's model loads only through its "
+                          "handler, so there is no export stage to stop after; use --until handled.")
+    stages = [] if prebuilt is not None and archive_model is None else [Stage.EXPORTED]
     if until in (None, "handled", "served"):
         stages.append(Stage.HANDLED)
         if spec.serving.batch_size > 1:
@@ -286,4 +295,4 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         warmup=spec.replay.warmup_requests > 0 and Stage.SERVED in stages,
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
-                stages=tuple(stages), gate=gate, notes=tuple(notes))
+                stages=tuple(stages), gate=gate, notes=tuple(notes), archive_model=archive_model)

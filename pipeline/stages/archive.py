@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 META_FILE = "model_meta.json"
 MANIFEST = "MAR-INF/MANIFEST.json"
 ARCHIVER_TIMEOUT_S = 300
-NOT_APPLICABLE_FROM_MAR = ("not applicable: validated through the handled stage (with --mar the archive's own "
-                           "model is read only by its handler, so the spec's model is not exported)")
+NOT_APPLICABLE_FROM_MAR = ("not applicable: validated through the handled stage (the archive's model is neither "
+                           "TorchScript nor a --model-file with a state_dict, so only its handler can load it)")
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,39 @@ def archive_artefacts(path: Path, manifest: dict) -> tuple[Artefact, ...]:
             out.append(Artefact(roles.get(info.filename, "extra_file"), info.filename, h.hexdigest(), info.file_size))
     order = ("serialized_file", "model_file", "handler", "config_file", "requirements", "extra_file")
     return tuple(sorted(out, key=lambda a: (order.index(a.role), a.name)))
+
+
+def archived_model_kind(path: Path, manifest: dict) -> str | None:
+    """How the tool can load the archive's model without its handler, as BaseHandler would:
+    "script" (a TorchScript serialized file and no model file), "eager" (a --model-file and a
+    state_dict), or None (anything else: .safetensors, a folder of files, a format only the
+    handler knows). Read from the zip without loading anything.
+
+    A TorchScript file is a zip whose entries include ``<name>/code/``; a torch.save'd state_dict
+    is a zip without them.
+    """
+    model = manifest.get("model", {})
+    serialized, model_file = model.get("serializedFile"), model.get("modelFile")
+    if not serialized or not serialized.endswith((".pt", ".pth")):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(serialized) as f, zipfile.ZipFile(f) as inner:
+            names = inner.namelist()
+    except (KeyError, zipfile.BadZipFile, OSError):
+        return None  # a legacy pickle, or not a torch file: only the handler knows how to load it
+    is_script = any("/code/" in n for n in names)
+    if model_file:
+        return None if is_script else "eager"
+    return "script" if is_script else None
+
+
+def extract_archived_model(path: Path, manifest: dict, dest: Path) -> tuple[Path, Path | None]:
+    """The archive's serialized file and model file (or None), extracted under ``dest``."""
+    model = manifest["model"]
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path) as zf:
+        out = [Path(zf.extract(model[k], dest)) if model.get(k) else None for k in ("serializedFile", "modelFile")]
+    return out[0], out[1]
 
 
 def extra_file_names(paths: tuple[Path, ...]) -> list[str]:

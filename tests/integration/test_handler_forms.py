@@ -120,12 +120,27 @@ def _archive_of(reports):
     return mar
 
 
+def _opaque_copy(mar, dest):
+    """The archive with its serialized file renamed to .bin: a format only its handler reads (the handler
+    opens whatever the manifest names), so the tool cannot load the model without the handler."""
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(dest, "w") as out:
+        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
+        old = manifest["model"]["serializedFile"]
+        manifest["model"]["serializedFile"] = old.replace(".pt", ".bin")
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                data = json.dumps(manifest).encode()
+            out.writestr(manifest["model"]["serializedFile"] if item.filename == old else item.filename, data)
+    return dest
+
+
 def test_mar_run_names_the_artefacts_with_sha256_and_blames_a_foreign_archive(no_leftovers):
     tmp = no_leftovers
     _function_handler(tmp / "fn_handler.py")
     spec = _project(tmp, f"{tmp / 'fn_handler.py'}:entry")
-    # An archive built from other weights: the same project trained with another seed.
-    other = make_project(tmp / "other", rows=16, seed=0, spec_overrides={
+    # An archive built from other weights: the same project with its weights replaced.
+    other = make_project(tmp / "other", rows=16, spec_overrides={
         "handler": {"name": f"{tmp / 'fn_handler.py'}:entry", "probes": False}, "answers": {"format": "logits"},
         "export": {"latency_repeats": 10, "probe": False}})
     torch.manual_seed(1)
@@ -134,19 +149,30 @@ def test_mar_run_names_the_artefacts_with_sha256_and_blames_a_foreign_archive(no
     assert _run(other, tmp, "--until", "handled", reports="reports_other").returncode in (0, 1)
     foreign = _archive_of(tmp / "reports_other")
 
+    # TorchScript inside: the export stage checks the archive's own model, and blames it.
     res = _run(spec, tmp, "--mar", str(foreign), "--until", "handled")
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     rep = report_of(tmp / "reports")
-    assert rep["plan"]["stages"] == ["baseline", "handled"]
-    assert rep["stages"]["export"]["not_applicable"].startswith("not applicable: validated through the handled stage")
+    assert rep["plan"]["stages"] == ["baseline", "exported", "handled"]
+    assert rep["stages"]["export"]["mode"] == "archive (TorchScript)"
+    assert rep["attribution"]["layer"] == "archive problem", rep["attribution"]
+    assert "--mar" in rep["attribution"]["summary"] and "weights" in rep["attribution"]["summary"]
     arts = {a["name"]: a for a in rep["stages"]["archive"]["artefacts"]}
     with zipfile.ZipFile(foreign) as zf:
         serialized = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
         assert arts[serialized]["sha256"] == hashlib.sha256(zf.read(serialized)).hexdigest()
         assert arts["fn_handler.py"]["sha256"] == hashlib.sha256(zf.read("fn_handler.py")).hexdigest()
     assert arts[serialized]["role"] == "serialized_file" and arts["fn_handler.py"]["role"] == "handler"
+
+    # A format only the handler reads: no export stage, and the handled stage's difference is the archive's.
+    opaque = _opaque_copy(foreign, tmp / "opaque.mar")
+    res = _run(spec, tmp, "--mar", str(opaque), "--until", "handled", reports="reports_opaque")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    rep = report_of(tmp / "reports_opaque")
+    assert rep["plan"]["stages"] == ["baseline", "handled"]
+    assert rep["stages"]["export"]["not_applicable"].startswith("not applicable: validated through the handled stage")
     assert rep["attribution"]["layer"] == "archive problem", rep["attribution"]
-    assert "--mar" in rep["attribution"]["summary"]
+    assert {a["role"] for a in rep["stages"]["archive"]["artefacts"]} >= {"serialized_file", "handler", "config_file"}
 
 
 MODULE_HANDLE = '''

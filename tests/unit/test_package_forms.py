@@ -156,22 +156,70 @@ def test_a_function_handler_missing_from_the_archive_is_refused(tmp_path):
         inspect_archive(mar)
 
 
-def test_prebuilt_archive_plans_no_export_stage_and_blames_the_archive(tmp_path):
-    plan = plan_run(tiny_spec(3), prebuilt=True)
-    assert plan.stages == ("handled", "served") and "exported" not in plan.gate.candidates
-    assert any("not applicable: validated through the handled stage" in n for n in plan.notes)
+def _saved(tmp_path, obj, name) -> bytes:
+    path = tmp_path / name
+    if isinstance(obj, torch.nn.Module):
+        torch.jit.save(torch.jit.script(obj), path)
+    else:
+        torch.save(obj, path)
+    return path.read_bytes()
+
+
+def _prebuilt(tmp_path, name, serialized, content, model_file=None) -> Path:
+    manifest = {"model": {"modelName": "m", "serializedFile": serialized, "handler": "h.py"}}
+    if model_file:
+        manifest["model"]["modelFile"] = model_file
+    with zipfile.ZipFile(tmp_path / name, "w") as zf:
+        zf.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        zf.writestr(serialized, content)
+        zf.writestr("h.py", "def handle(d, c): pass\n")
+        if model_file:
+            zf.writestr(model_file, "import torch\n")
+    return tmp_path / name
+
+
+def test_prebuilt_archive_checks_its_own_model_where_it_loads_without_the_handler(tmp_path):
+    lin = torch.nn.Linear(2, 3)
+    script = _prebuilt(tmp_path, "s.mar", "m.pt", _saved(tmp_path, lin, "s.pt"))
+    eager = _prebuilt(tmp_path, "e.mar", "m.pt", _saved(tmp_path, lin.state_dict(), "e.pt"), model_file="model.py")
+    opaque = _prebuilt(tmp_path, "o.mar", "model.safetensors", b"not torch")
+    state_only = _prebuilt(tmp_path, "d.mar", "m.pt", _saved(tmp_path, lin.state_dict(), "d.pt"))
+    assert plan_run(tiny_spec(3), prebuilt=script).archive_model == "script"
+    assert plan_run(tiny_spec(3), prebuilt=eager).archive_model == "eager"
+    for mar in (opaque, state_only):  # a state_dict without a model file: only the handler knows the class
+        plan = plan_run(tiny_spec(3), prebuilt=mar)
+        assert plan.archive_model is None and plan.stages == ("handled", "served"), mar
+        assert "exported" not in plan.gate.candidates
+        assert any("not applicable: validated through the handled stage" in n for n in plan.notes)
+    assert plan_run(tiny_spec(3), prebuilt=script).stages == ("exported", "handled", "served")
     with pytest.raises(ConfigError, match="--until handled"):
-        plan_run(tiny_spec(3), prebuilt=True, until="export")
+        plan_run(tiny_spec(3), prebuilt=opaque, until="export")
+    assert plan_run(tiny_spec(3), prebuilt=script, until="export").stages == ("exported",)
+
+
+def _cmp(*names_and_preds):
     y = torch.tensor([0, 1, 2, 0]).numpy()
     eye = torch.eye(3).numpy()
-    moved = y.copy()
-    moved[0] = 1
-    stages = [StageOutputs("baseline", y, eye[y], eye[y], None), StageOutputs("handled", moved, eye[moved],
-                                                                              eye[moved], None)]
-    cmp = compare_stages(("a", "b", "c", "d"), y, ("0", "1", "2"), stages)
-    assert attribute(cmp, 1e-5, from_mar=True).layer == "archive problem"
-    assert "--mar" in attribute(cmp, 1e-5, from_mar=True).summary
-    assert attribute(cmp, 1e-5).layer == "handler problem"
+    stages = [StageOutputs("baseline", y, eye[y], eye[y], None)]
+    for name, first in names_and_preds:
+        p = y.copy()
+        p[0] = first
+        stages.append(StageOutputs(name, p, eye[p], eye[p], None))
+    return compare_stages(("a", "b", "c", "d"), y, ("0", "1", "2"), stages)
+
+
+def test_a_prebuilt_archive_that_differs_is_blamed_on_the_archive_not_the_handler():
+    handled_only = _cmp(("handled", 1))
+    assert attribute(handled_only, 1e-5, from_mar=True).layer == "archive problem"
+    assert "--mar" in attribute(handled_only, 1e-5, from_mar=True).summary
+    assert attribute(handled_only, 1e-5).layer == "handler problem"
+    model_differs = _cmp(("exported", 1), ("handled", 1))
+    att = attribute(model_differs, 1e-5, from_mar=True)
+    assert att.layer == "archive problem" and "weights" in att.summary
+    assert attribute(model_differs, 1e-5).layer == "export problem"
+    handler_differs = _cmp(("exported", 0), ("handled", 2))
+    assert attribute(handler_differs, 1e-5, from_mar=True).layer == "handler problem", \
+        "against the archive's own model, the handler is to blame"
 
 
 # --- text_classifier --------------------------------------------------------------------------------------
