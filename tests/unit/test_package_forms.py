@@ -14,8 +14,6 @@ import torch
 import yaml
 
 from pipeline.errors import ArchiveError, ConfigError
-from pipeline.evaluate.attribution import attribute
-from pipeline.evaluate.compare import StageOutputs, compare_stages
 from pipeline.run.plan import check_text_vocabulary, plan_run
 from pipeline.spec import parse_spec
 from pipeline.stages.archive import archive_artefacts, extra_file_names, inspect_archive, model_config_for
@@ -195,31 +193,6 @@ def test_prebuilt_archive_checks_its_own_model_where_it_loads_without_the_handle
     with pytest.raises(ConfigError, match="--until handled"):
         plan_run(tiny_spec(3), prebuilt=opaque, until="export")
     assert plan_run(tiny_spec(3), prebuilt=script, until="export").stages == ("exported",)
-
-
-def _cmp(*names_and_preds):
-    y = torch.tensor([0, 1, 2, 0]).numpy()
-    eye = torch.eye(3).numpy()
-    stages = [StageOutputs("baseline", y, eye[y], eye[y], None)]
-    for name, first in names_and_preds:
-        p = y.copy()
-        p[0] = first
-        stages.append(StageOutputs(name, p, eye[p], eye[p], None))
-    return compare_stages(("a", "b", "c", "d"), y, ("0", "1", "2"), stages)
-
-
-def test_a_prebuilt_archive_that_differs_is_blamed_on_the_archive_not_the_handler():
-    handled_only = _cmp(("handled", 1))
-    assert attribute(handled_only, 1e-5, from_mar=True).layer == "archive problem"
-    assert "--mar" in attribute(handled_only, 1e-5, from_mar=True).summary
-    assert attribute(handled_only, 1e-5).layer == "handler problem"
-    model_differs = _cmp(("exported", 1), ("handled", 1))
-    att = attribute(model_differs, 1e-5, from_mar=True)
-    assert att.layer == "archive problem" and "weights" in att.summary
-    assert attribute(model_differs, 1e-5).layer == "export problem"
-    handler_differs = _cmp(("exported", 0), ("handled", 2))
-    assert attribute(handler_differs, 1e-5, from_mar=True).layer == "handler problem", \
-        "against the archive's own model, the handler is to blame"
 
 
 # --- text_classifier --------------------------------------------------------------------------------------
