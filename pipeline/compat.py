@@ -11,8 +11,8 @@ this changes nothing.
 
 TorchServe's workers get the same treatment through ``worker_site/sitecustomize.py``, and
 this process through ``install_import_hook``, installed by every command (``cli.main``) and
-every run (``plan_run``) before it imports a user module (a text or records model whose factory imports torchvision needs it as much as
-an image one).
+every run (``plan_run``) before it imports a user module: a text or records model whose
+factory imports torchvision needs it as much as an image one.
 """
 
 from __future__ import annotations
