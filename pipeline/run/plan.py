@@ -262,6 +262,9 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
     archive_model = None
     if prebuilt is not None:
         manifest, _, _ = inspect_archive(prebuilt)
+        if spec.handler.config is not None:
+            notes.append(f"handler.config {spec.handler.config} is not used: --mar {prebuilt.name} ships its own "
+                         f"{manifest['model'].get('configFile') or 'model config (none)'}")
         archive_model = archived_model_kind(prebuilt, manifest)
         notes.append(f"export: {NOT_APPLICABLE_FROM_MAR}" if archive_model is None else
                      f"export: the archive's own {archive_model} model ({manifest['model'].get('serializedFile')}), "

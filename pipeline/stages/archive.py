@@ -281,6 +281,10 @@ def _run_archiver(spec: Spec, handler: HandlerInfo, exported: ExportResult, inpu
     config_name = spec.handler.config.name if spec.handler.config is not None else "model-config.yaml"
     names = extra_file_names(tuple(extra)) + [config_name]
     clash = sorted({n for n in names if names.count(n) > 1})
+    if config_name in clash:
+        raise ArchiveError(f"handler.extra_files ships a {config_name}, the name of the archive's model config, "
+                           "which the tool writes (serving keys included): name your file in handler.config instead "
+                           "of extra_files, and it is merged, not replaced.")
     if clash:
         raise ArchiveError(f"handler.extra_files: two files are named {clash}; the .mar keeps one folder, so "
                            "one would replace the other (a folder's entries land at the top level). "

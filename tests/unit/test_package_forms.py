@@ -258,3 +258,12 @@ def test_the_cli_installs_the_hook_before_any_command(tmp_path, monkeypatch):
     cli.main(["history", "--reports-dir", str(tmp_path)])
     assert seen == ["hook", "history"]
     assert callable(compat.install_import_hook)
+
+
+def test_a_model_config_among_the_extra_files_is_pointed_to_handler_config(tmp_path):
+    from pipeline.stages.archive import ArchiveConfig, build_archive
+
+    cfg = _config(tmp_path, {"handler": {"k": 1}})
+    spec = tiny_spec(3, handler={"extra_files": [str(cfg)]})
+    with pytest.raises(ArchiveError, match="name your file in handler.config"):
+        build_archive(spec, ArchiveConfig(work_dir=tmp_path / "w"), resolve_handler(spec), object(), (2,))
