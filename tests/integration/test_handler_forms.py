@@ -11,6 +11,7 @@ archive whose weights are not the spec's on the archive.
 
 import hashlib
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -229,10 +230,17 @@ class OnlyHandle:
 def test_the_other_handler_forms_are_archived_and_run_in_process(no_leftovers, form):
     tmp = no_leftovers
     handler = write_handler(tmp / f"{form}.py", MODULE_HANDLE if form == "module_handle" else CLASS_HANDLE_ONLY)
-    extra = {"extra_files": ["tiny_model.py", "weights.pt"]} if form == "module_handle" else {}
+    # The module-level handle loads its own model from a folder of extra files (as a Hugging Face folder is).
+    extra = {"extra_files": ["bundle"]} if form == "module_handle" else {}
     spec = _project(tmp, str(handler), handler=extra)
+    (spec.parent / "bundle").mkdir()
+    for name in ("tiny_model.py", "weights.pt"):
+        shutil.copy(spec.parent / name, spec.parent / "bundle" / name)
     res = _run(spec, tmp, "--until", "handled")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = report_of(tmp / "reports")
     assert rep["stages"]["archive"]["manifest"]["model"]["handler"] == f"{form}.py"
+    if form == "module_handle":
+        arts = {a["name"]: a["role"] for a in rep["stages"]["archive"]["artefacts"]}
+        assert arts["weights.pt"] == arts["tiny_model.py"] == "extra_file", arts
     assert rep["stages"]["handled"]["batch1"]["answered"] == 16 and rep["attribution"]["layer"] is None
