@@ -259,6 +259,11 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         model_config_for(spec)  # the handler's config and the serving keys, merged as the archive will be
         check_text_vocabulary(spec, handler)
     notes = check_requirements(spec.handler.requirements)
+    if (handler.origin == "file" and spec.handler.config is None and prebuilt is None
+            and "model_yaml_config" in handler.path.read_text(encoding="utf-8", errors="replace")):
+        notes.append(f"the handler {handler.path.name} reads context.model_yaml_config, and handler.config is not "
+                     "set: it gets only the serving keys the tool writes (minWorkers, batchSize, ...); name its "
+                     "model-config.yaml in handler.config if it reads a section of its own")
     archive_model = None
     if prebuilt is not None:
         manifest, _, _ = inspect_archive(prebuilt)

@@ -267,3 +267,12 @@ def test_a_model_config_among_the_extra_files_is_pointed_to_handler_config(tmp_p
     spec = tiny_spec(3, handler={"extra_files": [str(cfg)]})
     with pytest.raises(ArchiveError, match="name your file in handler.config"):
         build_archive(spec, ArchiveConfig(work_dir=tmp_path / "w"), resolve_handler(spec), object(), (2,))
+
+
+def test_a_handler_reading_model_yaml_config_without_handler_config_is_noted(tmp_path):
+    (tmp_path / "h.py").write_text("def handle(data, context):\n    return context.model_yaml_config['handler']\n")
+    plan = plan_run(tiny_spec(3, handler=str(tmp_path / "h.py")))
+    assert any("reads context.model_yaml_config" in n and "handler.config" in n for n in plan.notes), plan.notes
+    cfg = _config(tmp_path, {"handler": {"k": 1}})
+    plan = plan_run(tiny_spec(3, handler={"name": str(tmp_path / "h.py"), "config": str(cfg)}))
+    assert not any("model_yaml_config" in n for n in plan.notes)
