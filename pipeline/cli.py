@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pipeline.compat import install_import_hook
 from pipeline.console import Console
 from pipeline.errors import Interrupted, PipelineError
 from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
@@ -155,6 +156,8 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    # Before any command imports a user module: torchvision beside the CPU torch (pipeline/compat.py).
+    install_import_hook()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -9,7 +9,10 @@ schemas it registers fakes for, before torchvision is imported, lets it import; 
 transforms on PIL images are pure Python and unaffected. Where the compiled ops do load,
 this changes nothing.
 
-TorchServe's workers get the same treatment through ``worker_site/sitecustomize.py``.
+TorchServe's workers get the same treatment through ``worker_site/sitecustomize.py``, and
+this process through ``install_import_hook``, installed by every command (``cli.main``) and
+every run (``plan_run``) before it imports a user module: a text or records model whose
+factory imports torchvision needs it as much as an image one.
 """
 
 from __future__ import annotations
@@ -75,6 +78,41 @@ def prepare_torchvision() -> str:
         log.info("torchvision schemas not defined here: %s", str(e).splitlines()[0][:200])
     _state = "patched"
     return _state
+
+
+class _PrepareBeforeImport:
+    """A meta path finder: the first ``import torchvision`` (by anyone: a user's model file, captum,
+    a handler) first runs ``prepare_torchvision``; then it steps aside for the normal finders."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision":
+            return None
+        remove_import_hook()
+        try:
+            prepare_torchvision()
+        except Exception as e:  # never break an import over this: torchvision's own error follows
+            log.info("torchvision preparation skipped: %s", e)
+        return None
+
+
+_hook = _PrepareBeforeImport()
+
+
+def install_import_hook() -> None:
+    """Prepare torchvision lazily, before whichever module imports it first (every command calls this
+    before it imports any user module; TorchServe's workers get the same from ``worker_site``).
+
+    Nothing is imported now: commands that never touch torchvision pay nothing. captum needs no
+    preparation of its own: ``captum.attr`` does not import torchvision, and the parts that do go
+    through this hook. Idempotent.
+    """
+    if _state is None and "torchvision" not in sys.modules and _hook not in sys.meta_path:
+        sys.meta_path.insert(0, _hook)
+
+
+def remove_import_hook() -> None:
+    if _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
 
 
 def import_torchvision():

@@ -5,6 +5,11 @@
     handled@batchN vs handled     handler problem that depends on the batch
     served   vs handled           serving problem (the worker's environment, dynamic batching, concurrency)
 
+With ``--mar`` the exported stage is the archive's own model where the tool can load it
+without the handler (a difference there is the archive's model); where it cannot, there is no
+exported stage, the handled stage faces the baseline directly, and a difference there is
+blamed on the archive (its model or its handler), never on the handler alone.
+
 A step "differs" when a prediction changes or an output moves beyond the tolerance. The
 first step that differs is blamed; later steps that differ are listed too.
 """
@@ -24,6 +29,13 @@ LAYERS = (
     (Stage.SERVED, "serving problem", "the served answers differ from the same handler run in-process: the "
      "worker's environment, dynamic batching or concurrency"),
 )
+
+
+FROM_MAR_MODEL = ("archive problem", "the archive's own model (--mar), loaded without its handler, differs from "
+                  "the spec's model in-process: its weights or its code are not the spec's")
+FROM_MAR = ("archive problem", "the archive given with --mar answers differently from the spec's model: its "
+            "model or its handler (the archive's model is read only through its handler, so the two are not told "
+            "apart); rebuild the archive from the spec or check its weights")
 
 
 @dataclass(frozen=True)
@@ -59,12 +71,13 @@ def step_differs(t: PairedTest, tolerance: float) -> bool:
     return t.disagreeing > 0 or moved
 
 
-def attribute(cmp: Comparison, tolerance: float) -> Attribution:
+def attribute(cmp: Comparison, tolerance: float, from_mar: bool = False) -> Attribution:
     """Blame the first step along the pipeline whose answers differ from the step before.
 
     Args:
         cmp: the comparison (its ``steps``: each stage against the one before it).
         tolerance: the output tolerance (``gate.max_output_diff``).
+        from_mar: the run validates a prebuilt archive (--mar): the handled stage is blamed on the archive.
 
     Returns:
         The layer, a one-line summary, and each step's finding.
@@ -72,6 +85,10 @@ def attribute(cmp: Comparison, tolerance: float) -> Attribution:
     steps = []
     for stage, t in cmp.steps.items():
         layer, why = _layer(stage)
+        if from_mar and stage == Stage.EXPORTED:
+            layer, why = FROM_MAR_MODEL
+        elif from_mar and stage == Stage.HANDLED and t.reference == Stage.BASELINE:
+            layer, why = FROM_MAR
         steps.append(Step(stage, t.reference, layer, why, step_differs(t, tolerance), t.disagreeing,
                           t.output.max_abs, t.output.quantity))
     bad = [s for s in steps if s.differs]

@@ -18,6 +18,7 @@ from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.text import MAX_CLASS_ROWS
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
+from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR
 from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
 
@@ -103,7 +104,9 @@ def _stage_block(record: RunRecord) -> dict:
         a = record.archive
         out["archive"] = {"mar": str(a.mar_path), "sha256": a.sha256, "size_bytes": a.size_bytes,
                           "manifest": a.manifest, "model_config": a.model_config, "members": list(a.members),
-                          "prebuilt": a.prebuilt}
+                          "prebuilt": a.prebuilt, "artefacts": jsonable(a.artefacts)}
+        if a.prebuilt and record.exported is None:
+            out["export"] = {"not_applicable": NOT_APPLICABLE_FROM_MAR}
     if record.handled is not None:
         h = record.handled
         out["handled"] = {"handler": h.handler, "load_s": round(h.load_s, 3), "batch_size": h.batch_size,
@@ -211,7 +214,8 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
             "server_prediction_time": jsonable(cmp.served_server_latency),
             "overhead": jsonable(cmp.served_overhead_latency),
         }
-        rep["attribution"] = jsonable(attribute(cmp, spec.gate.max_output_diff))
+        rep["attribution"] = jsonable(attribute(cmp, spec.gate.max_output_diff,
+                                                from_mar=record.archive is not None and record.archive.prebuilt))
     if record.gate is not None:
         rep["gate"] = {"passed": record.gate.passed, "checks": jsonable(record.gate.checks)}
     extra = set(rep) - set(REPORT_KEYS)

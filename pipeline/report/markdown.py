@@ -148,6 +148,8 @@ def _export(rep: dict) -> list[str]:
     ex = (rep.get("stages") or {}).get("export")
     if not ex:
         return []
+    if "not_applicable" in ex:
+        return ["## Export", "", f"Export {ex['not_applicable']}.", ""]
     c = ex["consistency"]
     lines = ["## Export", "", f"Mode `{ex['mode']}`{' (optimized)' if ex['optimized'] else ''}: max abs diff "
              f"{fmt(c['max_abs_diff'])}, mean {fmt(c['mean_abs_diff'])}, max relative {fmt(c['max_rel_diff'])}, "
@@ -158,7 +160,7 @@ def _export(rep: dict) -> list[str]:
         lines += table(["probe", "batch", "rows", "max abs diff", "result", "note"], rows) + [""]
     rows = [[str(t["batch_size"]), fmt(t["eager_median_us"], 1), fmt(t["exported_median_us"], 1),
              fmt(t["ratio"], 3)] for t in ex["timings"]]
-    if rows:  # none in eager mode: the notes say why
+    if rows:  # none in eager mode, nor for an archive's own model (--mar): the notes say why
         lines += ["In-process latency (median of many repeats, us):", ""]
         lines += table(["batch", "eager", "exported", "exported / eager"], rows) + [""]
     lines += [f"- {n}" for n in ex["notes"]]

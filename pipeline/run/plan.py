@@ -16,12 +16,14 @@ from pathlib import Path
 from pipeline.answers.base import ClassMap
 from pipeline.answers.classes import class_map_for
 from pipeline.answers.registry import AnswerCodec, codec_for
+from pipeline.compat import install_import_hook
 from pipeline.errors import ConfigError
 from pipeline.evaluate.gate import GatePlan
 from pipeline.inputs.base import Reference
 from pipeline.inputs.registry import resolve_reference
 from pipeline.names import Stage
 from pipeline.spec import Spec
+from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, archived_model_kind, inspect_archive, model_config_for
 from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
 
 
@@ -38,6 +40,8 @@ class Plan:
         stages: the candidate stages, in order (``handled@batchN`` when the served batch size N > 1).
         gate: the checks the gate must contain.
         notes: decisions a reader of the report should know.
+        archive_model: with --mar, how the archive's own model loads without its handler
+            ("script", "eager"), or None: then there is no exported stage.
     """
 
     spec: Spec
@@ -48,6 +52,7 @@ class Plan:
     stages: tuple[str, ...]
     gate: GatePlan
     notes: tuple[str, ...] = field(default_factory=tuple)
+    archive_model: str | None = None  # --mar: "script" or "eager" when the tool can load the archive's model
 
     @property
     def batched_stage(self) -> str | None:
@@ -120,8 +125,10 @@ def _check_combination(spec: Spec, handler: HandlerInfo) -> None:
                         "BaseHandler loads .pt, .onnx, an AOTInductor .so, or --model-file): use export.mode "
                         "script, trace or eager")
     if handler.first_request_only and s.batch_size > 1:
-        problems.append(f"handler {handler.name} answers only the first request of a batch: serving.batch_size "
-                        f"{s.batch_size} would lose the others; use batch_size 1")
+        problems.append(f"handler {handler.name} answers only the first request of a batch (its preprocess reads "
+                        f"data[0] and returns one answer): serving.batch_size {s.batch_size} would fail every "
+                        "batch of several requests ('number of batch response mismatched'); use batch_size 1, or "
+                        "subclass it in a handler file that handles every request")
     if spec.answers.envelope != "none" and s.batch_size > 1:
         problems.append(f"answers.envelope {spec.answers.envelope}: TorchServe's KServe envelopes answer only the "
                         f"first request of a server-side batch (serve issues #2158, #1302); serving.batch_size "
@@ -139,6 +146,43 @@ def _check_combination(spec: Spec, handler: HandlerInfo) -> None:
     if problems:
         raise ConfigError(f"{spec.spec_path or 'spec'}: {len(problems)} combination(s) TorchServe 0.12 cannot serve "
                           "as asked.", details=problems)
+
+
+VOCAB_FILE = "source_vocab.pt"  # the name ts/torch_handler/text_handler.py looks for in the model folder
+
+
+def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> None:
+    """The built-in text_classifier's vocabulary, loaded as its ``initialize`` will load it.
+
+    TorchServe 0.12's text_handler calls ``torch.load(source_vocab.pt)`` with no arguments; from
+    torch 2.6 on that means ``weights_only=True``, which refuses a pickled vocabulary object
+    (a torchtext Vocab, a defaultdict with a factory, any class), and the worker dies in
+    ``initialize``. Checked here, before any stage.
+
+    Raises:
+        ConfigError: no source_vocab.pt among handler.extra_files, or it is not weights_only-loadable.
+    """
+    if handler.origin != "builtin" or handler.name != "text_classifier":
+        return
+    import torch
+
+    vocab = next((p for p in spec.handler.extra_files if p.name == VOCAB_FILE and p.is_file()), None)
+    if vocab is None:
+        raise ConfigError(f"handler text_classifier loads {VOCAB_FILE} from the archive (text_handler.py "
+                          f"get_source_vocab_path), and handler.extra_files has none: add the vocabulary, saved as "
+                          f"{VOCAB_FILE}, to handler.extra_files.")
+    try:
+        torch.load(vocab, map_location="cpu", weights_only=True)
+    except Exception as e:
+        from pipeline.usercode import plain
+
+        raise ConfigError(
+            f"handler text_classifier: {vocab} does not load with torch.load(weights_only=True), the default of "
+            f"torch {torch.__version__.split('+')[0]} that TorchServe's text_handler uses (it passes no "
+            f"weights_only), so the worker would fail in initialize: {type(e).__name__}: {plain(str(e), 200)} "
+            f"Save the vocabulary as plain data, e.g. torch.save(dict(vocab.get_stoi()), '{VOCAB_FILE}') "
+            "(a dict of token to index; the handler looks tokens up with vocab[token]), or subclass "
+            "text_classifier in a handler file whose initialize loads it as you need.") from e
 
 
 def _check_torchvision(handler: HandlerInfo, spec: Spec) -> None:
@@ -180,13 +224,23 @@ def _output_quantity(codec: AnswerCodec) -> str:
 UNTIL = ("export", "handled", "served")
 
 
-def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Plan:
+def _check_extra_files(spec: Spec) -> None:
+    missing = [str(p) for p in spec.handler.extra_files if not (p.is_file() or p.is_dir())]
+    if missing:
+        raise ConfigError(f"handler.extra_files: {len(missing)} file(s) or folder(s) do not exist. Fix the paths "
+                          "(relative to the spec).", details=missing)
+
+
+def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebuilt: Path | None = None) -> Plan:
     """Decide and check everything that can be known before a stage runs.
 
     Args:
         spec: the spec with the run options applied.
         prior: a second baseline (an earlier run) is given.
         until: the last stage to run ("export", "handled" or "served", the default).
+        prebuilt: a .mar validated as shipped (--mar): its own model is the exported stage where
+            the tool can load it without the handler (TorchScript, or --model-file + state_dict);
+            else there is no exported stage and the handled stage faces the baseline directly.
 
     Returns:
         The plan.
@@ -197,13 +251,29 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Pl
             extra files, or no reference preprocessing for the input kind.
         UserCodeError: the reference preprocessing cannot be imported.
     """
+    install_import_hook()  # before the first user module (the reference, the factory) is imported, any kind
     handler = resolve_handler(spec)
     _check_combination(spec, handler)
-    missing = [str(p) for p in spec.handler.extra_files if not p.is_file()]
-    if missing:
-        raise ConfigError(f"handler.extra_files: {len(missing)} file(s) do not exist. Fix the paths (relative to "
-                          "the spec).", details=missing)
+    _check_extra_files(spec)
+    if not prebuilt:
+        model_config_for(spec)  # the handler's config and the serving keys, merged as the archive will be
+        check_text_vocabulary(spec, handler)
     notes = check_requirements(spec.handler.requirements)
+    if (handler.origin == "file" and spec.handler.config is None and prebuilt is None
+            and "model_yaml_config" in handler.path.read_text(encoding="utf-8", errors="replace")):
+        notes.append(f"the handler {handler.path.name} reads context.model_yaml_config, and handler.config is not "
+                     "set: it gets only the serving keys the tool writes (minWorkers, batchSize, ...); name its "
+                     "model-config.yaml in handler.config if it reads a section of its own")
+    archive_model = None
+    if prebuilt is not None:
+        manifest, _, _ = inspect_archive(prebuilt)
+        if spec.handler.config is not None:
+            notes.append(f"handler.config {spec.handler.config} is not used: --mar {prebuilt.name} ships its own "
+                         f"{manifest['model'].get('configFile') or 'model config (none)'}")
+        archive_model = archived_model_kind(prebuilt, manifest)
+        notes.append(f"export: {NOT_APPLICABLE_FROM_MAR}" if archive_model is None else
+                     f"export: the archive's own {archive_model} model ({manifest['model'].get('serializedFile')}), "
+                     "loaded without its handler and compared with the spec's model")
     _check_torchvision(handler, spec)
     class_map = class_map_for(spec)
     reference = _reference(spec, handler)
@@ -214,16 +284,17 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Pl
     else:
         fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
     codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)
-    stages = [Stage.EXPORTED]
+    if prebuilt is not None and archive_model is None and until == "export":
+        raise ConfigError(f"--mar {prebuilt} with --until export: the archive's model loads only through its "
+                          "handler, so there is no export stage to stop after; use --until handled.")
+    stages = [] if prebuilt is not None and archive_model is None else [Stage.EXPORTED]
     if until in (None, "handled", "served"):
         stages.append(Stage.HANDLED)
         if spec.serving.batch_size > 1:
             stages.append(handled_batch_name(spec.serving.batch_size))
     if until in (None, "served"):
         stages.append(Stage.SERVED)
-    quantity = {Stage.EXPORTED: "logits"}
-    for s in stages[1:]:
-        quantity[s] = _output_quantity(codec)
+    quantity = {s: "logits" if s == Stage.EXPORTED else _output_quantity(codec) for s in stages}
     gate = GatePlan(
         candidates=tuple(stages), labels=class_map.labels,
         output_quantity=quantity, has_training_data=spec.dataset.train_path is not None, has_prior=prior,
@@ -234,4 +305,4 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None) -> Pl
         classes_only=tuple(stages[1:]) if spec.answers.top_k is None else (),
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
-                stages=tuple(stages), gate=gate, notes=tuple(notes))
+                stages=tuple(stages), gate=gate, notes=tuple(notes), archive_model=archive_model)

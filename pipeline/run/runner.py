@@ -40,10 +40,10 @@ from pipeline.run.publish import StoreLock, check_publish_target
 from pipeline.report.writer import free_space
 from pipeline.run.release import RunOutcome, close_run
 from pipeline.spec import load_spec
-from pipeline.stages.archive import ArchiveConfig, build_archive
+from pipeline.stages.archive import ArchiveConfig, build_archive, extract_archived_model
 from pipeline.stages.baseline import score_baseline
 from pipeline.stages.dataset import load_dataset
-from pipeline.stages.export import export_model
+from pipeline.stages.export import export_model, verify_archived
 from pipeline.stages.handled import HandledConfig, run_handled, with_inner
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
@@ -146,18 +146,28 @@ def _stages(run: _Run, stack: ExitStack) -> None:
     # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
     surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
     probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
-    with run.timed("export") as facts:
-        exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
-        run.update(exported=exported)
-        facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
-    if opts.until == "export":
-        return
+    exported = None  # --mar: the archive's own model, checked after the archive stage where it loads alone
+    if opts.prebuilt_mar is None:
+        with run.timed("export") as facts:
+            exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
+            run.update(exported=exported)
+            facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
+        if opts.until == "export":
+            return
     with run.timed("archive") as facts:
         archive = build_archive(spec, ArchiveConfig(work_dir=run.record.run_dir / "archive", prebuilt_mar=opts.prebuilt_mar,
                                                     expected_sha256=opts.expected_sha256),
                                 plan.handler, exported, baseline.input_shape)
         run.update(archive=archive)
         facts.update(size_bytes=archive.size_bytes)
+    if opts.prebuilt_mar is not None and plan.archive_model is not None:
+        with run.timed("export") as facts:
+            path, model_file = extract_archived_model(archive.mar_path, archive.manifest, run.record.run_dir / "export")
+            exported = verify_archived(spec, model, rows, baseline, path, model_file)
+            run.update(exported=exported)
+            facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
+    if opts.until == "export":
+        return
     envelope = plan.codec.envelope.service_envelope
     with run.timed("handled") as facts:
         handled = run_handled(HandledConfig(
@@ -458,7 +468,8 @@ def _prepare(run: _Run) -> None:
         prior_path = Path(last.run_dir)
     if prior_path is not None:
         run.update(prior=load_prior_report(prior_path, spec.name))
-    plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until)
+    plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until,
+                    prebuilt=opts.prebuilt_mar)
     run.update(plan=plan)
     if opts.publish:
         check_publish_target(spec.name, opts.model_store, opts.force)

@@ -159,18 +159,44 @@ class HandlerSpec(_Frozen):
     name: str = Field(
         default="tensor_classifier",
         description="a handler of this project (tensor_classifier), a TorchServe built-in "
-                    "(image_classifier, base_handler, ...) or a path to a .py file",
+                    "(image_classifier, base_handler, ...), a path to a .py file, or 'path/file.py:function' "
+                    "(TorchServe's --handler file:function: a module-level function is the entry point)",
     )
-    extra_files: tuple[Path, ...] = Field(default=(), description="label maps, vocabularies, configs")
+    extra_files: tuple[Path, ...] = Field(
+        default=(), description="label maps, vocabularies, configs, weights the handler loads itself; a folder "
+                                "(e.g. a Hugging Face model folder) is packed as its contents, as the archiver does")
+    config: Path | None = Field(
+        default=None, description="the handler's own model-config.yaml (the archiver's --config-file, "
+                                  "context.model_yaml_config); the serving keys the tool writes are added to it")
     requirements: Path | None = Field(
         default=None, description="requirements.txt packed into the .mar; checked, never installed"
     )
     probes: bool = Field(default=True, description="send variants of a row that real clients send "
                                                    "(other image modes, empty text, a missing field, ...)")
 
+    @field_validator("name")
+    @classmethod
+    def _function_ref(cls, v: str) -> str:
+        file, sep, func = v.rpartition(":")
+        if sep and file.endswith(".py") and not func.isidentifier():
+            raise ValueError("expected 'path/file.py:function' with a Python function name after the colon")
+        return v
+
     @property
     def is_file(self) -> bool:
-        return "/" in self.name or self.name.endswith(".py")
+        return "/" in self.name or self.file.endswith(".py")
+
+    @property
+    def file(self) -> str:
+        """The handler's file (or name) without a ``:function`` suffix."""
+        file, sep, _ = self.name.rpartition(":")
+        return file if sep and file.endswith(".py") else self.name
+
+    @property
+    def function(self) -> str | None:
+        """The module-level function named by ``file.py:function`` (TorchServe's entry point), or None."""
+        file, sep, func = self.name.rpartition(":")
+        return func if sep and file.endswith(".py") else None
 
 
 class ExportSpec(_Frozen):
@@ -496,9 +522,11 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
         raise ConfigError(f"{source}: {len(moved)} invalid field(s). Fix the spec and re-run.", details=moved)
     h = spec.handler
     handler = h.model_copy(update={
-        "name": str(_resolve(base_dir, Path(h.name))) if h.is_file else h.name,
+        "name": (str(_resolve(base_dir, Path(h.file))) + (f":{h.function}" if h.function else "")
+                 if h.is_file else h.name),
         "extra_files": tuple(_resolve(base_dir, p) for p in h.extra_files),
         "requirements": _resolve(base_dir, h.requirements),
+        "config": _resolve(base_dir, h.config),
     })
     model = spec.model.model_copy(update={
         "weights": _resolve(base_dir, spec.model.weights),

@@ -507,3 +507,21 @@ def export_model(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult,
         consistency=consistency, timings=timings, warnings=_capture(recorded), model_file=model_file,
         optimized=optimized, notes=tuple(notes), untimed_reason=NOT_TIMED_EAGER if mode == "eager" else "",
     )
+
+
+def verify_archived(spec: Spec, model: nn.Module, rows: Rows, base: BaselineResult, path: Path,
+                    model_file: Path | None) -> ExportResult:
+    """``--mar``: the archive's own model (its TorchScript file, or its model file and state_dict),
+    loaded without its handler and checked against the eager model like an export.
+
+    Raises:
+        ExportError: the archive's model cannot be loaded or run on the dataset's inputs.
+    """
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        scores, consistency, _ = verify_export(spec, model, path, rows, base, model_file)
+    return ExportResult(
+        mode="archive (eager)" if model_file is not None else "archive (TorchScript)", path=path,
+        sha256=file_sha256(path), size_bytes=path.stat().st_size, scores=scores, consistency=consistency,
+        timings=(), warnings=_capture(recorded), model_file=model_file,
+        notes=("the archive's own serialized file (--mar), loaded without its handler",))

@@ -3,7 +3,11 @@
 ``handler.name`` is one of this project's handlers (a file in ``handlers/``, shipped inside
 the distribution), one of TorchServe's built-in handler names (resolved by the worker as
 ``ts.torch_handler.<name>``; the archiver copies no file for them), or a path to the
-user's own handler file.
+user's own handler file. A file may be named as TorchServe's ``--handler file.py:function``:
+the module-level function is then the entry point (``ts/model_loader.py`` calls
+``function(None, context)`` once to initialise, then ``function(data, context)`` per batch).
+Without ``:function`` the worker uses the module's own ``handle`` function if it has one,
+else its one class (a BaseHandler subclass, or any class with ``handle``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class HandlerInfo:
         loads_pt2: whether it can load an AOTInductor .pt2 package.
         first_request_only: answers only the first request of a server-side batch.
         needs_torchvision: imports torchvision (and captum) in the worker.
+        function: the module-level entry point of ``file.py:function`` (None: TorchServe's default).
     """
 
     name: str
@@ -46,12 +51,14 @@ class HandlerInfo:
     loads_pt2: bool = True
     first_request_only: bool = False
     needs_torchvision: bool = False
+    function: str | None = None
 
     @property
     def display(self) -> str:
+        entry = f", entry point {self.function}()" if self.function else ""
         return {"project": f"{self.name} (package-validate's handlers/{self.name}.py)",
                 "builtin": f"{self.name} (TorchServe built-in ts.torch_handler.{self.name})",
-                "file": f"{self.path} (your handler)"}[self.origin]
+                "file": f"{self.path} (your handler{entry})"}[self.origin]
 
 
 PROJECT_HANDLERS = {
@@ -75,6 +82,17 @@ REFUSED_BUILTINS = {
 }
 
 
+def archiver_handler_ref(path: Path, function: str | None) -> str:
+    """torch-model-archiver's --handler for a file: the path, or ``path-without-.py:function``.
+
+    The archiver copies ``--handler`` as a file path unless it lacks ".py", in which case it
+    cuts the ``:function`` and adds ".py" (model_packaging_utils.copy_artifacts): so
+    ``dir/h.py:fn`` would be copied as a file named "h.py:fn" and fail, while ``dir/h:fn``
+    packs ``h.py`` and records ``h:fn`` in the manifest, which the worker's loader reads.
+    """
+    return str(path) if function is None else f"{path.with_suffix('')}:{function}"
+
+
 def resolve_handler(spec: Spec) -> HandlerInfo:
     """The handler the spec names.
 
@@ -84,12 +102,13 @@ def resolve_handler(spec: Spec) -> HandlerInfo:
     """
     name = spec.handler.name
     if spec.handler.is_file:
-        path = Path(name)
+        path, function = Path(spec.handler.file), spec.handler.function
         if not path.is_file():
             raise ConfigError(f"handler: file {path} does not exist. Fix handler.name (a path relative to the spec).")
         if path.suffix != ".py":
             raise ConfigError(f"handler: {path} is not a .py file. A handler file is Python source.")
-        return HandlerInfo(name=name, origin="file", archiver_ref=str(path), path=path, answer_format="auto")
+        return HandlerInfo(name=name, origin="file", archiver_ref=archiver_handler_ref(path, function), path=path,
+                           answer_format="auto", function=function)
     if name in PROJECT_HANDLERS:
         path = PROJECT_HANDLERS_DIR / f"{name}.py"
         return HandlerInfo(name=name, origin="project", archiver_ref=str(path), path=path, **PROJECT_HANDLERS[name])

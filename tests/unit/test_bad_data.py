@@ -62,7 +62,9 @@ def test_a_body_above_max_request_size_is_named_before_any_server(tmp_path, caps
     spec = make_project(tmp_path / "p", spec_overrides={
         "dataset": {"kind": "text", "path": "texts.csv", "text_column": "text", "input_shape": None},
         "model": {"preprocess": "tiny_model.py:build"},
-        "handler": {"name": "text_classifier"}, "serving": {"max_request_size": 1024}})
+        "handler": {"name": "text_classifier", "extra_files": ["source_vocab.pt"]},
+        "serving": {"max_request_size": 1024}})
+    torch.save({"hi": 0}, tmp_path / "p" / "source_vocab.pt")  # the plan checks text_classifier's vocabulary first
     pd.DataFrame({"id": ["short", "long"], "label": [0, 1], "text": ["hi", "x" * 5000]}).to_csv(
         tmp_path / "p" / "texts.csv", index=False)
     with pytest.raises(DatasetError) as e:

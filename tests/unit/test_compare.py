@@ -585,3 +585,28 @@ def test_steps_carry_counts_but_no_bootstrap_interval_and_tests_do(monkeypatch):
     assert step.reference == "exported" and step.disagreeing == test.disagreeing == 10
     assert all(math.isnan(v) for v in (*step.delta_accuracy_ci, *step.delta_f1_macro_ci))
     assert all(math.isfinite(v) for v in (*test.delta_accuracy_ci, *test.delta_f1_macro_ci))
+
+
+def _mar_cmp(*names_and_first):
+    y = np.array([0, 1, 2, 0])
+    eye = np.eye(3)
+    stages = [StageOutputs("baseline", y, eye[y], eye[y], None)]
+    for name, first in names_and_first:
+        p = y.copy()
+        p[0] = first
+        stages.append(StageOutputs(name, p, eye[p], eye[p], None))
+    return compare_stages(("a", "b", "c", "d"), y, ("0", "1", "2"), stages)
+
+
+def test_a_prebuilt_archive_that_differs_is_blamed_on_the_archive_not_the_handler():
+    handled_only = _mar_cmp(("handled", 1))  # --mar, a model only its handler loads: no exported stage
+    assert attribute(handled_only, 1e-5, from_mar=True).layer == "archive problem"
+    assert "--mar" in attribute(handled_only, 1e-5, from_mar=True).summary
+    assert attribute(handled_only, 1e-5).layer == "handler problem"
+    model_differs = _mar_cmp(("exported", 1), ("handled", 1))  # the archive's own model, loaded alone
+    att = attribute(model_differs, 1e-5, from_mar=True)
+    assert att.layer == "archive problem" and "weights" in att.summary
+    assert attribute(model_differs, 1e-5).layer == "export problem"
+    handler_differs = _mar_cmp(("exported", 0), ("handled", 2))
+    assert attribute(handler_differs, 1e-5, from_mar=True).layer == "handler problem", \
+        "against the archive's own model, the handler is to blame"
