@@ -696,8 +696,10 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     d.key("require_identical_confusion", True, None, 2)
     d.key("max_error_rate", 0.0, None, 2)
     if f.builtin_image:
+        whose = ("TorchServe 0.12's built-in" if f.handler_info is None else
+                 f"{f.handler_info.path.name} keeps TorchServe 0.12's VisionHandler.preprocess, which")
         d.comment("The handler probes (grayscale, RGBA, palette, CMYK, EXIF-rotated copies of a row) still run and "
-                  "are reported, but do not gate: TorchServe 0.12's built-in never calls .convert(\"RGB\") nor "
+                  f"are reported, but do not gate: {whose} never calls .convert(\"RGB\") nor "
                   "applies the EXIF orientation, so such probes fail by its design, not your model's.", 2)
         d.key("probes", False, "reported, not gated (see above)", 2)
     acc = "" if f.accuracy is None else f"; the eager model scores accuracy {f.accuracy:.4f} on these rows"
@@ -912,7 +914,8 @@ def _find_label_map(f: _Facts, classes: list[str], width: int) -> Path | None:
 
 
 def _image_handler(f: _Facts, cfg: InitConfig) -> None:
-    f.builtin_image = (cfg.handler or "image_classifier") == "image_classifier"
+    f.builtin_image = (cfg.handler or "image_classifier") == "image_classifier" or (
+        f.handler_info is not None and f.handler_info.vision_preprocess)
     if cfg.handler is not None:
         f.handler, f.handler_why = cfg.handler, "given with --handler"
         return

@@ -40,6 +40,8 @@ class HandlerFile:
         preprocess_owner: the class whose ``preprocess`` method the handler overrides, or None.
         loads_torchscript: the file calls ``torch.jit.load``: its serialized file must be TorchScript.
         needed: source of the imports and constants the transforms name, in file order.
+        vision_preprocess: a class derives from TorchServe's ImageClassifier or VisionHandler and keeps
+            its ``preprocess`` (which never converts to RGB nor applies the EXIF orientation).
     """
 
     path: Path
@@ -48,6 +50,17 @@ class HandlerFile:
     preprocess_owner: str | None = None
     loads_torchscript: bool = False
     needed: tuple[str, ...] = ()
+    vision_preprocess: bool = False
+
+
+VISION_BASES = ("ImageClassifier", "VisionHandler")
+# A reference that imports torchvision runs in package-validate's process, beside a CPU torch whose
+# torchvision ops may not load: the tool's own workaround first (pipeline/compat.py says why).
+_TORCHVISION_PREAMBLE = (
+    "try:  # package-validate runs this file: torchvision beside a CPU torch (see pipeline/compat.py)\n"
+    "    from pipeline.compat import prepare_torchvision\n"
+    "except ImportError:\n    pass\nelse:\n    prepare_torchvision()\n"
+)
 
 
 def _names(node: ast.AST) -> set[str]:
@@ -61,6 +74,8 @@ def _bound(stmt: ast.stmt) -> set[str]:
         return {n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
     if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
         return {stmt.target.id}
+    if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+        return {stmt.name}
     return set()
 
 
@@ -74,7 +89,7 @@ def _needed(source: str, candidates: list[ast.stmt], expr: ast.AST) -> tuple[str
             if i not in keep and _bound(stmt) & want:
                 keep.add(i)
                 if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                    want |= _names(stmt.value)
+                    want |= _names(stmt)
                 changed = True
     return tuple(ast.get_source_segment(source, candidates[i]) for i in sorted(keep))
 
@@ -108,22 +123,26 @@ def read_handler_file(path: Path) -> HandlerFile:
                           "TorchServe's worker would fail to import it too: fix the file.") from e
     loads_ts = any(isinstance(n, ast.Attribute) and n.attr == "load" and isinstance(n.value, ast.Attribute)
                    and n.value.attr == "jit" for n in ast.walk(tree))
-    top = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign))]
     classes = [s for s in tree.body if isinstance(s, ast.ClassDef)]
+    top = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.FunctionDef))
+           or (isinstance(s, ast.ClassDef) and not s.bases)]  # helpers the transforms may name, not handlers
     preprocess_owner = next((c.name for c in classes for s in c.body
                              if isinstance(s, ast.FunctionDef) and s.name == "preprocess"), None)
+    vision = preprocess_owner is None and any(
+        (b.id if isinstance(b, ast.Name) else getattr(b, "attr", None)) in VISION_BASES
+        for c in classes for b in c.bases)
     for cls in classes:
         expr = _assigned(cls.body, TRANSFORMS_NAME)
         if expr is not None:
             local = [s for s in cls.body if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not expr]
             return HandlerFile(path, ast.get_source_segment(source, expr), cls.name, preprocess_owner, loads_ts,
-                               _needed(source, top + local, expr))
+                               _needed(source, top + local, expr), vision)
     expr = _assigned(tree.body, TRANSFORMS_NAME)
     if expr is not None:
         rest = [s for s in top if getattr(s, "value", None) is not expr]
         return HandlerFile(path, ast.get_source_segment(source, expr), None, preprocess_owner, loads_ts,
-                           _needed(source, rest, expr))
-    return HandlerFile(path, preprocess_owner=preprocess_owner, loads_torchscript=loads_ts)
+                           _needed(source, rest, expr), vision)
+    return HandlerFile(path, preprocess_owner=preprocess_owner, loads_torchscript=loads_ts, vision_preprocess=vision)
 
 
 def reference_source(hf: HandlerFile, spec_dir: Path) -> str | None:
@@ -137,6 +156,8 @@ def reference_source(hf: HandlerFile, spec_dir: Path) -> str | None:
     if hf.transforms is not None:
         owner = f"class {hf.transforms_owner}" if hf.transforms_owner else "module level"
         needed = "\n".join(hf.needed)
+        if "torchvision" in needed:
+            needed = _TORCHVISION_PREAMBLE + "\n" + needed
         return (
             f'"""Reference preprocessing written by `package-validate init`: the image_processing of\n'
             f"{hf.path.name} ({owner}), copied, and applied to one request body as TorchServe's\n"
@@ -159,7 +180,7 @@ def reference_source(hf: HandlerFile, spec_dir: Path) -> str | None:
             f"{hf.path.name}, called on a one-row batch as TorchServe's worker calls it (without initialize,\n"
             "so it must not need the model). The run compares the handler with its own preprocessing: if your\n"
             'model was trained with other preprocessing, write that here instead."""\n\n'
-            "import importlib.util\nfrom pathlib import Path\n\nimport torch\n\n"
+            "import importlib.util\nfrom pathlib import Path\n\nimport torch\n\n" + _TORCHVISION_PREAMBLE + "\n"
             f"_FILE = {place}\n"
             '_SPEC = importlib.util.spec_from_file_location("_pv_handler_" + _FILE.stem, _FILE)\n'
             "_MODULE = importlib.util.module_from_spec(_SPEC)\n_SPEC.loader.exec_module(_MODULE)\n"
