@@ -682,6 +682,7 @@ def _render(f: _Facts, out: Path, when: str) -> str:
             d.key("format", f.answer.format, "what that answer is (answers.format auto would settle the same)", 2)
         else:
             d.comment("TODO: no answers.format reads that answer: set answers.format (and answers.mapping)", 2)
+            d.key("format", "auto", "reads none of that answer: every row fails as bad_response", 2)
     d.key("serving")
     d.key("workers", 1, None, 2)
     d.key("batch_size", 1, "raise it to also check TorchServe's server-side batching", 2)

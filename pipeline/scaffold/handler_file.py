@@ -124,8 +124,9 @@ def read_handler_file(path: Path) -> HandlerFile:
     loads_ts = any(isinstance(n, ast.Attribute) and n.attr == "load" and isinstance(n.value, ast.Attribute)
                    and n.value.attr == "jit" for n in ast.walk(tree))
     classes = [s for s in tree.body if isinstance(s, ast.ClassDef)]
-    top = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.FunctionDef))
-           or (isinstance(s, ast.ClassDef) and not s.bases)]  # helpers the transforms may name, not handlers
+    # What the transforms may name: imports, constants, helper functions and classes (only those named are kept).
+    top = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign,
+                                                  ast.FunctionDef, ast.ClassDef))]
     preprocess_owner = next((c.name for c in classes for s in c.body
                              if isinstance(s, ast.FunctionDef) and s.name == "preprocess"), None)
     vision = preprocess_owner is None and any(
