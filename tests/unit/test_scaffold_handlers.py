@@ -314,10 +314,12 @@ def test_the_answer_format_seen_is_written_with_the_answer_quoted(tmp_path, answ
     assert calls and calls[0][1] == "blue/0.png" and calls[0][2] == (1, 3, 12, 12) and calls[0][3] == (3, 12, 12)
 
 
-def test_a_builtin_handler_is_not_run_by_init(tmp_path, answered):
-    _, calls = answered
-    _colour_folder(tmp_path)
-    result, _ = _init(tmp_path, factory="model.py:build", weights=Path("weights.pt"), data=Path("images"))
+def test_a_handler_of_the_tool_is_not_run_by_init(tmp_path, answered):
+    _, calls = answered  # its answer format is known: tensor_classifier answers package_validate
+    make_project(tmp_path)
+    (tmp_path / "spec.yaml").unlink()
+    result, _ = _init(tmp_path, factory="tiny_model.py:build", weights=Path("weights.pt"), data=Path("data.csv"))
+    assert result.spec.handler.name == "tensor_classifier" and not result.todos
     assert not calls and result.spec.answers.format == "auto"
 
 
