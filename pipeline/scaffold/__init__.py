@@ -5,7 +5,8 @@ and writes why beside each choice:
 
 - the input kind: a folder of class sub-folders of images is ``image``; a CSV or Parquet
   table with a column of image paths is an image manifest, numeric feature columns are
-  ``tensor``, and a text column (with no numeric features) is ``text``;
+  ``tensor``, and a text column (with no numeric features) is ``text``; ``--kind`` overrides
+  the guess (``json``: each row's numeric columns, or a column of JSON objects, as a record);
 - the id, label and feature columns, by name and by content;
 - the classes: the model's output width on one row, the labels seen, class names from text
   labels or image sub-folders (sorted, as the loaders order them);
@@ -13,7 +14,15 @@ and writes why beside each choice:
   the data: for ``tensor`` each plausible reshape of the flat features is tried ([N], [1, N],
   [c, h, w] with c*h*w = N, ...), for images the reference preprocessing (TorchServe's
   ``image_classifier`` transforms unless ``--preprocess`` names another);
-- the export mode (``script`` when ``torch.jit.script`` compiles the model here).
+- the export mode: ``eager`` when the factory's file defines exactly one nn.Module class
+  (TorchServe's ``--model-file`` rule), else ``script`` when ``torch.jit.script`` compiles it;
+- with a handler file (``handler_file``, ``answer_check``): its own transforms as the reference
+  preprocessing (a ``reference.py`` beside the spec), the label maps, vocabularies and configs
+  beside it as ``handler.extra_files``, and ``answers.format`` as seen when the handler ran
+  in-process on the first row (a failure is quoted in the spec, never worked around).
+
+Classes and rows are counted over the whole dataset (a folder listing, the label column); only
+a spread sample of images is decoded to run the model on.
 
 Before anything is written, the spec is read back through the pipeline's own spec parser,
 planner and loaders, and the model runs on the first row through the reference
