@@ -517,6 +517,12 @@ def _factory_ref(ref: str, base_dir: Path) -> tuple[str, Path | None]:
     return f"{path.resolve()}:{fn}", path.resolve()
 
 
+def _short_ref(ref: str) -> str:
+    """'/abs/path/file.py:fn' as 'file.py:fn', for comments."""
+    module, _, fn = ref.rpartition(":")
+    return f"{Path(module).name}:{fn}" if module.endswith(".py") else ref
+
+
 def _ref_in_spec(ref: str, spec_dir: Path) -> str:
     module, _, fn = ref.rpartition(":")
     return f"{_rel(Path(module), spec_dir)}:{fn}" if module.endswith(".py") else ref
@@ -833,7 +839,7 @@ def _infer_json(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
     sample = df.head(SHAPE_ROWS)
     logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.json_column]],
                                    records.CONTENT_TYPE, f"records of {f.data}")
-    f.observed_input = f"{list(shape)}, from {f.preprocess}"
+    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
     f.decisions.append(f"the model ran on one record as [1, {', '.join(map(str, shape))}]: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, names, str(f.data))
@@ -1033,7 +1039,7 @@ def _infer_text(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
     sample = df.head(SHAPE_ROWS)
     logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.text_column]],
                                    text.CONTENT_TYPE, f"texts of {f.data}")
-    f.observed_input = f"{list(shape)}, from {cfg.preprocess}"
+    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
     f.decisions.append(f"the model ran on one text as [1, {', '.join(map(str, shape))}]: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, names, str(f.data))

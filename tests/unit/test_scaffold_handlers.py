@@ -344,3 +344,25 @@ def test_an_answer_no_format_reads_leaves_a_todo(tmp_path, answered):
                          handler="handler.py")
     assert result.spec.answers.format == "auto" and "# TODO: no answers.format reads that answer" in text
     assert any("'\"business\"'" in t for t in result.todos)
+
+
+def test_a_text_handlers_preprocess_method_becomes_the_reference(tmp_path, answered):
+    (tmp_path / "m.py").write_text("from torch import nn\n\n\nclass M(nn.Linear):\n    def __init__(self):\n"
+                                   "        super().__init__(8, 2)\n\n\ndef build():\n    return M()\n")
+    torch.save(nn_linear_state(), tmp_path / "w.pt")
+    pd.DataFrame({"id": ["1", "2", "3"], "label": [0, 1, 0], "text": ["hello there", "good bye now", "hi"]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    (tmp_path / "h.py").write_text(
+        "import torch\n\n\nclass TextHandler:\n    def preprocess(self, data):\n"
+        "        rows = []\n        for r in data:\n            codes = [float(ord(c)) for c in r['body'][:8]]\n"
+        "            rows.append(codes + [0.0] * (8 - len(codes)))\n        return torch.tensor(rows)\n")
+    result, text = _init(tmp_path, factory="m.py:build", weights=Path("w.pt"), data=Path("t.csv"), handler="h.py")
+    assert result.spec.dataset.kind == "text" and "preprocess: reference.py:preprocess" in text
+    assert "TextHandler.preprocess" in (tmp_path / "reference.py").read_text()
+    assert any("its TextHandler.preprocess method" in d for d in result.decisions)
+    assert "from reference.py:preprocess" in text
+
+
+def nn_linear_state():
+    torch.manual_seed(0)
+    return torch.nn.Linear(8, 2).state_dict()
