@@ -53,7 +53,7 @@ from pipeline.inputs.base import read_table
 from pipeline.inputs.image import IMAGE_SUFFIXES, FolderImages, builtin_reference, folder_images, other_files_note
 from pipeline.inputs.tensor import features_of
 from pipeline.scaffold.answer_check import AnswerCheck, check_answer
-from pipeline.scaffold.handler_file import (CONFIG_FILE, HandlerFile, files_beside, read_handler_file,
+from pipeline.scaffold.handler_file import (HandlerFile, files_beside, read_handler_file,
                                             reference_source)
 from pipeline.spec import Spec, parse_spec
 from pipeline.spec.schema import HandlerSpec
