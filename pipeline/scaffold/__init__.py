@@ -5,7 +5,8 @@ and writes why beside each choice:
 
 - the input kind: a folder of class sub-folders of images is ``image``; a CSV or Parquet
   table with a column of image paths is an image manifest, numeric feature columns are
-  ``tensor``, and a text column (with no numeric features) is ``text``;
+  ``tensor``, and a text column (with no numeric features) is ``text``; ``--kind`` overrides
+  the guess (``json``: each row's numeric columns, or a column of JSON objects, as a record);
 - the id, label and feature columns, by name and by content;
 - the classes: the model's output width on one row, the labels seen, class names from text
   labels or image sub-folders (sorted, as the loaders order them);
@@ -13,7 +14,15 @@ and writes why beside each choice:
   the data: for ``tensor`` each plausible reshape of the flat features is tried ([N], [1, N],
   [c, h, w] with c*h*w = N, ...), for images the reference preprocessing (TorchServe's
   ``image_classifier`` transforms unless ``--preprocess`` names another);
-- the export mode (``script`` when ``torch.jit.script`` compiles the model here).
+- the export mode: ``eager`` when the factory's file defines exactly one nn.Module class
+  (TorchServe's ``--model-file`` rule), else ``script`` when ``torch.jit.script`` compiles it;
+- with a handler file (``handler_file``, ``answer_check``): its own transforms as the reference
+  preprocessing (a ``reference.py`` beside the spec), the label maps, vocabularies and configs
+  beside it as ``handler.extra_files``, and ``answers.format`` as seen when the handler ran
+  in-process on the first row (a failure is quoted in the spec, never worked around).
+
+Classes and rows are counted over the whole dataset (a folder listing, the label column); only
+a spread sample of images is decoded to run the model on.
 
 Before anything is written, the spec is read back through the pipeline's own spec parser,
 planner and loaders, and the model runs on the first row through the reference
@@ -37,12 +46,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline.compat import prepare_torchvision
 from pipeline.errors import ConfigError, DatasetError, ModelError
 from pipeline.files import write_atomic
 from pipeline.inputs.base import read_table
 from pipeline.inputs.image import IMAGE_SUFFIXES, FolderImages, builtin_reference, folder_images, other_files_note
 from pipeline.inputs.tensor import features_of
+from pipeline.scaffold.answer_check import AnswerCheck, check_answer
+from pipeline.scaffold.handler_file import (HandlerFile, files_beside, read_handler_file,
+                                            reference_source)
 from pipeline.spec import Spec, parse_spec
+from pipeline.spec.schema import HandlerSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +66,10 @@ __all__ = ["InitConfig", "InitResult", "ShapeTrial", "TableGuess", "guess_table"
 LABEL_NAMES = ("label", "labels", "target", "class", "y", "category", "ground_truth")
 ID_NAMES = ("id", "row_id", "sample_id", "example_id", "uid", "uuid", "key", "index")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+KINDS = ("tensor", "image", "text", "json")  # what --kind may name: dataset.kind's values
 LABEL_MAP_FILE = "index_to_name.json"  # what TorchServe's built-in classifiers name their answers with
 SHAPE_ROWS = 512  # rows scored to choose between input shapes that all run
+REFERENCE_FILE = "reference.py"  # written beside the spec from the handler's own preprocessing
 IMAGE_ROWS = 64  # images scored: each is a [3, 224, 224] tensor through the built-in transforms
 MAX_CANDIDATES = 40
 _COMMENT_COL = 37
@@ -75,6 +91,7 @@ class InitConfig:
         preprocess: ``file.py:function``, the model's own preprocessing (text; custom images).
         label_column, id_column: override the columns init would choose.
         input_shape: try only this shape (kind tensor).
+        kind: the input kind (tensor, image, text, json), overriding what the data looks like.
         force: replace files that exist.
     """
 
@@ -89,6 +106,7 @@ class InitConfig:
     label_column: str | None = None
     id_column: str | None = None
     input_shape: tuple[int, ...] | None = None
+    kind: str | None = None
     force: bool = False
 
 
@@ -133,6 +151,7 @@ class TableGuess:
     features_are_default: bool = True
     text_column: str | None = None
     path_column: str | None = None
+    json_column: str | None = None
     ignored: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
 
@@ -179,21 +198,26 @@ def _by_name(columns: Sequence[str], names: Sequence[str]) -> str | None:
 
 
 def guess_table(df: pd.DataFrame, base_dir: Path, *, label_column: str | None = None,
-                id_column: str | None = None) -> TableGuess:
+                id_column: str | None = None, kind: str | None = None) -> TableGuess:
     """Which columns are the label, the id and the inputs, and so the input kind.
 
     Args:
         df: the table.
         base_dir: the table's folder (image paths are relative to it).
         label_column, id_column: given by the user: used as they are.
+        kind: given with ``--kind``: the columns are read for that kind, whatever they look like
+            (``json``: the numeric columns are each record's fields, or a column of JSON documents).
 
     Returns:
         The guess, with one reason per choice.
 
     Raises:
         DatasetError: no label column, no id column where the kind needs one, a given column
-            that does not exist, or no column the model could read.
+            that does not exist, no column the model could read, or none the given kind can use.
+        ConfigError: an unknown kind.
     """
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind {kind!r}: expected one of {list(KINDS)}.")
     cols = [str(c) for c in df.columns]
     df = df.set_axis(cols, axis=1)
     reasons = []
@@ -222,7 +246,10 @@ def guess_table(df: pd.DataFrame, base_dir: Path, *, label_column: str | None = 
             reasons.append(f"column {named!r} is not used as the id: its values repeat")
     rest = [c for c in cols if c not in (label, ident)]
     paths = [c for c in rest if _looks_like_image_paths(df[c], base_dir)]
-    if paths:
+    if kind == "image" and not paths:
+        raise DatasetError(f"--kind image: no column of {cols[:40]} holds paths of image files that exist "
+                           "relative to the table's folder.")
+    if paths and kind in (None, "image"):
         path_col = paths[0]
         others = [c for c in rest if c != path_col]
         reasons.append(f"kind image (a manifest): column {path_col!r} holds image file paths that exist "
@@ -240,7 +267,9 @@ def guess_table(df: pd.DataFrame, base_dir: Path, *, label_column: str | None = 
         reasons.append(f"id column {ident!r}: the index pandas wrote into the file, unique per row")
     numeric = [c for c in rest if _is_numeric(df[c])]
     strings = [c for c in rest if c not in numeric]
-    if ident is None and len(strings) == 1 and numeric and not df[strings[0]].astype(str).duplicated().any():
+    if kind == "text" and not strings:
+        raise DatasetError(f"--kind text: the table has no text column besides the label (columns {cols[:40]}).")
+    if ident is None and len(strings) == 1 and numeric and kind != "text" and not df[strings[0]].astype(str).duplicated().any():
         ident = strings[0]
         strings = []
         reasons.append(f"id column {ident!r}: the only non-numeric column besides the label, unique per row")
@@ -251,21 +280,57 @@ def guess_table(df: pd.DataFrame, base_dir: Path, *, label_column: str | None = 
             "(e.g. df.insert(0, 'id', range(len(df))))."
         )
     index_note = tuple(f"{c}: an index pandas wrote, not a feature" for c in unnamed)
-    if numeric:
+    if kind == "json":
+        return _json_guess(df, label, ident, numeric, strings, index_note, reasons)
+    if numeric and kind != "text":
         ignored = index_note + tuple(f"{c}: not numeric, so not a feature" for c in strings)
         reasons.append(f"kind tensor: {len(numeric)} numeric feature column(s) {_span(numeric)}"
                        + (f"; left out {len(strings)} non-numeric column(s) {strings[:5]}" if strings else ""))
         return TableGuess(kind="tensor", label_column=label, id_column=ident, feature_columns=tuple(numeric),
                           features_are_default=not ignored, ignored=ignored, reasons=tuple(reasons))
+    if kind == "tensor":
+        raise DatasetError(f"--kind tensor: the table has no numeric feature columns (columns {cols[:40]}).")
     if strings:
         lengths = {c: float(df[c].dropna().astype(str).str.len().mean() or 0.0) for c in strings}
         text = max(strings, key=lambda c: lengths[c])
-        reasons.append(f"kind text: no numeric features; {text!r} is the longest text column "
+        why = "given with --kind" if kind == "text" else "no numeric features"
+        reasons.append(f"kind text: {why}; {text!r} is the longest text column "
                        f"(mean {lengths[text]:.0f} characters)")
         return TableGuess(kind="text", label_column=label, id_column=ident, text_column=text,
                           ignored=tuple(f"{c}: a shorter text column" for c in strings if c != text),
                           reasons=tuple(reasons))
     raise DatasetError(f"no input columns: the table has only {cols}. Add the features, a text or a path column.")
+
+
+def _json_column(s: pd.Series) -> bool:
+    import json
+
+    sample = [v for v in s.dropna().head(20)]
+    try:
+        return bool(sample) and all(isinstance(json.loads(str(v)), dict) for v in sample)
+    except ValueError:
+        return False
+
+
+def _json_guess(df: pd.DataFrame, label: str, ident: str, numeric: list[str], strings: list[str],
+                index_note: tuple[str, ...], reasons: list[str]) -> TableGuess:
+    """--kind json: a column of JSON objects is each row's record; else the numeric columns are its fields."""
+    docs = [c for c in strings if _json_column(df[c])]
+    if docs:
+        reasons.append(f"kind json (given with --kind): column {docs[0]!r} holds one JSON object per row, "
+                       "sent as it is")
+        return TableGuess(kind="json", label_column=label, id_column=ident, json_column=docs[0],
+                          ignored=index_note + tuple(f"{c}: not the record column" for c in numeric + strings
+                                                     if c != docs[0]), reasons=tuple(reasons))
+    if not numeric:
+        raise DatasetError(f"--kind json: no column holds JSON objects and none is numeric (columns "
+                           f"{list(df.columns)[:40]}): nothing to send as a record.")
+    reasons.append(f"kind json (given with --kind): each row is sent as the object of its {len(numeric)} numeric "
+                   f"column(s) {_span(numeric)}, as application/json")
+    return TableGuess(kind="json", label_column=label, id_column=ident, feature_columns=tuple(numeric),
+                      features_are_default=False,
+                      ignored=index_note + tuple(f"{c}: not numeric, so not a field" for c in strings),
+                      reasons=tuple(reasons))
 
 
 def _span(names: Sequence[str]) -> str:
@@ -452,6 +517,12 @@ def _factory_ref(ref: str, base_dir: Path) -> tuple[str, Path | None]:
     return f"{path.resolve()}:{fn}", path.resolve()
 
 
+def _short_ref(ref: str) -> str:
+    """'/abs/path/file.py:fn' as 'file.py:fn', for comments."""
+    module, _, fn = ref.rpartition(":")
+    return f"{Path(module).name}:{fn}" if module.endswith(".py") else ref
+
+
 def _ref_in_spec(ref: str, spec_dir: Path) -> str:
     module, _, fn = ref.rpartition(":")
     return f"{_rel(Path(module), spec_dir)}:{fn}" if module.endswith(".py") else ref
@@ -520,6 +591,14 @@ class _Facts:
     positive_todo: bool = False
     label_names: bool = False  # the label column holds class names, not indices
     builtin_image: bool = False  # TorchServe's image_classifier serves the model
+    handler_info: HandlerFile | None = None  # a --handler file, as read without running it
+    reference_file: Path | None = None  # reference.py init writes from the handler's own preprocessing
+    reference_text: str | None = None
+    extra_files: list[Path] = field(default_factory=list)  # beside the handler file
+    handler_config: Path | None = None  # its model-config.yaml
+    requirements: Path | None = None
+    answer: AnswerCheck | None = None  # the handler's answer to one row, in-process
+    created: list[Path] = field(default_factory=list)  # files init created: removed if it fails
     decisions: list[str] = field(default_factory=list)
     todos: list[str] = field(default_factory=list)
 
@@ -545,13 +624,16 @@ def _render(f: _Facts, out: Path, when: str) -> str:
         d.key("class_names", f.class_names, f.class_names_why, 2)
     else:
         d.comment(f"class_names: [...]  (optional: a name for each class 0..{f.num_classes - 1}, in output order)", 2)
-    if f.preprocess is not None:
+    if f.reference_file is not None:
+        d.key("preprocess", _ref_in_spec(f.preprocess, spec_dir), "the handler's own preprocessing (see that file)", 2)
+    elif f.preprocess is not None:
         d.key("preprocess", _ref_in_spec(f.preprocess, spec_dir), "your preprocessing: the worker's view -> input", 2)
     d.key("dataset")
     g = f.guess
     kind_note = {"tensor": "numeric columns, sent as {\"features\": [...]} JSON",
                  "image": "image files, each posted as its raw bytes",
-                 "text": "a text column, each row posted as UTF-8 text/plain"}[f.kind]
+                 "text": "a text column, each row posted as UTF-8 text/plain",
+                 "json": "one JSON object per row, posted as application/json"}[f.kind]
     d.key("kind", f.kind, kind_note, 2)
     d.key("path", _rel(f.data, spec_dir), "the held-out rows the gate scores", 2)
     if f.train_path is not None:
@@ -560,6 +642,10 @@ def _render(f: _Facts, out: Path, when: str) -> str:
         if g.id_column is not None:
             d.key("id_column", g.id_column, "unique per row: every row is accounted for by id", 2)
         d.key("label_column", g.label_column, "class names" if f.label_names else "class indices", 2)
+        if f.kind == "json" and g.feature_columns:
+            d.key("feature_columns", list(g.feature_columns), "each record's fields, in table order", 2)
+        if g.json_column is not None:
+            d.key("json_column", g.json_column, "one JSON object per row, sent as it is", 2)
         if f.kind == "tensor":
             if g.features_are_default:
                 d.comment(f"feature_columns: every other column, {len(g.feature_columns)} numeric: "
@@ -579,12 +665,39 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     d.key("export")
     d.key("mode", f.export_mode, f.export_why, 2)
     handler = _rel(f.handler_file, spec_dir) if f.handler_file is not None else f.handler
-    if f.label_map is not None:
+    extra = list(dict.fromkeys(([f.label_map] if f.label_map is not None else []) + f.extra_files))
+    if extra or f.handler_config is not None or f.requirements is not None or (f.answer and f.answer.failure):
         d.key("handler")
         d.key("name", handler, f.handler_why, 2)
-        d.key("extra_files", [_rel(f.label_map, spec_dir)], "the label map the built-in names its answers with", 2)
+        if f.extra_files:
+            d.key("extra_files", [_rel(p, spec_dir) for p in extra], "found beside the handler (--extra-files)", 2)
+        elif extra:
+            d.key("extra_files", [_rel(p, spec_dir) for p in extra], "the label map the built-in names its answers "
+                  "with", 2)
+        if f.handler_config is not None:
+            if "config" in HandlerSpec.model_fields:
+                d.key("config", _rel(f.handler_config, spec_dir), "the handler's own model-config.yaml", 2)
+            else:
+                d.comment(f"TODO: {f.handler_config.name} beside the handler is its own config; handler.config "
+                          "(planned) will ship it: until then the tool writes model-config.yaml from serving: only", 2)
+                d.key("config", _rel(f.handler_config, spec_dir), None, 2, commented=True)
+        if f.requirements is not None:
+            d.key("requirements", _rel(f.requirements, spec_dir), "checked against this environment, never "
+                  "installed", 2)
+        if f.answer is not None and f.answer.failure is not None:
+            d.comment(f"init ran this handler in-process on row {f.answer.row_id!r} and it FAILED: "
+                      f"{f.answer.failure}", 2)
+            d.comment("The run fails the same way until the handler is fixed; init does not work around it.", 2)
     else:
         d.key("handler", handler, f.handler_why)
+    if f.answer is not None and f.answer.failure is None:
+        d.key("answers")
+        d.comment(f"init ran the handler in-process on row {f.answer.row_id!r}; it answered: {f.answer.answer}", 2)
+        if f.answer.format is not None:
+            d.key("format", f.answer.format, "what that answer is (answers.format auto would settle the same)", 2)
+        else:
+            d.comment("TODO: no answers.format reads that answer: set answers.format (and answers.mapping)", 2)
+            d.key("format", "auto", "reads none of that answer: every row fails as bad_response", 2)
     d.key("serving")
     d.key("workers", 1, None, 2)
     d.key("batch_size", 1, "raise it to also check TorchServe's server-side batching", 2)
@@ -599,8 +712,10 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     d.key("require_identical_confusion", True, None, 2)
     d.key("max_error_rate", 0.0, None, 2)
     if f.builtin_image:
+        whose = ("TorchServe 0.12's built-in" if f.handler_info is None else
+                 f"{f.handler_info.path.name} keeps TorchServe 0.12's VisionHandler.preprocess, which")
         d.comment("The handler probes (grayscale, RGBA, palette, CMYK, EXIF-rotated copies of a row) still run and "
-                  "are reported, but do not gate: TorchServe 0.12's built-in never calls .convert(\"RGB\") nor "
+                  f"are reported, but do not gate: {whose} never calls .convert(\"RGB\") nor "
                   "applies the EXIF orientation, so such probes fail by its design, not your model's.", 2)
         d.key("probes", False, "reported, not gated (see above)", 2)
     acc = "" if f.accuracy is None else f"; the eager model scores accuracy {f.accuracy:.4f} on these rows"
@@ -694,8 +809,42 @@ def _infer_tensor(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, m
         f.decisions.append("shapes the model refused: " + "; ".join(t.describe() for t in failed[:3])
                            + (f"; and {len(failed) - 3} more" if len(failed) > 3 else ""))
     _check_accuracy(f, best.accuracy)
+    if g.kind == "json":
+        f.handler, f.handler_why = cfg.handler, "given with --handler"
+        return
     f.handler, f.handler_why = cfg.handler or "tensor_classifier", (
         "given with --handler" if cfg.handler else "package-validate's handler for fixed-shape tensor rows")
+
+
+def _infer_json(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, model) -> None:
+    """--kind json: records of the numeric columns fit like tensor rows; a column of documents needs
+    the model's own preprocessing (--preprocess, or the handler's)."""
+    from pipeline.inputs import records
+
+    if cfg.handler is None:
+        raise ConfigError(
+            f"{f.data}: kind json: TorchServe has no built-in handler for JSON records, and how a record becomes "
+            "the model's input is your handler's preprocess. Pass --handler your_handler.py and run init again."
+        )
+    if g.feature_columns:
+        _infer_tensor(f, cfg, df, g, model)
+        return
+    if f.preprocess is None:
+        raise ConfigError(
+            f"{f.data}: kind json with column {g.json_column!r} of documents: how a document becomes your model's "
+            "input is your preprocessing, which init cannot see. Pass --preprocess file.py:function (given the "
+            "parsed JSON object, returning one row's input tensor) and run init again."
+        )
+    labels, names = _label_values(df[g.label_column])
+    sample = df.head(SHAPE_ROWS)
+    logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.json_column]],
+                                   records.CONTENT_TYPE, f"records of {f.data}")
+    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
+    f.decisions.append(f"the model ran on one record as [1, {', '.join(map(str, shape))}]: "
+                       f"logits [batch, {logits.shape[1]}]")
+    _classes(f, logits.shape[1], labels, names, str(f.data))
+    _check_accuracy(f, _accuracy(logits, _indices(sample[g.label_column], names)))
+    f.handler, f.handler_why = cfg.handler, "given with --handler"
 
 
 def _reference(f: _Facts):
@@ -761,6 +910,8 @@ def _find_label_map(f: _Facts, classes: list[str], width: int) -> Path | None:
     from pipeline.answers.classes import read_label_map
 
     places = [f.data, f.data.parent, f.data.parent.parent, f.weights.parent]
+    if f.handler_file is not None:
+        places.insert(0, f.handler_file.parent)  # TorchServe's examples keep index_to_name.json beside the handler
     factory_file = f.factory.rpartition(":")[0]
     if factory_file.endswith(".py"):
         places.append(Path(factory_file).parent)
@@ -782,7 +933,8 @@ def _find_label_map(f: _Facts, classes: list[str], width: int) -> Path | None:
 
 
 def _image_handler(f: _Facts, cfg: InitConfig) -> None:
-    f.builtin_image = (cfg.handler or "image_classifier") == "image_classifier"
+    f.builtin_image = (cfg.handler or "image_classifier") == "image_classifier" or (
+        f.handler_info is not None and f.handler_info.vision_preprocess)
     if cfg.handler is not None:
         f.handler, f.handler_why = cfg.handler, "given with --handler"
         return
@@ -796,12 +948,15 @@ def _image_handler(f: _Facts, cfg: InitConfig) -> None:
                        f"in a handler file with topk = {f.num_classes} and name that file in handler")
 
 
-def _infer_images(f: _Facts, cfg: InitConfig, model, bodies: list[bytes], labels: list[str], what: str) -> None:
-    """Images whose labels are class names (sub-folders, or a manifest's text labels)."""
+def _infer_images(f: _Facts, cfg: InitConfig, model, bodies: list[bytes], labels: list[str], what: str,
+                  classes: list[str], rows: int) -> None:
+    """Images whose labels are class names (sub-folders, or a manifest's text labels).
+
+    ``bodies`` and ``labels`` are a spread sample the model runs on (each image is decoded);
+    ``classes`` and ``rows`` are counted over every row (a folder listing or the label column)."""
     from pipeline.answers.classes import read_label_map
     from pipeline.inputs import image
 
-    classes = sorted(set(labels))
     logits, shape, ref_name = _run_bodies(f, model, bodies, image.CONTENT_TYPE, what)
     width = logits.shape[1]
     f.observed_input = f"{list(shape)} float32, from {ref_name}"
@@ -823,10 +978,11 @@ def _infer_images(f: _Facts, cfg: InitConfig, model, bodies: list[bytes], labels
     else:
         f.todos.append(f"the model has {width} outputs but the data names {len(classes)} classes: write "
                        "model.class_names for all of them, in output order")
-    f.classes_why = f"the model's output width; {len(classes)} classes in the data"
+    f.classes_why = f"the model's output width; {len(classes)} classes over all {rows} rows"
     index = {n: i for i, n in enumerate(f.class_names or classes)}
     _check_accuracy(f, _accuracy(logits, np.array([index[c] for c in labels], np.int64)))
-    f.decisions.append(f"accuracy of the eager model on {len(labels)} of these images: {f.accuracy:.4f}")
+    f.decisions.append(f"accuracy of the eager model on {len(labels)} of the {rows} images (spread over the "
+                       f"classes; every image is loaded by the check below): {f.accuracy:.4f}")
     if width == 2:
         f.positive_todo = True
         f.todos.append("binary model: set gate.positive_class if missing one class is the costly error")
@@ -848,7 +1004,7 @@ def _infer_image_folder(f: _Facts, cfg: InitConfig, model) -> None:
         f.decisions.append(other_files_note(found))
     sample = _spread(files, IMAGE_ROWS)
     _infer_images(f, cfg, model, [q.read_bytes() for q, _ in sample], [c for _, c in sample],
-                  f"images of {f.data}")
+                  f"images of {f.data}", list(classes), len(files))
 
 
 def _infer_image_manifest(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, model) -> None:
@@ -860,13 +1016,15 @@ def _infer_image_manifest(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: Table
     labels, names = _label_values(df[g.label_column])
     if names is not None:
         f.label_names = True
-        _infer_images(f, cfg, model, bodies, [str(v) for v in sample[g.label_column]], f"images of {f.data}")
+        _infer_images(f, cfg, model, bodies, [str(v) for v in sample[g.label_column]], f"images of {f.data}",
+                      names, len(df))
         return
     logits, shape, ref_name = _run_bodies(f, model, bodies, image.CONTENT_TYPE, f"images of {f.data}")
     f.observed_input = f"{list(shape)} float32, from {ref_name}"
     f.decisions.append(f"the model ran on one image as [1, {', '.join(map(str, shape))}] through {ref_name}: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, None, str(f.data))
+    f.classes_why += f" (all {len(df)} rows)"
     _check_accuracy(f, _accuracy(logits, _indices(sample[g.label_column], None)))
     _image_handler(f, cfg)
 
@@ -884,7 +1042,7 @@ def _infer_text(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
     sample = df.head(SHAPE_ROWS)
     logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.text_column]],
                                    text.CONTENT_TYPE, f"texts of {f.data}")
-    f.observed_input = f"{list(shape)}, from {cfg.preprocess}"
+    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
     f.decisions.append(f"the model ran on one text as [1, {', '.join(map(str, shape))}]: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, names, str(f.data))
@@ -897,9 +1055,35 @@ def _infer_text(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
                        "its own way: name your own handler file with --handler unless you ship those")
 
 
+def _eager_fits(f: _Facts) -> bool:
+    """TorchServe's --model-file rule holds: the factory's file defines exactly one nn.Module class,
+    built without arguments, whose state_dict is the weights (``model_file_for_eager`` checks it)."""
+    from pipeline.model.loading import model_file_for_eager
+
+    if not f.factory.rpartition(":")[0].endswith(".py"):
+        return False
+    if f.handler_info is not None and f.handler_info.loads_torchscript:
+        f.decisions.append(f"export mode not eager: {f.handler_info.path.name} calls torch.jit.load, so its "
+                           "serialized file must be TorchScript")
+        return False
+    try:
+        model_file_for_eager(_probe_spec(f, {"path": str(f.data), "input_shape": [1]}, f.data.parent))
+    except ModelError as e:
+        f.decisions.append(f"export mode not eager: {e.message}")
+        return False
+    return True
+
+
 def _export_mode(f: _Facts, model) -> None:
     import torch
 
+    if _eager_fits(f):
+        f.export_mode = "eager"
+        f.export_why = "TorchServe's --model-file: the factory's file defines one nn.Module class"
+        f.decisions.append(f"export mode eager: {Path(f.factory.rpartition(':')[0]).name} defines exactly one "
+                           "nn.Module class, built without arguments, that takes the weights: the archive ships "
+                           "that file and the state_dict as they are (torch-model-archiver --model-file)")
+        return
     try:
         torch.jit.script(model)
         f.export_mode, f.export_why = "script", "torch.jit.script compiled the model here"
@@ -921,6 +1105,7 @@ def _confirm(spec: Spec, model, f: _Facts) -> None:
     from pipeline.stages.dataset import load_dataset
     from pipeline.wire import worker_view
 
+    plan = None
     try:
         plan = plan_run(spec)
         reference = plan.reference
@@ -937,9 +1122,88 @@ def _confirm(spec: Spec, model, f: _Facts) -> None:
                          f"row {data.rows.ids[0]} through {reference.name}.")
     f.decisions.append(f"checked: the spec parses, {len(data.rows)} rows load, and row {data.rows.ids[0]!r} "
                        f"runs through {reference.name} to {width} logits")
+    if plan is not None and plan.handler.origin == "file":
+        _check_handler(f, spec, plan, model, data.rows, x)
     if data.leaked_ids:
         f.todos.append(f"{len(data.leaked_ids)} evaluation row(s) also appear in {spec.dataset.train_path} (e.g. "
                        f"{list(data.leaked_ids[:3])}): the gate fails on leakage; drop them or remove train_path")
+
+
+def _write_new(f: _Facts, path: Path, text: str, force: bool, what: str) -> None:
+    """Write a file init derives, refusing to replace one with other content without --force."""
+    if path.exists() and path.read_text(encoding="utf-8", errors="replace") == text:
+        return
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists with other content. Re-run with --force to overwrite it, or "
+                          f"remove it ({what}).")
+    if not path.exists():
+        f.created.append(path)
+    write_atomic(path, text)
+
+
+def _handler_reference(f: _Facts, cfg: InitConfig, spec_dir: Path) -> None:
+    """The handler's own preprocessing as the run's reference, when it has one and --preprocess is not given.
+
+    Images: its ``image_processing`` transforms (copied), else its ``preprocess`` method. Text:
+    its ``preprocess`` method. Tensor and json rows keep the kind's own reading of the columns,
+    so the handler's reading of them is what gets checked."""
+    hf = f.handler_info
+    if hf is None or f.preprocess is not None or f.kind not in ("image", "text"):
+        return
+    if f.kind == "text" and hf.preprocess_owner is None:
+        return
+    text = reference_source(hf if f.kind == "image" else HandlerFile(hf.path, preprocess_owner=hf.preprocess_owner),
+                            spec_dir)
+    if text is None:
+        return
+    path = spec_dir / REFERENCE_FILE
+    _write_new(f, path, text, cfg.force, f"init writes it from {hf.path.name}'s preprocessing")
+    f.reference_file, f.reference_text = path, text
+    f.preprocess = f"{path}:preprocess"
+    what = (f"its image_processing transforms ({'class ' + hf.transforms_owner if hf.transforms_owner else 'module'})"
+            if f.kind == "image" and hf.transforms is not None else f"its {hf.preprocess_owner}.preprocess method")
+    f.decisions.append(f"reference preprocessing: {REFERENCE_FILE} beside the spec applies {hf.path.name}'s own "
+                       f"preprocessing, {what}, as TorchServe's worker does")
+    f.todos.append(f"the reference preprocessing is {hf.path.name}'s own ({REFERENCE_FILE}): a defect in it is "
+                   "not caught by comparing the handler with it; if your model was trained with other "
+                   "preprocessing, write that in reference.py")
+
+
+def _beside_handler(f: _Facts, out: Path, factory_file: Path | None) -> None:
+    """Label maps, vocabularies and configs beside the handler file, for handler.extra_files."""
+    hf = f.handler_info
+    if hf is None:
+        return
+    skip = {p.resolve() for p in (out, f.data, f.weights, hf.path, factory_file, f.train_path, f.reference_file)
+            if p is not None}
+    found = files_beside(hf.path, skip)
+    f.extra_files = list(found.extra_files)
+    if f.extra_files:
+        f.decisions.append(f"packed beside {hf.path.name}: {[p.name for p in f.extra_files]} (handler.extra_files, "
+                           "as torch-model-archiver --extra-files ships them)")
+    f.decisions.extend(found.left_out)
+    f.handler_config, f.requirements = found.config, found.requirements
+    if found.config is not None and "config" not in HandlerSpec.model_fields:
+        f.todos.append(f"{found.config.name} beside the handler is its own config (context.model_yaml_config): "
+                       "this version of package-validate writes that file from serving: only, so the handler "
+                       "does not see your keys (handler.config is planned)")
+
+
+def _check_handler(f: _Facts, spec: Spec, plan, model, rows, x) -> None:
+    """The handler file run on the first row in-process: its answer's format goes into the spec."""
+    import torch
+
+    check = check_answer(spec, plan, model, rows, torch.as_tensor(x).unsqueeze(0), tuple(np.shape(x)))
+    f.answer = check
+    if check.failure is not None:
+        f.todos.append(f"the handler failed on row {check.row_id!r} when init ran it in-process: {check.failure}. "
+                       "The run fails the same way until the handler is fixed")
+    elif check.format is None:
+        f.todos.append(f"the handler answered row {check.row_id!r} with {check.answer!r}, which no answers.format "
+                       "reads: set answers.format (and answers.mapping) for it")
+    else:
+        f.decisions.append(f"the handler ran in-process on row {check.row_id!r} and answered {check.answer!r}: "
+                           f"answers.format {check.format}")
 
 
 def _label_map_text(names: Sequence[str]) -> str:
@@ -984,32 +1248,55 @@ def write_spec(cfg: InitConfig) -> InitResult:
     preprocess = _factory_ref(cfg.preprocess, base)[0] if cfg.preprocess else None
     f = _Facts(name=name, name_why=name_why, factory=factory, weights=weights, data=data, kind="tensor",
                num_classes=2, classes_why="", preprocess=preprocess)
+    if cfg.handler is not None and ("/" in cfg.handler or cfg.handler.endswith(".py")):
+        f.handler_file = absolute(Path(cfg.handler))
+        if not f.handler_file.is_file():
+            raise ConfigError(f"--handler {cfg.handler}: file {f.handler_file} does not exist.")
+        f.handler_info = read_handler_file(f.handler_file)
+    if cfg.kind is not None and cfg.kind not in KINDS:
+        raise ConfigError(f"--kind {cfg.kind!r}: expected one of {list(KINDS)}.")
+    prepare_torchvision()  # before any user module: factories and handlers import torchvision (see compat)
     model = _load_model(f, base)
     f.decisions.append(f"model: {cfg.factory} built and {weights.name} loaded strictly ({type(model).__name__}, "
                        f"{sum(p.numel() for p in model.parameters())} parameters)")
+    f.train_path = _train_sibling(data)
+    try:
+        return _infer_and_write(f, cfg, model, out, factory_file)
+    except BaseException:
+        for path in f.created:  # never leave half a scaffold behind; files that were there stay
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _infer_and_write(f: _Facts, cfg: InitConfig, model, out: Path, factory_file: Path | None) -> InitResult:
+    spec_dir, data = out.parent, f.data
     if data.is_dir():
+        if cfg.kind not in (None, "image"):
+            raise ConfigError(f"--kind {cfg.kind}: --data {data} is a folder, which init reads as images in class "
+                              "sub-folders. Pass a CSV/Parquet table for other kinds.")
         f.kind = "image"
+        _handler_reference(f, cfg, spec_dir)
         _infer_image_folder(f, cfg, model)
     elif data.suffix.lower() in TABLE_SUFFIXES:
         df = read_table(data, "dataset")
         if len(df) == 0:
             raise DatasetError(f"{data} has no rows. init needs labeled rows to run the model on.")
-        g = guess_table(df, data.parent, label_column=cfg.label_column, id_column=cfg.id_column)
+        g = guess_table(df, data.parent, label_column=cfg.label_column, id_column=cfg.id_column, kind=cfg.kind)
         f.guess, f.kind = g, g.kind
         f.decisions.extend(g.reasons)
+        _handler_reference(f, cfg, spec_dir)
         {"tensor": lambda: _infer_tensor(f, cfg, df, g, model),
          "image": lambda: _infer_image_manifest(f, cfg, df, g, model),
-         "text": lambda: _infer_text(f, cfg, df, g, model)}[g.kind]()
+         "text": lambda: _infer_text(f, cfg, df, g, model),
+         "json": lambda: _infer_json(f, cfg, df, g, model)}[g.kind]()
     else:
         raise DatasetError(f"--data {data}: init reads a .csv or .parquet table or an image folder, got "
                            f"{data.suffix or 'no suffix'!r}. For JSON records write dataset.kind json by hand.")
-    if f.preprocess is not None:
+    if cfg.preprocess is not None:
         f.decisions.append(f"reference preprocessing: {cfg.preprocess} (given with --preprocess)")
-    if cfg.handler is not None and ("/" in cfg.handler or cfg.handler.endswith(".py")):
-        f.handler_file = absolute(Path(cfg.handler))
-    f.train_path = _train_sibling(data)
     if f.train_path is not None:
         f.decisions.append(f"training data {f.train_path.name} found beside {data.name}: used for the leakage check")
+    _beside_handler(f, out, factory_file)
     _export_mode(f, model)
     if f.write_label_map:
         f.label_map = spec_dir / LABEL_MAP_FILE
@@ -1020,26 +1307,24 @@ def write_spec(cfg: InitConfig) -> InitResult:
         f.decisions.append(f"{LABEL_MAP_FILE} written beside the spec: TorchServe's built-in names its answers "
                            "with it (else with the class indices)")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    try:
-        spec = parse_spec(yaml.safe_load(_render(f, out, when)), base_dir=spec_dir, source=str(out))
-    except ConfigError as e:
-        raise ConfigError(f"init rendered a spec it cannot read back (a bug in package-validate init): {e}") from e
-    spec = spec.model_copy(update={"spec_path": out})
-    written, created = [], []
+    spec = _read_back(f, out, when)
+    written = [f.reference_file] if f.reference_file is not None else []
     if f.write_label_map:  # the plan reads it: it must exist before the check
-        if not f.label_map.exists():
-            created.append(f.label_map)
-        if not f.label_map.is_file() or f.label_map.read_text(encoding="utf-8", errors="replace") \
-                != _label_map_text(f.class_names):
-            written.append(write_atomic(f.label_map, _label_map_text(f.class_names)))
-    try:
-        _confirm(spec, model, f)
-    except BaseException:
-        for path in created:  # never leave half a scaffold behind; files that were there stay
-            path.unlink(missing_ok=True)
-        raise
+        text = _label_map_text(f.class_names)
+        if not f.label_map.is_file() or f.label_map.read_text(encoding="utf-8", errors="replace") != text:
+            _write_new(f, f.label_map, text, True, "the label map")
+            written.append(f.label_map)
+    _confirm(spec, model, f)
+    spec = _read_back(f, out, when)  # again: the check may have added the handler's answer format
     written.insert(0, write_atomic(out, _render(f, out, when)))
     log.info("init wrote %s", out)
     return InitResult(spec_path=out, written=tuple(written), spec=spec, decisions=tuple(f.decisions),
                       todos=tuple(f.todos))
 
+
+def _read_back(f: _Facts, out: Path, when: str) -> Spec:
+    try:
+        spec = parse_spec(yaml.safe_load(_render(f, out, when)), base_dir=out.parent, source=str(out))
+    except ConfigError as e:
+        raise ConfigError(f"init rendered a spec it cannot read back (a bug in package-validate init): {e}") from e
+    return spec.model_copy(update={"spec_path": out})
