@@ -279,12 +279,14 @@ class RangeTracker:
         self.lows: list[np.ndarray] = []
         self.highs: list[np.ndarray] = []
 
-    def add(self, rows: Sequence[Structure]) -> None:
-        for k, ts in enumerate(zip(*(leaves(r) for r in rows))):
-            same = len({tuple(t.shape) for t in ts}) == 1
-            if same:
-                arr = torch.stack(ts).detach().to(torch.float64).numpy()
-                lo, hi = arr.min(axis=0), arr.max(axis=0)
+    def add(self, rows: Sequence[Structure], stacked: Structure | None = None) -> None:
+        """Fold in ``rows``; ``stacked``: the same rows already stacked (read in place, not copied again)."""
+        per_leaf = zip(*(leaves(r) for r in rows)) if stacked is None else ([t] for t in leaves(stacked))
+        for k, ts in enumerate(per_leaf):
+            if stacked is not None:
+                lo, hi = _extremes(ts[0])
+            elif len({tuple(t.shape) for t in ts}) == 1:
+                lo, hi = _extremes(torch.stack(ts))
             else:
                 lo = np.asarray(min(float(t.min()) for t in ts if t.numel()))
                 hi = np.asarray(max(float(t.max()) for t in ts if t.numel()))
@@ -298,3 +300,10 @@ class RangeTracker:
             self.lows[k] = np.minimum(self.lows[k], lo)
             self.highs[k] = np.maximum(self.highs[k], hi)
 
+
+def _extremes(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise min and max over the first dimension, as float64 (only the results are converted)."""
+    b = batch.detach()
+    if b.dtype == torch.bool:
+        b = b.to(torch.uint8)
+    return b.amin(0).to(torch.float64).numpy(), b.amax(0).to(torch.float64).numpy()

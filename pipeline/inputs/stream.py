@@ -1,6 +1,7 @@
 """Rows through the reference preprocessing, chunk by chunk: the model inputs of every in-process stage.
 
-Every row's body becomes its worker view, then the reference's tensor. A row the reference
+Every row's body becomes its worker view, then the reference's model input (a tensor, a tuple
+or a dict of tensors: ``pipeline.modelinput``). A row the reference
 cannot preprocess is collected (id and exception) and the stream goes on, so one error
 names every bad row; the caller decides what a failed row means.
 """
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.inputs.base import Reference, Rows, worker_view
-from pipeline.modelinput import (Collate, InputSample, RangeTracker, batch_of, describe, layout, shapes, stack,
-                                   take)
+from pipeline.modelinput import (Collate, InputSample, RangeTracker, batch_of, describe, layout, map_leaves, shapes,
+                                 stack, take)
 from pipeline.usercode import plain, user_frame
 
 _BYTES_IO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -31,8 +32,8 @@ class StreamFacts:
     failures.
 
     ``shape``/``dtype``/``low``/``high``/``sample`` describe one tensor per row of one shape (the common
-    case, and the report's input shape); ``inputs`` describes any structure (a tuple or dict of tensors, of
-    any dtype, shapes varying by row).
+    case, and the report's input shape); ``layout``, ``sample_inputs`` and ``ranges`` describe any structure
+    (a tuple or dict of tensors, of any dtype, shapes varying by row).
     """
 
     shape: tuple[int, ...] | None = None
@@ -45,6 +46,7 @@ class StreamFacts:
     preprocess_ms: list[float] = field(default_factory=list)
     layout: tuple | None = None  # the first row's structure, dtypes and ranks
     first_shapes: tuple | None = None
+    first_described: str = ""
     is_fixed: bool = True  # every row had the first row's shapes
     sample_inputs: list = field(default_factory=list)  # the first SAMPLE_ROWS inputs, structure and dtype kept
     ranges: RangeTracker = field(default_factory=RangeTracker)
@@ -117,10 +119,12 @@ def reference_chunks(rows: Rows, reference: Reference, chunk_rows: int, facts: S
 
 
 def _keep_range(facts: StreamFacts, inputs: list, stacked) -> None:
-    facts.ranges.add(inputs)
+    facts.ranges.add(inputs, stacked)
     room = SAMPLE_ROWS - len(facts.sample_inputs)
     if room > 0:
-        facts.sample_inputs.extend(inputs[:room])
+        # Rows of a stacked chunk are kept as views of it, so an image sample is held once, not twice.
+        facts.sample_inputs.extend(inputs[:room] if stacked is None else
+                                   [map_leaves(lambda t, j=j: t[j], stacked) for j in range(min(room, len(inputs)))])
     if not (facts.is_fixed and isinstance(stacked, torch.Tensor)):
         return
     # One tensor of one shape: the elementwise float32 range and sample the numeric probes have always used.
@@ -148,13 +152,13 @@ def _preprocess_chunk(rows: Rows, reference: Reference, chunk: range, facts: Str
             except TypeError as e:
                 raise TypeError(f"the reference preprocessing returned {e}") from None
             if facts.layout is None:
-                facts.layout, facts.first_shapes = layout(x), shapes(x)
+                facts.layout, facts.first_shapes, facts.first_described = layout(x), shapes(x), describe(x)
                 if isinstance(x, torch.Tensor):
                     facts.shape, facts.dtype = tuple(x.shape), str(x.dtype).replace("torch.", "")
                 else:
                     facts.shape, facts.dtype = facts.first_shapes[0], describe(x)
             elif layout(x) != facts.layout:
-                raise ValueError(f"gave {describe(x)}, the first row gave {_first(facts)}: every row needs the "
+                raise ValueError(f"gave {describe(x)}, the first row gave {facts.first_described}: every row needs the "
                                  "same structure, dtypes and number of dimensions")
         except Exception as e:  # the user's preprocessing may raise anything: record it, go on
             facts.failed_count += 1
@@ -164,16 +168,6 @@ def _preprocess_chunk(rows: Rows, reference: Reference, chunk: range, facts: Str
         facts.preprocess_ms.append((time.perf_counter() - t0) * 1e3)
         kept.append(i)
         inputs.append(x)
-
-
-def _first(facts: StreamFacts) -> str:
-    kind, keys, leaves = facts.layout
-    one = [f"{d} {list(s)}" for (d, _), s in zip(leaves, facts.first_shapes)]
-    if kind == "tensor":
-        return one[0]
-    if kind == "dict":
-        return "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, one)) + "}"
-    return "(" + ", ".join(one) + ")"
 
 
 def _reason(rows: Rows, i: int, e: Exception) -> str:

@@ -854,7 +854,7 @@ def _reference(f: _Facts):
     from pipeline.inputs.base import Reference
     from pipeline.usercode import import_callable
 
-    return Reference(f.preprocess, f"your function {f.preprocess}", import_callable(f.preprocess, "--preprocess"))
+    return Reference(f.preprocess, f"your function {_short_ref(f.preprocess)}", import_callable(f.preprocess, "--preprocess"))
 
 
 def _run_bodies(f: _Facts, model, bodies: list[bytes], content_type: str, what: str

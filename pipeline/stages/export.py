@@ -3,7 +3,9 @@
 The saved artefact is loaded back from disk the way the handler will load it and compared
 with the eager model on every dataset row (streamed through the reference preprocessing)
 and on probe inputs that exercise what tracing misses: several batch sizes, zeros, the
-edges of the input domain and random points inside it. ``export.mode: eager`` ships the
+edges of the input domain and random points inside it. Inputs keep the reference's
+structure and dtypes (``pipeline.modelinput``): script, trace and torch.export get example
+inputs of that structure, and integer inputs are probed within their range. ``export.mode: eager`` ships the
 model's source file and its state_dict (TorchServe's ``--model-file``); the check then
 proves that the file and the weights rebuild the same model.
 """
@@ -28,9 +30,8 @@ from pipeline.files import file_sha256
 from pipeline.inputs.base import Reference, Rows
 from pipeline.inputs.stream import StreamFacts, reference_chunks
 from pipeline.model.forward import Forward, Scores, run_batched, score_chunks
-from pipeline.modelinput import (Structure, call_model, dynamic_dims, example_inputs, leaves, probe_rows,
-                                   stack)
 from pipeline.model.loading import model_file_for_eager
+from pipeline.modelinput import Structure, call_model, dynamic_dims, example_inputs, leaves, probe_rows, stack
 from pipeline.spec import Spec
 from pipeline.stages.baseline import BaselineResult
 from pipeline.usercode import import_module_ref

@@ -168,9 +168,12 @@ def test_a_row_whose_structure_or_dtype_differs_from_the_first_fails_with_both_n
 
 
 def test_rows_of_one_shape_stack_into_chunks_as_before():
-    facts, chunks = _stream([2, 2, 2, 2], lambda n: torch.full((3,), float(n)))
+    facts, chunks = _stream([1, 2, 3, 4], lambda n: torch.tensor([n, -n, 0], dtype=torch.int64))
     assert facts.is_fixed and chunks[0][1].stacked.shape == (3, 3)
-    assert facts.low.tolist() == [2.0, 2.0, 2.0] and len(facts.sample) == 4
+    assert facts.low.tolist() == [1.0, -4.0, 0.0] and len(facts.sample) == 4
+    assert facts.ranges.lows[0].tolist() == [1, -4, 0] and facts.ranges.highs[0].tolist() == [4, -1, 0]
+    assert [r.tolist() for r in facts.sample_inputs] == [[n, -n, 0] for n in (1, 2, 3, 4)]
+    assert facts.sample_inputs[3].dtype == torch.int64
 
 
 class _Bag(nn.Module):

@@ -366,3 +366,21 @@ def test_a_text_handlers_preprocess_method_becomes_the_reference(tmp_path, answe
 def nn_linear_state():
     torch.manual_seed(0)
     return torch.nn.Linear(8, 2).state_dict()
+
+
+def test_answers_and_failures_are_quoted_on_one_line_and_cut():
+    from pipeline.scaffold.answer_check import quote
+
+    assert quote(b'{"a":\n  1}') == '{"a": 1}'
+    long = quote("x" * 500, 40)
+    assert len(long) == 40 and long.endswith("...")
+
+
+def test_the_handler_logs_last_exception_is_quoted(tmp_path):
+    from pipeline.scaffold.answer_check import _log_errors
+
+    log = tmp_path / "handler.log"
+    log.write_text("loading\nTraceback (most recent call last):\n  File \"h.py\", line 3\n"
+                   "KeyError: 'f0'\nok\nNameError: name 'LABELS' is not defined\n")
+    assert _log_errors(log) == "NameError: name 'LABELS' is not defined"
+    assert _log_errors(tmp_path / "missing.log") == ""
