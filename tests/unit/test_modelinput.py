@@ -344,9 +344,11 @@ def test_rows_of_varying_length_without_a_collate_are_scored_exported_and_timed_
         labels = [int(model(ns["pre"](t)[None]).argmax()) for t in texts]
     pd.DataFrame({"id": [str(i) for i in range(6)], "label": labels, "text": texts}).to_csv(tmp_path / "t.csv",
                                                                                           index=False)
+    torch.save({"a": 0}, tmp_path / "source_vocab.pt")  # the plan checks the built-in's vocabulary loads
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
         "name": "ids", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": 2, "preprocess": "m.py:pre"},
-        "dataset": {"kind": "text", "path": "t.csv"}, "handler": "text_classifier",
+        "dataset": {"kind": "text", "path": "t.csv"},
+        "handler": {"name": "text_classifier", "extra_files": ["source_vocab.pt"]},
         "export": {"mode": "trace", "latency_repeats": 10, "latency_budget_s": 0.5}}))
     ip = in_process(tmp_path / "spec.yaml")
     assert (ip.base.scores.predictions == labels).all()
