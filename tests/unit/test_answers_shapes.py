@@ -444,3 +444,147 @@ def test_classes_only_still_fails_a_stage_without_results_and_compares_outputs_i
 def test_top_k_set_demands_probabilities_of_a_bare_answer():
     with pytest.raises(AnswerError, match=r"carries 0 class\(es\) but answers.top_k: 1 requires 1"):
         codec(3, "index", answers={"top_k": 1}).decode(b"1")
+
+
+# --- whole messages and edges (each wording is what a reader of bad_response sees) ----------------------------------
+
+def _message(fn, *args):
+    with pytest.raises(AnswerError) as e:
+        fn(*args)
+    return str(e.value)
+
+
+def test_whole_messages_of_naming_a_class():
+    long = "x" * 100
+    assert _message(naming.index_of_number, long, 3) == (
+        f"the answer must be a class index (a whole number), got {'x' * 80!r}")
+    assert _message(naming.index_of_label, 1, ABC) == (
+        "the answer must be a class label (a string), got '1'; a number is a class index: set answers.format: index")
+    assert _message(naming.index_of_label, [long], ABC) == f"the answer must be a class label (a string), got {str([long])[:80]!r}"
+    assert _message(naming.index_of_label, "1", ABC) == (
+        "label '1' is not a class of the model (model.class_names: ['a', 'b', 'c']) (a class index as a string: set "
+        "answers.format: index, or give the class names in index_to_name.json / model.class_names)")
+    assert _message(naming.index_of_label, "z", ABC) == (
+        "label 'z' is not a class of the model (model.class_names: ['a', 'b', 'c'])")
+    assert _message(naming.index_of_label, "5", INDICES) == (
+        "label '5' is not a class of the model (class indices: ['0', '1', '2'])")
+    assert _message(naming.index_of_class, "z", 3, ABC, "'label'") == (
+        "label 'z' is not a class of the model (model.class_names: ['a', 'b', 'c'])")
+    assert _message(naming.index_of_class, [1], 3, ABC, "'label'") == "'label' must be a class label (a string), got '[1]'"
+
+
+def test_whole_digit_label_notes():
+    assert naming.digit_label_note(INDICES, "label") == (
+        "answers (label): the class labels are the class indices as strings (class indices, TorchServe's fallback "
+        "without index_to_name.json), so an answer '3' is read as class 3; give the class names (index_to_name.json "
+        "or model.class_names) if the handler answers names")
+    many = ClassMap(tuple(str(i) for i in range(9, 0, -1)), "index_to_name.json")
+    assert naming.digit_label_note(many, "label") == (
+        "answers (label): every class label is a digit string (index_to_name.json: ['9', '8', '7', '6', '5', '4']), "
+        "so an answer like '9' is read as the label '9' (class 0), not as class index 9; set answers.format: index "
+        "if the handler answers indices")
+    assert "answers (label): the class labels are the class indices" in codec(3, "label").settle(b"1").notes[-1]
+
+
+def test_whole_messages_of_the_bare_formats():
+    long = list(range(40))
+    assert _message(bare.IndexDecoder(50).decode, long) == (
+        f"expected a class index (or a list of one), got a list of 40 elements {str(long)[:80]}: one request "
+        "carries one row, so its answer names one class")
+    assert _message(bare.LabelDecoder(ABC).decode, ["a", "b"]) == (
+        "expected a class label (or a list of one), got a list of 2 elements ['a', 'b']: one request carries one "
+        "row, so its answer names one class")
+
+
+def test_whole_messages_of_top1_and_label_scores():
+    long = {"label": "a", "name": "b", "score": 0.5, "pad": "y" * 90}
+    assert _message(top1.Decoder(3, ABC).decode, long) == (
+        "a top-1 answer needs exactly one class key of ['label', 'class', 'prediction', 'name'], got 2 (label, name), "
+        f"which would be a guess: {str(long)[:80]}")
+    assert _message(top1.Decoder(3, ABC).decode, "y" * 100) == (
+        f"expected a JSON object {{label, confidence}}, got {'y' * 80!r}")
+    assert _message(top1.Decoder(3, ABC).decode, {"label": "a", "score": ["z" * 90]}) == (
+        f"'score' must be a number, got {str(['z' * 90])[:80]!r}")
+    assert _message(label_scores.Decoder(3, ABC).decode, "q" * 100) == (
+        f"expected a non-empty JSON list of {{label, score}} objects, got {'q' * 80!r}")
+    assert _message(label_scores.Decoder(3, ABC).decode, [{"label": "a", "score": 0.8}, {"label": "b", "score": 0.8}]
+                    ) == "the answer's scores sum to 1.600000, more than 1: not probabilities"
+
+
+def test_top1_confidence_bounds_are_inclusive_to_rounding():
+    d = top1.Decoder(3, ABC)
+    assert d.decode({"label": "a", "score": -1e-6}).probabilities[0] == -1e-6
+    assert d.decode({"label": "a", "score": 1 + 1e-6}).probabilities[0] == 1 + 1e-6
+    assert d.decode({"label": "a", "score": 0.5}).logits is None
+
+
+def test_class_indices_at_the_edges_are_sniffed_and_read_in_every_format():
+    assert top1.looks_like({"class": 0, "score": 0.5}, 3, ABC) and top1.looks_like({"class": 2, "score": 0.5}, 3, ABC)
+    assert not top1.looks_like({"class": 3, "score": 0.5}, 3, ABC)
+    assert top1.looks_like([{"class": 1, "score": 0.5}], 3, ABC)
+    assert sniff_format([{"class": 1, "score": 0.5}, {"class": 0, "score": 0.25}], 3, ABC) == "label_scores"
+    ls = codec(3, "label_scores").decode(b'[{"class": 2, "score": 0.5}]')
+    assert ls.index == 2 and ls.logits is None
+    assert label_scores.Decoder(3, ABC).decode([{"prediction": 1, "score": 0.5}]).index == 1
+
+
+def test_whole_messages_of_the_codec():
+    with pytest.raises(AnswerError) as e:
+        codec(3, "auto", answers={"envelope": "kserve_v1"}).decode(b'{"x": 1}')
+    assert str(e.value) == "a KServe v1 answer needs a non-empty 'predictions' list, got \"{'x': 1}\""
+
+
+def test_whole_messages_of_custom(dec, tmp_path):
+    d = dec("as_given")
+    assert d.ref == "dec.py:as_given"
+    assert _message(d.decode, ["w" * 90]) == (
+        f"answers.decode dec.py:as_given returned list {str(['w' * 90])[:60]!r}; return a class index (int), a label "
+        "(str) or a dict {index|label, probabilities?, logits?}")
+    assert _message(d.decode, "zz") == "label 'zz' is not a class of the model (model.class_names: ['a', 'b', 'c'])"
+    assert _message(d.decode, {"probabilities": {"q": 0.5}}) == (
+        "label 'q' is not a class of the model (model.class_names: ['a', 'b', 'c'])")
+    assert _message(d.decode, {"label": 3}) == (
+        "'label' from answers.decode must be a class label (a string), got '3'; a number is a class index: set "
+        "answers.format: index")
+    assert _message(d.decode, [1]).startswith("answers.decode dec.py:as_given returned list '[1]'")
+    assert _message(d.decode, {"probabilities": [0.5, 0.5]}) == (
+        "'probabilities' from answers.decode must hold 3 numbers, got 2")
+    assert _message(d.decode, {"probabilities": [0.9, 0.9, 0.1]}) == (
+        "'probabilities' from answers.decode sum to 1.900000, more than 1: not probabilities")
+    assert _message(d.decode, {"probabilities": {"a": 2.0}}) == (
+        "'probabilities' from answers.decode holds values outside [0, 1]: [2.0]")
+    keys = {f"k{i}": 1 for i in range(10)}
+    assert _message(d.decode, keys) == (
+        "answers.decode dec.py:as_given returned a dict without index, label, probabilities or logits (keys "
+        "['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7']); return at least the class")
+    assert d.decode({"probabilities": {"b": 0.6}}).probabilities[1] == 0.6
+    seen = d.observed(Prediction(1))
+    assert seen.ref == d.ref and seen.num_classes == 3
+    assert _message(seen.decode, 3) == "the class index answers.decode returned is 3, not a class index of the model (0..2)"
+    assert custom.decoder_for("json:loads", 3, ABC).ref == "json:loads"
+    assert custom.decoder_for("json:loads", 3, ABC).decode('"b"').index == 1
+
+
+def test_the_custom_codec_reads_a_returned_index(tmp_path):
+    c = codec(3, "index")
+    assert c.decode(b"2").index == 2
+    (tmp_path / "dec.py").write_text("def read(doc):\n    return int(doc) - 1\n")
+    spec = parse_spec({"name": "m", "model": {"factory": "m.py:build", "weights": "w.pt", "num_classes": 3},
+                       "dataset": {"path": "d.csv", "input_shape": [2]}, "answers": {"decode": "dec.py:read"}},
+                      base_dir=tmp_path)
+    cc = codec_for(spec, class_map_for(spec), "custom", "answers.format in the spec")
+    assert cc.decode(b"3").index == 2
+    with pytest.raises(AnswerError, match=r"is 3, not a class index of the model \(0..2\)"):
+        cc.decode(b"4")
+
+
+def test_the_classes_only_check_in_full():
+    plan = GatePlan(candidates=("served",), labels=LABELS, output_quantity={"served": "from the first answer"},
+                    classes_only=("served",))
+    c = check(evaluate_gate(GateSpec(), plan, _classes_only_cmp(), GateInputs(answered=all_answered("served"))),
+              "max abs output difference")
+    assert (c.limit, c.passed, c.is_gating, c.evaluated, c.baseline) == ("<= 1e-05", False, False, False, None)
+    assert c.detail == (
+        "compares classes only: the served answers carry no logits or probabilities; the predicted classes are "
+        "compared by the agreement and metric checks (set answers.top_k, with answers that carry probabilities, to "
+        "gate the outputs too)")
