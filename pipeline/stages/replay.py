@@ -467,13 +467,23 @@ def served_cause(causes: list[str]) -> str | None:
     return f"the handler raised one of {len(distinct)} exceptions in model_log.log: {shown}{more}"
 
 
-def with_served_causes(result: "ReplayResult", probes: tuple, causes: list[str]) -> tuple["ReplayResult", tuple]:
-    """The replay's rows and the served probes, each failed handler_error row with its quoted cause."""
-    cause = served_cause(causes)
-    if cause is None:
-        return result, probes
-    rows = tuple(replace(r, message=f"{r.message}; {cause}") if not r.is_ok and r.error_class == "handler_error"
-                 else r for r in result.rows)
-    probes = tuple(replace(p, message=f"{p.message}; {cause}") if p.message.startswith("handler_error")
-                   else p for p in probes)
-    return replace(result, rows=rows), probes
+def with_served_causes(result: "ReplayResult", probes: tuple, row_causes: list[str],
+                       probe_causes: list[str] = ()) -> tuple["ReplayResult", tuple]:
+    """The replay's rows and the served probes, each failed ``handler_error`` one with its quoted cause.
+
+    ``row_causes`` are the tracebacks logged during the replay, ``probe_causes`` those logged while the
+    probes were sent (one at a time, in order): when there are as many as failed probes, each probe
+    gets its own; otherwise each gets ``served_cause`` of them all.
+    """
+    row_cause = served_cause(row_causes)
+    rows = tuple(replace(r, message=f"{r.message}; {row_cause}")
+                 if row_cause and not r.is_ok and r.error_class == "handler_error" else r for r in result.rows)
+    failing = [i for i, p in enumerate(probes) if p.message.startswith("handler_error")]
+    own = len(probe_causes) == len(failing)
+    shared = served_cause(list(probe_causes))
+    out = list(probes)
+    for n, i in enumerate(failing):
+        cause = f"the handler raised {probe_causes[n]} (model_log.log)" if own else shared
+        if cause:
+            out[i] = replace(probes[i], message=f"{probes[i].message}; {cause}")
+    return replace(result, rows=rows), tuple(out)
