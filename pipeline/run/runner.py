@@ -202,7 +202,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         probe_causes = _await_causes(server.log_dir, probe_log_start, probe_errors) if probe_errors else []
         if row_causes or probe_causes:
             quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, row_causes,
-                                                       probe_causes)
+                                                       probe_causes, handled.batch1)
             run.update(replay=quoted, served_probes=served_probes)
 
 

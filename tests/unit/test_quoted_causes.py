@@ -167,5 +167,11 @@ def test_served_rows_get_the_cause_when_one_was_logged_and_all_causes_when_sever
                                                "(model_log.log)"]
     _, probes = with_served_causes(Result(rows), (probe, probe), [], ["E: p1"])
     assert all(p.message.endswith("; the handler raised E: p1 (model_log.log)") for p in probes)
+    # a row whose in-process run quoted a cause that the log holds gets that one, not the list
+    handled = (rows[0], failed(1, "r1", "handler_error", "Prediction failed; the handler raised E: b"))
+    res, _ = with_served_causes(Result(rows), (), ["E: a", "E: b"], [], handled)
+    assert res.rows[1].message == "Prediction failed; the handler raised E: b (model_log.log)"
+    res, _ = with_served_causes(Result(rows), (), ["E: a", "E: c"], [], handled)  # not logged: the list
+    assert res.rows[1].message.endswith("one of 2 exceptions in model_log.log: E: a | E: c")
     same, unchanged = with_served_causes(Result(rows), (probe,), [], [])
     assert same.rows == rows and unchanged == (probe,)
