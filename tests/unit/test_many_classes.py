@@ -145,3 +145,19 @@ def test_gate_metric_classes_is_present_or_all():
     from pipeline.errors import ConfigError
     with pytest.raises((ConfigError, ValueError), match="metric_classes"):
         spec_for(2, gate={"metric_classes": "some"})
+
+
+def test_dataset_notes_and_errors_of_1000_named_classes_name_ten():
+    import pandas as pd
+
+    from pipeline.errors import DatasetError
+    from pipeline.inputs.base import labels_of
+
+    spec = spec_for(C, model={"class_names": [f"c{k}" for k in range(C)]})
+    labels, notes = labels_of(pd.Series(["c5", "c7"]), spec, spec.dataset.path, ("a", "b"))
+    assert labels.tolist() == [5, 7]
+    assert notes[-1].endswith("model.class_names ['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9', "
+                              "... 990 more]")
+    with pytest.raises(DatasetError) as e:
+        labels_of(pd.Series(["c5", "nope"]), spec, spec.dataset.path, ("a", "b"))
+    assert "... 990 more]" in str(e.value) and "'c11'" not in str(e.value)
