@@ -161,3 +161,18 @@ def test_dataset_notes_and_errors_of_1000_named_classes_name_ten():
     with pytest.raises(DatasetError) as e:
         labels_of(pd.Series(["c5", "nope"]), spec, spec.dataset.path, ("a", "b"))
     assert "... 990 more]" in str(e.value) and "'c11'" not in str(e.value)
+
+
+def test_a_positive_class_whose_name_another_class_shares_is_gated_not_a_crash():
+    from pipeline.evaluate.gate import GateInputs, evaluate_gate
+    from pipeline.spec import GateSpec, MetricThreshold
+    from tests.unit._support import all_answered, gate_plan
+
+    labels = ("a", "crane", "crane")
+    y = np.array([0, 1, 2, 2])
+    pred = np.array([0, 1, 2, 1])  # one row of class 2 called class 1
+    cmp = compare_stages(ids(4), y, labels, [outputs("baseline", y), outputs("served", pred)])
+    gate = GateSpec(positive_class=2, min_positive_recall=0.9, metrics={"accuracy": MetricThreshold(min=0.5)})
+    res = evaluate_gate(gate, gate_plan(labels=labels), cmp, GateInputs(answered=all_answered("served")))
+    recall = next(c for c in res.checks if c.name == "recall of positive class 'crane'" and c.stage == "served")
+    assert recall.value == 0.5 and not recall.passed  # class 2's recall, not class 1's (1.0)
