@@ -239,6 +239,9 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
                      ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
         if averaged_over(metrics[names[0]]):
             parts.append(f"<p>{e(averaged_over(metrics[names[0]]))}.</p>")
+        for stage, ids in ((report.get("plan") or {}).get("shared_name_rows") or {}).items():
+            parts.append(f"<p>{e(stage)}: {len(ids)} row(s) answered a name several classes share, compared by "
+                         f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:

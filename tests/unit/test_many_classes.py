@@ -176,3 +176,14 @@ def test_a_positive_class_whose_name_another_class_shares_is_gated_not_a_crash()
     res = evaluate_gate(gate, gate_plan(labels=labels), cmp, GateInputs(answered=all_answered("served")))
     recall = next(c for c in res.checks if c.name == "recall of positive class 'crane'" and c.stage == "served")
     assert recall.value == 0.5 and not recall.passed  # class 2's recall, not class 1's (1.0)
+
+
+def test_console_states_the_classes_averaged_and_the_rows_compared_by_name():
+    from pipeline.report.console import render_console
+
+    rep = {**_report_of_1000_classes(), "exit_code": 1, "plan": {"shared_name_rows": {"served": ["r1", "r2"]}},
+           "run_dir": None}
+    text = render_console(rep)
+    assert "macro over the 5 classes present among the 1000 (gate.metric_classes: present)" in text
+    assert "served: 2 row(s) answered a name two classes share, compared by name" in text
+    assert len(text) < 3000
