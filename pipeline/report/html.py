@@ -64,7 +64,8 @@ def _confusion_plot(rep: dict) -> str | None:
         cm = np.array([[cm[pos[a], pos[b]] if a in pos and b in pos else 0 for b in shown] for a in shown], int)
         ax.imshow(cm, cmap="Blues")
         ax.set_title(f"{n} ({metrics[n]['answered']}/{metrics[n]['rows']} answered)"
-                     + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out" if hidden else ""),
+                     + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out"
+                        if hidden else ""),
                      fontsize=9 if hidden else None)
         ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0)
         ax.set_yticks(range(len(labels)), labels)

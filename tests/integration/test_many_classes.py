@@ -154,7 +154,8 @@ def test_a_1000_class_model_on_5_classes_with_an_imagenet_style_label_map_passes
     plan = rep["plan"]
     assert plan["class_map_source"] == "index_to_name.json" and plan["answers"]["format"] == "topk"
     assert plan["shared_names"] == {"class134": [134, 517], "class638": [638, 639]}
-    assert any(n.startswith("warning: index_to_name.json gives 2 name(s) to more than one class") for n in plan["notes"])
+    assert any(n.startswith("warning: index_to_name.json gives 2 name(s) to more than one class")
+               for n in plan["notes"])
     for stage in ("baseline", "exported", "handled", "served"):
         m = rep["metrics"][stage]
         assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["undefined"] == {}, (stage, m["undefined"])
@@ -192,7 +193,8 @@ def test_a_handler_that_raises_on_some_rows_has_its_exception_quoted(no_leftover
     rep = report_of(tmp / "reports")
     batch1 = rep["stages"]["handled"]["batch1"]
     assert batch1["errors"] == {"handler_error": 2 * PER_CLASS}, batch1
-    cause = "the handler raised RuntimeError: expected input[1, 3, 224, 224] to have 1 channels (at handler.py:11 in inference)"
+    cause = ("the handler raised RuntimeError: expected input[1, 3, 224, 224] to have 1 channels "
+             "(at handler.py:11 in inference)")
     assert batch1["examples"]["handler_error"]["message"].endswith(cause), batch1["examples"]
     assert cause in res.stdout
     rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet")
