@@ -192,7 +192,9 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         facts.update(answered=replay.answered, rows=len(rows), rps=replay.throughput_rps)
         # The tracebacks of the replay's failed rows, read before the probes add theirs to model_log.log.
         row_errors = replay.error_counts().get("handler_error", 0) if server.log_dir is not None else 0
-        row_causes = _await_causes(server.log_dir, model_log_start, row_errors) if row_errors else []
+        # (a failed batch logs one traceback for all its rows: at least ceil(errors / batch size) are due)
+        row_causes = (_await_causes(server.log_dir, model_log_start, -(-row_errors // spec.serving.batch_size))
+                      if row_errors else [])
         probe_log_start = model_log_offset(server.log_dir)
         if probes and replay.is_complete:
             run.update(served_probes=probe_served(replay_cfg, probes, replay.rows, replay.codec or codec))
