@@ -21,3 +21,15 @@ class Stage(StrEnum):
 
 
 CANDIDATES = (Stage.EXPORTED, Stage.HANDLED, Stage.SERVED)
+
+
+MAX_CLASSES_NAMED = 10  # a class list longer than this is shown as its first ones and "... N more"
+
+
+def name_classes(names, limit: int = MAX_CLASSES_NAMED) -> str:
+    """A list of class names for a message: all of them when short, else the first ``limit`` and a count
+    (a 1000-class model must not print 1000 names in every line that names classes)."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f", ... {len(names) - limit} more" if len(names) > limit else ""
+    return f"[{shown}{more}]"

@@ -24,23 +24,14 @@ import numpy as np
 from scipy.stats import binomtest
 
 from pipeline.evaluate.stats import LatencySummary, summarize_latency
-from pipeline.names import Stage
+from pipeline.names import Stage, name_classes
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 1000
 MAX_FLIPPED_LISTED = 50
 MAX_DIVERGING_LISTED = 10
-MAX_CLASSES_NAMED = 10  # a class list longer than this is shown as its first ones and "... N more"
 METRIC_CLASSES = ("present", "all")
-
-
-def name_classes(names, limit: int = MAX_CLASSES_NAMED) -> str:
-    """A list of class names for a message: all of them when short, else the first ``limit`` and a count."""
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:limit])
-    more = f", ... {len(names) - limit} more" if len(names) > limit else ""
-    return f"[{shown}{more}]"
 
 
 @dataclass(frozen=True)

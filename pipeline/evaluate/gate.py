@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics
+from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics, class_keys
 from pipeline.names import Stage
 from pipeline.spec import GateSpec
 
@@ -209,7 +209,8 @@ def agreement_checks(spec: GateSpec, t: PairedTest | None, cand: StageMetrics | 
             if minimum is None:
                 continue
             name = f"{metric} of positive class '{label}'"
-            v, b = cand.per_class[label][metric], base.per_class[label][metric]
+            key = class_keys(labels)[spec.positive_class]  # 'crane [134]' where two classes share a name
+            v, b = cand.per_class[key][metric], base.per_class[key][metric]
             if is_bad(v):
                 out.append(missing(name, stage, f">= {minimum:.4f}", f"{metric} of '{label}' is 0/0 in {stage}",
                                    spec, evaluable_gap=True))

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DatasetError
+from pipeline.names import name_classes
 from pipeline.spec import Spec
 from pipeline.wire import worker_view  # noqa: F401  (re-exported: the rows' worker view)
 
@@ -255,10 +256,10 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
             bad_ids = [ids[i] for i in np.nonzero(~strs.isin(list(index)) & ~numeric.to_numpy())[0][:5]]
             raise DatasetError(
                 f"{path}: {len(unknown)} label(s) are not class names of model.class_names: "
-                f"{sorted(set(unknown.tolist()))[:10]} (ids {bad_ids}). Allowed: {list(names)}."
+                f"{sorted(set(unknown.tolist()))[:10]} (ids {bad_ids}). Allowed: {name_classes(names)}."
             )
         labels = np.array([index[s] if s in index else int(float(s)) for s in strs], dtype=np.int64)
-        notes.append(f"labels given as class names, mapped through model.class_names {list(names)}")
+        notes.append(f"labels given as class names, mapped through model.class_names {name_classes(names)}")
     out_of_range = (labels < 0) | (labels >= n)
     if out_of_range.any():
         bad_ids = [ids[i] for i in np.nonzero(out_of_range)[0][:5]]

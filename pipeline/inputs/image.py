@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DatasetError
+from pipeline.names import name_classes
 from pipeline.inputs.base import FileBodies, Reference, Rows, check_ids, labels_of, no_rows, read_table
 from pipeline.spec import Spec
 
@@ -146,10 +147,10 @@ def _from_folder(spec: Spec, root: Path
         if unknown:
             raise DatasetError(
                 f"image folder {root}: sub-folder(s) {unknown[:10]} are not class names of model.class_names "
-                f"{list(names)}. Rename the folders or fix model.class_names."
+                f"{name_classes(names)}. Rename the folders or fix model.class_names."
             )
         index = {n: i for i, n in enumerate(names)}
-        notes.append(f"classes from sub-folder names, mapped through model.class_names {list(names)}")
+        notes.append(f"classes from sub-folder names, mapped through model.class_names {name_classes(names)}")
     else:
         if len(classes) > spec.model.num_classes:
             raise DatasetError(

@@ -50,6 +50,12 @@ def render_console(rep: dict, *, width: int = 12) -> str:
     if metrics:
         out.append("")
         out += _stage_table(metrics, width)
+        first = next(iter(metrics.values()))
+        if first.get("classes_total") and first.get("classes_averaged") != first.get("classes_total"):
+            out.append(f"macro over the {first['classes_averaged']} classes present among the "
+                       f"{first['classes_total']} (gate.metric_classes: {first.get('metric_classes')})")
+        for stage, ids in ((rep.get("plan") or {}).get("shared_name_rows") or {}).items():
+            out.append(f"{stage}: {len(ids)} row(s) answered a name two classes share, compared by name")
         split = rep.get("served_latency_split") or {}
         if split.get("server_prediction_time"):
             out.append("served p50 split".ljust(18) + f"model {fmt(split['server_prediction_time']['p50'], 3)} ms, "

@@ -64,7 +64,8 @@ def _confusion_plot(rep: dict) -> str | None:
         cm = np.array([[cm[pos[a], pos[b]] if a in pos and b in pos else 0 for b in shown] for a in shown], int)
         ax.imshow(cm, cmap="Blues")
         ax.set_title(f"{n} ({metrics[n]['answered']}/{metrics[n]['rows']} answered)"
-                     + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out" if hidden else ""),
+                     + (f"\n{len(shown)} classes shown, {hidden} without rows or predictions left out"
+                        if hidden else ""),
                      fontsize=9 if hidden else None)
         ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0)
         ax.set_yticks(range(len(labels)), labels)
@@ -239,6 +240,9 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
                      ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
         if averaged_over(metrics[names[0]]):
             parts.append(f"<p>{e(averaged_over(metrics[names[0]]))}.</p>")
+        for stage, ids in ((report.get("plan") or {}).get("shared_name_rows") or {}).items():
+            parts.append(f"<p>{e(stage)}: {len(ids)} row(s) answered a name several classes share, compared by "
+                         f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:

@@ -200,26 +200,33 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         run.update(worker_restarts=worker_recoveries(server.log_dir, ts_log_start))
         run.update(replay=replay)
         facts.update(answered=replay.answered, rows=len(rows), rps=replay.throughput_rps)
+        # The tracebacks of the replay's failed rows, read before the probes add theirs to model_log.log.
+        row_errors = replay.error_counts().get("handler_error", 0) if server.log_dir is not None else 0
+        # (a failed batch logs one traceback for all its rows: at least ceil(errors / batch size) are due)
+        row_causes = (_await_causes(server.log_dir, model_log_start, -(-row_errors // spec.serving.batch_size))
+                      if row_errors else [])
+        probe_log_start = model_log_offset(server.log_dir)
         if probes and replay.is_complete:
             run.update(served_probes=probe_served(replay_cfg, probes, replay.rows, replay.codec or codec))
         if server.log_dir is not None and replay.error_counts().get("handler_error"):
             run.update(server_failures=tuple(tuple(x) for x in handler_exceptions(server.log_dir)))
-        if server.log_dir is not None and (replay.error_counts().get("handler_error") or any(
-                p.message.startswith("handler_error") for p in run.record.served_probes)):
-            causes = _await_causes(server.log_dir, model_log_start)
-            quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, causes)
+        probe_errors = sum(p.message.startswith("handler_error") for p in run.record.served_probes)
+        probe_causes = _await_causes(server.log_dir, probe_log_start, probe_errors) if probe_errors else []
+        if row_causes or probe_causes:
+            quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, row_causes,
+                                                       probe_causes, handled.batch1)
             run.update(replay=quoted, served_probes=served_probes)
 
 
 CAUSES_WAIT_S = 3.0
 
 
-def _await_causes(log_dir: Path, since: int) -> list[str]:
+def _await_causes(log_dir: Path, since: int, wanted: int) -> list[str]:
     """The handler exceptions logged since ``since``: the worker's stdout reaches model_log.log a moment
-    after its answer, so a replay with handler errors waits (bounded) for the first traceback."""
+    after its answer, so a stage with ``wanted`` handler errors waits (bounded) for that many tracebacks."""
     deadline = time.monotonic() + CAUSES_WAIT_S
     causes = logged_causes(log_dir, since)
-    while not causes and time.monotonic() < deadline:
+    while len(causes) < wanted and time.monotonic() < deadline:
         time.sleep(0.05)
         causes = logged_causes(log_dir, since)
     return causes

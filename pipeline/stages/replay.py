@@ -467,13 +467,36 @@ def served_cause(causes: list[str]) -> str | None:
     return f"the handler raised one of {len(distinct)} exceptions in model_log.log: {shown}{more}"
 
 
-def with_served_causes(result: "ReplayResult", probes: tuple, causes: list[str]) -> tuple["ReplayResult", tuple]:
-    """The replay's rows and the served probes, each failed handler_error row with its quoted cause."""
-    cause = served_cause(causes)
-    if cause is None:
-        return result, probes
-    rows = tuple(replace(r, message=f"{r.message}; {cause}") if not r.is_ok and r.error_class == "handler_error"
-                 else r for r in result.rows)
-    probes = tuple(replace(p, message=f"{p.message}; {cause}") if p.message.startswith("handler_error")
-                   else p for p in probes)
-    return replace(result, rows=rows), probes
+HANDLED_CAUSE = "; the handler raised "  # how the handled stage quotes a row's cause (``stages.handled``)
+
+
+def with_served_causes(result: "ReplayResult", probes: tuple, row_causes: list[str],
+                       probe_causes: list[str] = (), handled: tuple = ()) -> tuple["ReplayResult", tuple]:
+    """The replay's rows and the served probes, each failed ``handler_error`` one with its quoted cause.
+
+    ``row_causes`` are the tracebacks logged during the replay. A row whose in-process answer
+    (``handled``: the handled stage's batch-1 outcomes) quoted a cause that model_log.log also holds
+    gets that one (matched by content: the log has no request id); the others get ``served_cause``.
+    ``probe_causes`` are those logged while the probes were sent (one at a time, in order): when
+    there are as many as failed probes, each probe gets its own; otherwise each gets them all.
+    """
+    row_cause = served_cause(row_causes)
+    logged = set(row_causes)
+    in_process = {o.index: o.message.split(HANDLED_CAUSE, 1)[1] for o in handled
+                  if not o.is_ok and o.message and HANDLED_CAUSE in o.message}
+
+    def cause_of(r) -> str | None:
+        mine = in_process.get(r.index)
+        return f"the handler raised {mine} (model_log.log)" if mine in logged else row_cause
+
+    rows = tuple(replace(r, message=f"{r.message}; {cause_of(r)}")
+                 if row_cause and not r.is_ok and r.error_class == "handler_error" else r for r in result.rows)
+    failing = [i for i, p in enumerate(probes) if p.message.startswith("handler_error")]
+    own = len(probe_causes) == len(failing)
+    shared = served_cause(list(probe_causes))
+    out = list(probes)
+    for n, i in enumerate(failing):
+        cause = f"the handler raised {probe_causes[n]} (model_log.log)" if own else shared
+        if cause:
+            out[i] = replace(probes[i], message=f"{probes[i].message}; {cause}")
+    return replace(result, rows=rows), tuple(out)

@@ -4,9 +4,8 @@ built-in ``image_classifier`` (its top-5 {label: probability} answers).
 The label map is generated here in TorchServe's format ({"0": ["n01440764", "tench"], ...}, synthetic
 names), with two pairs of classes sharing a name as ImageNet's 'crane' (134, 517) and 'maillot' (638,
 639) do. Rows of class 517 are answered 'crane', which the tool decodes as class 134 and then compares
-by name. A correct run passes end to end (real TorchServe); a handler whose label map is shifted by one,
-and a handler that raises on some rows, fail in-process (``--until handled``), the latter with what it
-raised quoted.
+by name. A correct run passes end to end (real TorchServe); a handler whose label map is shifted by one
+and that raises on some rows fails in-process (``--until handled``), with what it raised quoted.
 """
 
 import io
@@ -53,26 +52,19 @@ def build():
     return Head()
 '''
 
-SHIFTED = '''
+DEFECTIVE = '''
+import torch
 from ts.torch_handler.image_classifier import ImageClassifier
 
 
-class ShiftedLabels(ImageClassifier):
-    """The label map read off by one: class k answered with class k+1's name."""
+class Defective(ImageClassifier):
+    """Two defects: the label map read off by one (class k answered with class k+1's name), and a failure on
+    images whose blue channel is bright (classes 517 and 999), as a shape bug would raise."""
 
     def initialize(self, context):
         super().initialize(context)
         n = len(self.mapping)
         self.mapping = {str(k): self.mapping[str((k + 1) % n)] for k in range(n)}
-'''
-
-RAISES = '''
-import torch
-from ts.torch_handler.image_classifier import ImageClassifier
-
-
-class RaisesOnBlue(ImageClassifier):
-    """Fails on images whose blue channel is bright (classes 517 and 999), as a shape bug would."""
 
     def inference(self, data, *args, **kwargs):
         if float(data[:, 2].amax()) > 1.0:
@@ -154,7 +146,8 @@ def test_a_1000_class_model_on_5_classes_with_an_imagenet_style_label_map_passes
     plan = rep["plan"]
     assert plan["class_map_source"] == "index_to_name.json" and plan["answers"]["format"] == "topk"
     assert plan["shared_names"] == {"class134": [134, 517], "class638": [638, 639]}
-    assert any(n.startswith("warning: index_to_name.json gives 2 name(s) to more than one class") for n in plan["notes"])
+    assert any(n.startswith("warning: index_to_name.json gives 2 name(s) to more than one class")
+               for n in plan["notes"])
     for stage in ("baseline", "exported", "handled", "served"):
         m = rep["metrics"][stage]
         assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["undefined"] == {}, (stage, m["undefined"])
@@ -168,34 +161,29 @@ def test_a_1000_class_model_on_5_classes_with_an_imagenet_style_label_map_passes
     assert len(res.stdout) < 4000, "no console line lists the 1000 classes"
 
 
-def test_a_handler_with_its_label_map_shifted_by_one_fails_in_process(no_leftovers):
+def test_a_defective_handler_fails_in_process_with_its_exception_quoted(no_leftovers):
+    """A label map shifted by one fails as a handler problem; the rows it raises on say what it raised."""
     tmp = no_leftovers
-    spec = make_project(tmp / "p", handler=SHIFTED)
+    spec = make_project(tmp / "p", handler=DEFECTIVE)
     res = run_cli("run", str(spec), "--until", "handled", "--reports-dir", str(tmp / "reports"), timeout=180)
     assert res.returncode == 1, res.stdout + res.stderr
     rep = report_of(tmp / "reports")
     assert rep["attribution"]["layer"] == "handler problem", rep["attribution"]
     failed = {c["name"] for c in rep["gate"]["checks"] if c["stage"] == "handled" and not c["passed"]}
-    assert {"prediction agreement", "accuracy drop"} <= failed, failed
-    assert rep["metrics"]["handled"]["accuracy"] == 0.0
-    # every class with rows answered as its neighbour: their precision is 0/0, named once each (no 1000-name list)
-    assert rep["metrics"]["handled"]["undefined"]["precision_macro"] == (
+    assert {"prediction agreement", "accuracy drop", "handled error rate"} <= failed, failed
+    handled = rep["metrics"]["handled"]
+    assert handled["accuracy"] == 0.0 and handled["answered"] == 3 * PER_CLASS  # every answer names the next class
+    # classes with rows that no answer names: their precision is 0/0, each named once (no 1000-name list)
+    assert handled["undefined"]["precision_macro"] == (
         "handled never predicts class(es) ['class003', 'class134 [134]', 'class134 [517]', 'class638 [639]', "
         "'class999']: their precision is 0/0")
-
-
-def test_a_handler_that_raises_on_some_rows_has_its_exception_quoted(no_leftovers):
-    tmp = no_leftovers
-    spec = make_project(tmp / "p", handler=RAISES)
-    res = run_cli("run", str(spec), "--until", "handled", "--reports-dir", str(tmp / "reports"), timeout=180)
-    assert res.returncode == 1, res.stdout + res.stderr
-    rep = report_of(tmp / "reports")
     batch1 = rep["stages"]["handled"]["batch1"]
     assert batch1["errors"] == {"handler_error": 2 * PER_CLASS}, batch1
-    cause = "the handler raised RuntimeError: expected input[1, 3, 224, 224] to have 1 channels (at handler.py:11 in inference)"
+    cause = ("the handler raised RuntimeError: expected input[1, 3, 224, 224] to have 1 channels "
+             "(at handler.py:17 in inference)")
     assert batch1["examples"]["handler_error"]["message"].endswith(cause), batch1["examples"]
     assert cause in res.stdout
     rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet")
-    failed = rows[rows["handled_error_class"] == "handler_error"]
-    assert sorted(failed["id"]) == sorted(f"c{k}-{i}" for k in (517, 999) for i in range(PER_CLASS))
-    assert all(str(m).endswith(cause) for m in failed["handled_message"])
+    raised = rows[rows["handled_error_class"] == "handler_error"]
+    assert sorted(raised["id"]) == sorted(f"c{k}-{i}" for k in (517, 999) for i in range(PER_CLASS))
+    assert all(str(m).endswith(cause) for m in raised["handled_message"])

@@ -497,7 +497,8 @@ def test_nothing_differs_means_no_layer_is_blamed():
     assert len(res.steps) == 4 and not any(s.differs for s in res.steps)
     empty = attribute(compare_stages(ids(3), np.arange(3), LABELS, [outputs("baseline", np.arange(3))]), 1e-5)
     assert empty.layer is None and empty.steps == ()
-    assert empty.summary == "nothing to attribute: no stage after the baseline has results"  # not "baseline matches the baseline"
+    # not "baseline matches the baseline"
+    assert empty.summary == "nothing to attribute: no stage after the baseline has results"
 
 
 def test_a_stage_of_no_known_layer_and_a_step_without_outputs():

@@ -145,3 +145,45 @@ def test_gate_metric_classes_is_present_or_all():
     from pipeline.errors import ConfigError
     with pytest.raises((ConfigError, ValueError), match="metric_classes"):
         spec_for(2, gate={"metric_classes": "some"})
+
+
+def test_dataset_notes_and_errors_of_1000_named_classes_name_ten():
+    import pandas as pd
+
+    from pipeline.errors import DatasetError
+    from pipeline.inputs.base import labels_of
+
+    spec = spec_for(C, model={"class_names": [f"c{k}" for k in range(C)]})
+    labels, notes = labels_of(pd.Series(["c5", "c7"]), spec, spec.dataset.path, ("a", "b"))
+    assert labels.tolist() == [5, 7]
+    assert notes[-1].endswith("model.class_names ['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9', "
+                              "... 990 more]")
+    with pytest.raises(DatasetError) as e:
+        labels_of(pd.Series(["c5", "nope"]), spec, spec.dataset.path, ("a", "b"))
+    assert "... 990 more]" in str(e.value) and "'c11'" not in str(e.value)
+
+
+def test_a_positive_class_whose_name_another_class_shares_is_gated_not_a_crash():
+    from pipeline.evaluate.gate import GateInputs, evaluate_gate
+    from pipeline.spec import GateSpec, MetricThreshold
+    from tests.unit._support import all_answered, gate_plan
+
+    labels = ("a", "crane", "crane")
+    y = np.array([0, 1, 2, 2])
+    pred = np.array([0, 1, 2, 1])  # one row of class 2 called class 1
+    cmp = compare_stages(ids(4), y, labels, [outputs("baseline", y), outputs("served", pred)])
+    gate = GateSpec(positive_class=2, min_positive_recall=0.9, metrics={"accuracy": MetricThreshold(min=0.5)})
+    res = evaluate_gate(gate, gate_plan(labels=labels), cmp, GateInputs(answered=all_answered("served")))
+    recall = next(c for c in res.checks if c.name == "recall of positive class 'crane'" and c.stage == "served")
+    assert recall.value == 0.5 and not recall.passed  # class 2's recall, not class 1's (1.0)
+
+
+def test_console_states_the_classes_averaged_and_the_rows_compared_by_name():
+    from pipeline.report.console import render_console
+
+    rep = {**_report_of_1000_classes(), "exit_code": 1, "plan": {"shared_name_rows": {"served": ["r1", "r2"]}},
+           "run_dir": None}
+    text = render_console(rep)
+    assert "macro over the 5 classes present among the 1000 (gate.metric_classes: present)" in text
+    assert "served: 2 row(s) answered a name two classes share, compared by name" in text
+    assert len(text) < 3000

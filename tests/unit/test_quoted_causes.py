@@ -157,9 +157,21 @@ def test_served_rows_get_the_cause_when_one_was_logged_and_all_causes_when_sever
     ok = replace(ok, is_ok=True, error_class=None, message=None)
     rows = (ok, failed(1, "r1", "handler_error", "Prediction failed"), failed(2, "r2", "timeout", "no answer"))
     probe = ProbeOutcome("p", "same", "served", "crashed", 503, None, 0, "handler_error: Prediction failed", False)
-    res, probes = with_served_causes(Result(rows), (probe,), ["E: a"])
+    other = replace(probe, probe="q", message="")
+    res, probes = with_served_causes(Result(rows), (probe, other, probe), ["E: a"], ["E: p1", "E: p2"])
     assert [r.message for r in res.rows] == [None, "Prediction failed; the handler raised E: a (model_log.log)",
                                              "no answer"]
-    assert probes[0].message == "handler_error: Prediction failed; the handler raised E: a (model_log.log)"
-    same, unchanged = with_served_causes(Result(rows), (probe,), [])
+    # as many tracebacks as failed probes, sent one at a time: each probe its own
+    assert [p.message for p in probes] == ["handler_error: Prediction failed; the handler raised E: p1 (model_log.log)",
+                                           "", "handler_error: Prediction failed; the handler raised E: p2 "
+                                               "(model_log.log)"]
+    _, probes = with_served_causes(Result(rows), (probe, probe), [], ["E: p1"])
+    assert all(p.message.endswith("; the handler raised E: p1 (model_log.log)") for p in probes)
+    # a row whose in-process run quoted a cause that the log holds gets that one, not the list
+    handled = (rows[0], failed(1, "r1", "handler_error", "Prediction failed; the handler raised E: b"))
+    res, _ = with_served_causes(Result(rows), (), ["E: a", "E: b"], [], handled)
+    assert res.rows[1].message == "Prediction failed; the handler raised E: b (model_log.log)"
+    res, _ = with_served_causes(Result(rows), (), ["E: a", "E: c"], [], handled)  # not logged: the list
+    assert res.rows[1].message.endswith("one of 2 exceptions in model_log.log: E: a | E: c")
+    same, unchanged = with_served_causes(Result(rows), (probe,), [], [])
     assert same.rows == rows and unchanged == (probe,)
