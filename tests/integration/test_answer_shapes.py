@@ -27,6 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 MEAN = torch.tensor([0.45, 0.40, 0.35]).view(3, 1, 1)
 STD = torch.tensor([0.20, 0.25, 0.30]).view(3, 1, 1)
 SHIFT = {shift}
+DRIFT = {drift}  # 1.0: the reference's normalisation; else the numbers drift, mostly without flipping a class
 
 
 class ColourClassifier(BaseHandler):
@@ -37,7 +38,7 @@ class ColourClassifier(BaseHandler):
         for row in data:
             rgb = Image.open(io.BytesIO(row.get("data") or row.get("body"))).convert("RGB")
             x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).reshape(rgb.size[1], rgb.size[0], 3)
-            rows.append((x.permute(2, 0, 1).to(torch.float32) / 255.0 - MEAN) / STD)
+            rows.append((x.permute(2, 0, 1).to(torch.float32) / 255.0 - MEAN) / (STD * DRIFT))
         return torch.stack(rows)
 
     def postprocess(self, data):
@@ -81,9 +82,9 @@ def _checks(rep, stage):
     return {c["name"]: c for c in rep["gate"]["checks"] if c["stage"] == stage}
 
 
-def _image_spec(tmp, shift):
+def _image_spec(tmp, shift, drift=1.0):
     handler = tmp / f"index_handler_{shift}.py"
-    handler.write_text(textwrap.dedent(INDEX_HANDLER.format(shift=shift)))
+    handler.write_text(textwrap.dedent(INDEX_HANDLER.format(shift=shift, drift=drift)))
     # the defaults: no answers.top_k, format auto (tests/imaging.py asks for every class)
     return make_image_project(tmp / "proj", per_class=6, handler=handler,
                               spec_overrides={"answers": {"top_k": None}, "replay": {"warmup_requests": 2},
@@ -111,12 +112,24 @@ def test_a_bare_index_handler_passes_end_to_end(no_leftovers):
     assert answers["carries"] == "only the predicted class"
     assert rep["metrics"]["served"]["accuracy"] == rep["metrics"]["baseline"]["accuracy"]
     assert rep["stages"]["replay"]["answered"] == 18
+    # in-process the model's outputs inside the handler (BaseHandler's inference result) are compared;
+    # a client sees only the class, so the served stage compares classes only
+    inner = _checks(rep, "handled")["max abs output difference"]
+    assert inner["is_gating"] and inner["passed"] and "inside the handler" in inner["detail"], inner
+    served = _checks(rep, "served")["max abs output difference"]
+    assert not served["is_gating"] and served["value"] == "compares classes only", served
     for stage in ("handled", "served"):
-        out = _checks(rep, stage)["max abs output difference"]
-        assert not out["is_gating"] and out["value"] == "compares classes only", out
         assert _checks(rep, stage)["prediction agreement"]["passed"]
     assert any("carries 0 of the model's 3 classes" in n for n in rep["plan"]["notes"]), rep["plan"]["notes"]
     assert "WARN served: max abs output difference: value compares classes only" in res.stdout
+
+
+def test_a_bare_index_handler_whose_numbers_drift_is_caught_in_process(no_leftovers):
+    res, rep = _run(no_leftovers, _image_spec(no_leftovers, 0, drift=1.02), "--until", "handled")
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = _checks(rep, "handled")["max abs output difference"]
+    assert out["is_gating"] and not out["passed"] and "inside the handler" in out["detail"], out
+    assert rep["attribution"]["layer"] == "handler problem", rep["attribution"]
 
 
 def test_a_bare_index_handler_off_by_one_is_a_handler_problem(no_leftovers):
