@@ -163,12 +163,16 @@ class EncoderHandler:
     def initialize(self, context):
         d = context.system_properties.get("model_dir")
         self.model = torch.jit.load(os.path.join(d, context.manifest["model"]["serializedFile"])).eval()
+        # the handler's own settings, from the handler section of its model-config.yaml (as Hugging Face
+        # handlers read theirs): a KeyError here when the archive's config lacks them
+        self.max_words = int(context.model_yaml_config["handler"]["max_words"])
 
     def handle(self, data, context):
         texts = []
         for r in data:
             body = r.get("body") if r.get("body") is not None else r.get("data")
-            texts.append(body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else str(body))
+            text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else str(body)
+            texts.append(" ".join(text.split()[: self.max_words]))
         ids, mask = encode(texts)
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask)
@@ -266,11 +270,12 @@ def make_encoder_project(root: Path, rows: int = 16, mask_expr: str = CORRECT_MA
     ref_ns: dict = {}
     exec(compile(ref_src, str(root / "reference.py"), "exec"), ref_ns)
     labels = _labels(root, model_src, [ref_ns["preprocess"](t) for t in texts], ref_ns["collate"])
+    (root / "model-config.yaml").write_text("handler:\n  max_words: 64\n")  # longer than any text: no cut
     spec = {
         "model": {"factory": "model.py:build", "weights": "weights.pt", "num_classes": 3,
                   "preprocess": "reference.py:preprocess", "collate": "reference.py:collate"},
         "dataset": {"kind": "text", "path": "texts.csv", "text_column": "text"},
-        "handler": {"name": "handler.py", "probes": False},
+        "handler": {"name": "handler.py", "probes": False, "config": "model-config.yaml"},
         "export": {"mode": "script", "latency_repeats": 20, "latency_budget_s": 1.0},
         "replay": {"warmup_requests": 2},
         "serving": {"startup_timeout_s": 90, "batch_size": 4},
