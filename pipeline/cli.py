@@ -81,6 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     init.add_argument("--input-shape", help="one row's shape, e.g. 1,8,8: try only this one")
     init.add_argument("--kind", choices=("tensor", "image", "text", "json"),
                       help="the input kind, overriding what the data looks like (json: each row sent as a JSON object)")
+    init.add_argument("--collate", help="file.py:function: batches the rows --preprocess gives (model.collate), "
+                                        "for inputs that do not stack (token ids of different lengths)")
     init.add_argument("--force", action="store_true", help="overwrite the spec (and label map) if they exist")
     return p
 
@@ -93,7 +95,7 @@ def _init(args) -> int:
                          base_dir=Path.cwd(), handler=args.handler, name=args.name, preprocess=args.preprocess,
                          label_column=args.label_column, id_column=args.id_column,
                          input_shape=parse_shape(args.input_shape) if args.input_shape else None, kind=args.kind,
-                         force=args.force)
+                         force=args.force, collate=args.collate)
         result = write_spec(cfg)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -151,7 +151,7 @@ def _check_combination(spec: Spec, handler: HandlerInfo) -> None:
 VOCAB_FILE = "source_vocab.pt"  # the name ts/torch_handler/text_handler.py looks for in the model folder
 
 
-def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> None:
+def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> str | None:
     """The built-in text_classifier's vocabulary, loaded as its ``initialize`` will load it.
 
     TorchServe 0.12's text_handler calls ``torch.load(source_vocab.pt)`` with no arguments; from
@@ -159,11 +159,16 @@ def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> None:
     (a torchtext Vocab, a defaultdict with a factory, any class), and the worker dies in
     ``initialize``. Checked here, before any stage.
 
+    Returns:
+        A note when the vocabulary is a plain dict: text_classifier looks every token up with
+        ``vocab[token]``, so a token the dict lacks raises KeyError (a torchtext Vocab answered its
+        default index); the handler probes' unusual texts show it, and real clients' words will.
+
     Raises:
         ConfigError: no source_vocab.pt among handler.extra_files, or it is not weights_only-loadable.
     """
     if handler.origin != "builtin" or handler.name != "text_classifier":
-        return
+        return None
     import torch
 
     vocab = next((p for p in spec.handler.extra_files if p.name == VOCAB_FILE and p.is_file()), None)
@@ -172,7 +177,7 @@ def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> None:
                           f"get_source_vocab_path), and handler.extra_files has none: add the vocabulary, saved as "
                           f"{VOCAB_FILE}, to handler.extra_files.")
     try:
-        torch.load(vocab, map_location="cpu", weights_only=True)
+        loaded = torch.load(vocab, map_location="cpu", weights_only=True)
     except Exception as e:
         from pipeline.usercode import plain
 
@@ -181,8 +186,15 @@ def check_text_vocabulary(spec: Spec, handler: HandlerInfo) -> None:
             f"torch {torch.__version__.split('+')[0]} that TorchServe's text_handler uses (it passes no "
             f"weights_only), so the worker would fail in initialize: {type(e).__name__}: {plain(str(e), 200)} "
             f"Save the vocabulary as plain data, e.g. torch.save(dict(vocab.get_stoi()), '{VOCAB_FILE}') "
-            "(a dict of token to index; the handler looks tokens up with vocab[token]), or subclass "
-            "text_classifier in a handler file whose initialize loads it as you need.") from e
+            "(a dict of token to index; the handler looks tokens up with vocab[token], so a token the dict "
+            "lacks then raises KeyError), or subclass text_classifier in a handler file whose initialize loads "
+            "it as you need, with an index for unknown tokens.") from e
+    if isinstance(loaded, dict):
+        return (f"{vocab.name} is a plain dict: text_classifier looks every token up with vocab[token], so a word "
+                "(or bigram) it lacks raises KeyError and the request fails; a torchtext Vocab answered its "
+                "default index. The handler probes' unusual texts show it; to serve any text, subclass "
+                "text_classifier with a lookup that has an unknown-token index")
+    return None
 
 
 def _check_torchvision(handler: HandlerInfo, spec: Spec) -> None:
@@ -257,8 +269,8 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
     _check_extra_files(spec)
     if not prebuilt:
         model_config_for(spec)  # the handler's config and the serving keys, merged as the archive will be
-        check_text_vocabulary(spec, handler)
-    notes = check_requirements(spec.handler.requirements)
+    vocab_note = check_text_vocabulary(spec, handler) if not prebuilt else None
+    notes = check_requirements(spec.handler.requirements) + ([vocab_note] if vocab_note else [])
     if (handler.origin == "file" and spec.handler.config is None and prebuilt is None
             and "model_yaml_config" in handler.path.read_text(encoding="utf-8", errors="replace")):
         notes.append(f"the handler {handler.path.name} reads context.model_yaml_config, and handler.config is not "

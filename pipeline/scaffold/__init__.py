@@ -93,6 +93,7 @@ class InitConfig:
         input_shape: try only this shape (kind tensor).
         kind: the input kind (tensor, image, text, json), overriding what the data looks like.
         force: replace files that exist.
+        collate: ``file.py:function`` batching rows of ``preprocess``'s structure (``model.collate``).
     """
 
     factory: str
@@ -108,6 +109,7 @@ class InitConfig:
     input_shape: tuple[int, ...] | None = None
     kind: str | None = None
     force: bool = False
+    collate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -385,15 +387,17 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:160] if text else ''}"
 
 
-def _logits(model, x) -> np.ndarray:
+def _logits(model, x, call=None, rows: int | None = None) -> np.ndarray:
+    """The model's logits [rows, C] for the batch ``x`` (a tensor; with ``call``, any input structure)."""
     import torch
 
+    n = x.shape[0] if rows is None else rows
     with torch.inference_mode():
-        y = model(x)
+        y = call(model, x) if call is not None else model(x)
     if isinstance(y, (tuple, list)) or not isinstance(y, torch.Tensor):
         raise TypeError(f"the model returns {type(y).__name__}, expected one logits tensor")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"output shape {list(y.shape)} for a batch of {x.shape[0]}, expected [batch, classes]")
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"output shape {list(y.shape)} for a batch of {n}, expected [batch, classes]")
     if y.shape[1] < 2:
         raise ValueError(f"output shape {list(y.shape)}: a classifier has at least 2 classes")
     return y.detach().to(torch.float32).numpy()
@@ -580,6 +584,8 @@ class _Facts:
     input_shape: tuple[int, ...] | None = None
     shape_why: str | None = None
     preprocess: str | None = None
+    collate: str | None = None
+    handler_function: str | None = None  # --handler file.py:function: the function TorchServe calls
     observed_input: str | None = None
     handler: str = "tensor_classifier"
     handler_why: str = ""
@@ -628,6 +634,8 @@ def _render(f: _Facts, out: Path, when: str) -> str:
         d.key("preprocess", _ref_in_spec(f.preprocess, spec_dir), "the handler's own preprocessing (see that file)", 2)
     elif f.preprocess is not None:
         d.key("preprocess", _ref_in_spec(f.preprocess, spec_dir), "your preprocessing: the worker's view -> input", 2)
+    if f.collate is not None:
+        d.key("collate", _ref_in_spec(f.collate, spec_dir), "your batching of those rows' inputs", 2)
     d.key("dataset")
     g = f.guess
     kind_note = {"tensor": "numeric columns, sent as {\"features\": [...]} JSON",
@@ -665,6 +673,8 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     d.key("export")
     d.key("mode", f.export_mode, f.export_why, 2)
     handler = _rel(f.handler_file, spec_dir) if f.handler_file is not None else f.handler
+    if f.handler_file is not None and f.handler_function:
+        handler = f"{handler}:{f.handler_function}"
     extra = list(dict.fromkeys(([f.label_map] if f.label_map is not None else []) + f.extra_files))
     if extra or f.handler_config is not None or f.requirements is not None or (f.answer and f.answer.failure):
         d.key("handler")
@@ -839,8 +849,8 @@ def _infer_json(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
     sample = df.head(SHAPE_ROWS)
     logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.json_column]],
                                    records.CONTENT_TYPE, f"records of {f.data}")
-    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
-    f.decisions.append(f"the model ran on one record as [1, {', '.join(map(str, shape))}]: "
+    f.observed_input = f"{_shown(shape)}, from {_short_ref(f.preprocess)}"
+    f.decisions.append(f"the model ran on one record as {_batched(shape)}: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, names, str(f.data))
     _check_accuracy(f, _accuracy(logits, _indices(sample[g.label_column], names)))
@@ -865,25 +875,41 @@ def _run_bodies(f: _Facts, model, bodies: list[bytes], content_type: str, what: 
 
     from pipeline.wire import worker_view
 
+    from pipeline.modelinput import as_input, batch_of, call_model, describe, shapes
+    from pipeline.usercode import import_callable
+
     ref = _reference(f)
-    shape = None
+    shape, seen = None, None
     try:
-        xs = [torch.as_tensor(ref.fn(worker_view(b, content_type))) for b in bodies]
-        shape = tuple(xs[0].shape)
-        x = torch.stack(xs)
-        _logits(model, x[:1])
-        out = _logits(model, x)
+        collate = import_callable(f.collate, "--collate") if f.collate else None
+        xs = [as_input(ref.fn(worker_view(b, content_type))) for b in bodies]
+        seen = describe(xs[0])
+        shape = tuple(xs[0].shape) if isinstance(xs[0], torch.Tensor) else seen
+        # rows that do not stack and have no collate run one at a time, as the baseline scores them
+        groups = [xs] if collate is not None or all(shapes(x) == shapes(xs[0]) for x in xs) else [[x] for x in xs]
+        _logits(model, batch_of(xs[:1], collate), call=call_model, rows=1)
+        out = np.concatenate([_logits(model, batch_of(g, collate), call=call_model, rows=len(g)) for g in groups])
     except Exception as e:  # the user's model or preprocessing: quote it with what was tried
-        became = f"one row became a tensor of shape {list(shape)}" if shape else "the preprocessing failed"
+        became = f"one row became {seen}" if seen else "the preprocessing failed"
         fix = ("Pass --preprocess file.py:function: the preprocessing your model was trained with (given what "
                "TorchServe's worker hands the handler, returning one row's input tensor)." if f.preprocess is None
                else f"Check that --preprocess {f.preprocess} returns what the model's forward takes (one tensor per "
                "row); a model of several inputs (text and offsets, ids and mask) is validated by a spec whose "
-               "model.preprocess returns a tuple or dict, with model.collate where rows do not stack.")
+               "model.preprocess returns a tuple or dict, with model.collate where rows do not stack: pass "
+               "--collate file.py:function, given the list of rows' inputs and returning the model's batch.")
         raise ConfigError(
             f"the model of {f.factory} did not run on {what} through {ref.name} ({became}): {_first_line(e)}. {fix}"
         ) from e
     return out, shape, ref.name
+
+
+def _shown(shape) -> str:
+    """One row's input for comments: a tensor's shape, or a structure's description (``(int64 [7], ...)``)."""
+    return shape if isinstance(shape, str) else str(list(shape))
+
+
+def _batched(shape) -> str:
+    return f"{shape} (one row)" if isinstance(shape, str) else f"[1, {', '.join(map(str, shape))}]"
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -937,6 +963,12 @@ def _image_handler(f: _Facts, cfg: InitConfig) -> None:
         f.handler_info is not None and f.handler_info.vision_preprocess)
     if cfg.handler is not None:
         f.handler, f.handler_why = cfg.handler, "given with --handler"
+        if f.builtin_image and f.preprocess is None and f.handler_info is not None:
+            # a subclass keeping VisionHandler.preprocess and ImageClassifier's transforms: the run's reference
+            # is those transforms, which the model just ran through (the plan needs it named for a handler file)
+            f.preprocess = "builtin:image_classifier"
+            f.decisions.append(f"reference preprocessing: builtin:image_classifier, the transforms "
+                               f"{f.handler_info.path.name} inherits from TorchServe's ImageClassifier")
         return
     f.handler = "image_classifier"
     f.handler_why = "TorchServe's built-in: Resize(256), CenterCrop(224), ToTensor, ImageNet Normalize; top 5"
@@ -1042,8 +1074,8 @@ def _infer_text(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, mod
     sample = df.head(SHAPE_ROWS)
     logits, shape, _ = _run_bodies(f, model, [str(t).encode("utf-8") for t in sample[g.text_column]],
                                    text.CONTENT_TYPE, f"texts of {f.data}")
-    f.observed_input = f"{list(shape)}, from {_short_ref(f.preprocess)}"
-    f.decisions.append(f"the model ran on one text as [1, {', '.join(map(str, shape))}]: "
+    f.observed_input = f"{_shown(shape)}, from {_short_ref(f.preprocess)}"
+    f.decisions.append(f"the model ran on one text as {_batched(shape)}: "
                        f"logits [batch, {logits.shape[1]}]")
     _classes(f, logits.shape[1], labels, names, str(f.data))
     _check_accuracy(f, _accuracy(logits, _indices(sample[g.label_column], names)))
@@ -1114,16 +1146,21 @@ def _confirm(spec: Spec, model, f: _Facts) -> None:
         from pipeline.inputs.registry import resolve_reference
 
         reference = resolve_reference(spec)
+    from pipeline.modelinput import as_input, batch_of, call_model, map_leaves
+    from pipeline.usercode import import_callable
+
     data = load_dataset(spec)
-    x = reference.fn(worker_view(data.rows.body(0), data.rows.content_type))
-    width = _logits(model, torch.as_tensor(x).unsqueeze(0)).shape[1]
+    x = as_input(reference.fn(worker_view(data.rows.body(0), data.rows.content_type)))
+    collate = import_callable(spec.model.collate, "model.collate") if spec.model.collate else None
+    batch = batch_of([x], collate) if collate is not None else map_leaves(lambda t: t.unsqueeze(0), x)
+    width = _logits(model, batch, call=call_model, rows=1).shape[1]
     if width != spec.model.num_classes:
         raise ModelError(f"init inferred {spec.model.num_classes} classes but the model gives {width} outputs on "
                          f"row {data.rows.ids[0]} through {reference.name}.")
     f.decisions.append(f"checked: the spec parses, {len(data.rows)} rows load, and row {data.rows.ids[0]!r} "
                        f"runs through {reference.name} to {width} logits")
     if plan is not None and plan.handler.origin == "file":
-        _check_handler(f, spec, plan, model, data.rows, x)
+        _check_handler(f, spec, plan, model, data.rows, x, batch)
     if data.leaked_ids:
         f.todos.append(f"{len(data.leaked_ids)} evaluation row(s) also appear in {spec.dataset.train_path} (e.g. "
                        f"{list(data.leaked_ids[:3])}): the gate fails on leakage; drop them or remove train_path")
@@ -1173,6 +1210,7 @@ def _beside_handler(f: _Facts, out: Path, factory_file: Path | None) -> None:
     """Label maps, vocabularies and configs beside the handler file, for handler.extra_files."""
     hf = f.handler_info
     if hf is None:
+        _builtin_vocabulary(f)
         return
     skip = {p.resolve() for p in (out, f.data, f.weights, hf.path, factory_file, f.train_path, f.reference_file)
             if p is not None}
@@ -1189,11 +1227,29 @@ def _beside_handler(f: _Facts, out: Path, factory_file: Path | None) -> None:
                        "does not see your keys (handler.config is planned)")
 
 
-def _check_handler(f: _Facts, spec: Spec, plan, model, rows, x) -> None:
-    """The handler file run on the first row in-process: its answer's format goes into the spec."""
+def _builtin_vocabulary(f: _Facts) -> None:
+    """TorchServe's text_classifier loads ``source_vocab.pt`` from its archive: the one beside the model,
+    the data or the preprocessing (the first found) is packed; none found is a TODO (the plan refuses it)."""
+    if f.handler != "text_classifier":
+        return
+    refs = [r.rpartition(":")[0] for r in (f.factory, f.preprocess) if r and r.rpartition(":")[0].endswith(".py")]
+    places = [Path(r).parent for r in refs] + [f.data.parent if f.data.is_file() else f.data, Path.cwd()]
+    for folder in dict.fromkeys(p.resolve() for p in places):
+        vocab = folder / "source_vocab.pt"
+        if vocab.is_file():
+            f.extra_files = [vocab]
+            f.decisions.append(f"packed {vocab.name} from {folder}: text_classifier looks its words up there")
+            return
+    f.todos.append("text_classifier loads source_vocab.pt from the archive: put yours in handler.extra_files")
+
+
+def _check_handler(f: _Facts, spec: Spec, plan, model, rows, x, batch) -> None:
+    """The handler file run on the first row in-process (``batch``: that row as the model's input, for the
+    export): its answer's format goes into the spec."""
     import torch
 
-    check = check_answer(spec, plan, model, rows, torch.as_tensor(x).unsqueeze(0), tuple(np.shape(x)))
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else ()  # only this project's handlers read it
+    check = check_answer(spec, plan, model, rows, batch, shape)
     f.answer = check
     if check.failure is not None:
         f.todos.append(f"the handler failed on row {check.row_id!r} when init ran it in-process: {check.failure}. "
@@ -1247,9 +1303,13 @@ def write_spec(cfg: InitConfig) -> InitResult:
         raise DatasetError(f"--data {data} does not exist. Pass a CSV/Parquet table or an image folder.")
     preprocess = _factory_ref(cfg.preprocess, base)[0] if cfg.preprocess else None
     f = _Facts(name=name, name_why=name_why, factory=factory, weights=weights, data=data, kind="tensor",
-               num_classes=2, classes_why="", preprocess=preprocess)
-    if cfg.handler is not None and ("/" in cfg.handler or cfg.handler.endswith(".py")):
-        f.handler_file = absolute(Path(cfg.handler))
+               num_classes=2, classes_why="", preprocess=preprocess,
+               collate=_factory_ref(cfg.collate, base)[0] if cfg.collate else None)
+    handler_path, _, function = (cfg.handler or "").rpartition(":")
+    if not (handler_path.endswith(".py") and function.isidentifier()):
+        handler_path, function = cfg.handler or "", ""
+    if cfg.handler is not None and ("/" in handler_path or handler_path.endswith(".py")):
+        f.handler_file, f.handler_function = absolute(Path(handler_path)), function or None
         if not f.handler_file.is_file():
             raise ConfigError(f"--handler {cfg.handler}: file {f.handler_file} does not exist.")
         f.handler_info = read_handler_file(f.handler_file)

@@ -204,6 +204,18 @@ class BesideFiles:
     left_out: tuple[str, ...] = ()
 
 
+def is_validation_spec(path: Path) -> bool:
+    """A YAML file with this tool's ``model`` and ``dataset`` sections: a spec (init's own output, or one
+    written before it), which no handler reads and no archive should ship."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("model"), dict) and isinstance(doc.get("dataset"), dict)
+
+
 def files_beside(handler: Path, skip: set[Path]) -> BesideFiles:
     """Label maps, vocabularies and configs in the handler's folder (not in sub-folders).
 
@@ -224,10 +236,12 @@ def files_beside(handler: Path, skip: set[Path]) -> BesideFiles:
             config = p.resolve()
         elif name == REQUIREMENTS_FILE:
             reqs = p.resolve()
+        elif name.endswith((".yaml", ".yml")) and is_validation_spec(p):
+            left.append(f"{p.name}: a package-validate spec, not a file the handler reads")
         elif name.endswith(EXTRA_SUFFIXES) or ("vocab" in name and name.endswith(VOCAB_SUFFIXES)):
             extra.append(p.resolve())
     if len(extra) > MAX_EXTRA_FILES:
-        left = [f"{p.name}: more than {MAX_EXTRA_FILES} files beside the handler; list the ones it reads yourself"
+        left += [f"{p.name}: more than {MAX_EXTRA_FILES} files beside the handler; list the ones it reads yourself"
                 for p in extra[MAX_EXTRA_FILES:]]
         extra = extra[:MAX_EXTRA_FILES]
     return BesideFiles(tuple(extra), config, reqs, tuple(left))

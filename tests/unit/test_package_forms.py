@@ -222,7 +222,10 @@ def test_text_classifier_vocabulary_must_load_weights_only(tmp_path):
         check_text_vocabulary(spec, resolve(spec))
     assert "weights_only=True" in str(e.value) and "get_stoi" in str(e.value) and "initialize" in str(e.value)
     ok = _text_spec(tmp_path, {"a": 0, "b": 1})
-    check_text_vocabulary(ok, resolve(ok))
+    note = check_text_vocabulary(ok, resolve(ok))
+    # loads, but a plain dict has no index for unknown words: each raises KeyError in the handler
+    assert note.startswith("source_vocab.pt is a plain dict") and "raises KeyError" in note, note
+    assert "KeyError" in str(e.value)
     none = _text_spec(tmp_path)
     with pytest.raises(ConfigError, match="handler.extra_files has none: add the vocabulary"):
         check_text_vocabulary(none, resolve(none))

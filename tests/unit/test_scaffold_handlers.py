@@ -384,3 +384,97 @@ def test_the_handler_logs_last_exception_is_quoted(tmp_path):
                    "KeyError: 'f0'\nok\nNameError: name 'LABELS' is not defined\n")
     assert _log_errors(log) == "NameError: name 'LABELS' is not defined"
     assert _log_errors(tmp_path / "missing.log") == ""
+
+
+# ---------------------------------------------------------------- inputs of several tensors, handler forms
+
+BAG_MODEL = '''
+import torch
+from torch import nn
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 4, mode="mean")
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, text, offsets):
+        return self.fc(self.bag(text, offsets))
+
+
+def build():
+    torch.manual_seed(0)
+    return Bag()
+
+
+def preprocess(text):
+    ids = torch.tensor([ord(c) % 20 for c in text], dtype=torch.int64)
+    return ids, torch.tensor([0])
+
+
+def collate(rows):
+    ids = torch.cat([r[0] for r in rows])
+    offsets = torch.tensor([0] + [len(r[0]) for r in rows[:-1]]).cumsum(0)
+    return ids, offsets
+'''
+
+
+def _bag_project(root: Path) -> None:
+    (root / "bag.py").write_text(BAG_MODEL)
+    ns: dict = {}
+    exec(BAG_MODEL, ns)
+    torch.save(ns["build"]().state_dict(), root / "w.pt")
+    pd.DataFrame({"id": ["1", "2", "3", "4"], "label": [0, 1, 0, 1],
+                  "text": ["hi", "a longer text", "mid", "xyzzy"]}).to_csv(root / "t.csv", index=False)
+    torch.save({"hi": 0}, root / "source_vocab.pt")
+
+
+def test_rows_of_several_tensors_and_lengths_run_through_the_collate_and_it_is_written(tmp_path, answered):
+    _bag_project(tmp_path)
+    result, text = _init(tmp_path, factory="bag.py:build", weights=Path("w.pt"), data=Path("t.csv"),
+                         handler="text_classifier", preprocess="bag.py:preprocess", collate="bag.py:collate")
+    assert result.spec.model.collate.endswith("bag.py:collate") and "collate: bag.py:collate" in text
+    assert "(int64 [2], int64 [1])" in text  # the first row's input, described
+    # TorchServe's text_classifier loads source_vocab.pt from its archive: the one beside the model is packed
+    assert [p.name for p in result.spec.handler.extra_files] == ["source_vocab.pt"]
+    assert any("packed source_vocab.pt" in d for d in result.decisions)
+
+
+def test_rows_an_embedding_bag_cannot_take_stacked_say_to_pass_a_collate(tmp_path, answered):
+    _bag_project(tmp_path)
+    with pytest.raises(ConfigError, match=r"one row became \(int64 \[2\], int64 \[1\]\).*pass --collate file.py"):
+        _init(tmp_path, factory="bag.py:build", weights=Path("w.pt"), data=Path("t.csv"),
+              handler="text_classifier", preprocess="bag.py:preprocess")
+
+
+def test_no_vocabulary_for_the_builtin_text_classifier_is_a_todo(tmp_path, answered):
+    _bag_project(tmp_path)
+    (tmp_path / "source_vocab.pt").unlink()
+    result, _ = _init(tmp_path, factory="bag.py:build", weights=Path("w.pt"), data=Path("t.csv"),
+                      handler="text_classifier", preprocess="bag.py:preprocess", collate="bag.py:collate")
+    assert result.spec.handler.extra_files == ()
+    assert any("source_vocab.pt from the archive" in t for t in result.todos), result.todos
+
+
+def test_a_handler_named_as_file_function_is_written_so(tmp_path, answered):
+    spec = make_project(tmp_path / "p", rows=6)
+    (tmp_path / "p" / "fh.py").write_text("def entry(data, context):\n    return [0 for _ in data or []]\n")
+    (tmp_path / "p" / "spec.yaml").rename(tmp_path / "p" / "old-spec.yaml")
+    result, text = _init(tmp_path / "p", factory="tiny_model.py:build", weights=Path("weights.pt"),
+                         data=Path("data.csv"), handler="fh.py:entry")
+    assert result.spec.handler.name.endswith("fh.py:entry") and "handler: fh.py:entry" in text
+    # a package-validate spec beside the handler is not a file the handler reads: not packed
+    assert result.spec.handler.extra_files == ()
+    assert any("old-spec.yaml: a package-validate spec" in d for d in result.decisions), result.decisions
+    assert spec.name == "spec.yaml"
+
+
+def test_an_image_classifier_subclass_without_transforms_of_its_own_gets_the_builtins(tmp_path, answered):
+    _colour_folder(tmp_path)
+    (tmp_path / "h.py").write_text("from ts.torch_handler.image_classifier import ImageClassifier\n\n\n"
+                                   "class Mine(ImageClassifier):\n    topk = 3\n")
+    result, text = _init(tmp_path, factory="model.py:build", weights=Path("weights.pt"), data=Path("images"),
+                         handler="h.py")
+    assert result.spec.model.preprocess == "builtin:image_classifier", text
+    assert any("inherits from TorchServe's ImageClassifier" in d for d in result.decisions)
