@@ -30,13 +30,14 @@ def _crash(i: int):
 
 
 def _record(*, batch1, batched=None, replay=None, timings=(), size=300, weights=200, probe=True,
-            handled_probes=(), served_probes=(), export_probes=()):
+            handled_probes=(), served_probes=(), export_probes=(), untimed=""):
     spec = spec_for(3, export={"probe": probe})
     stages = (Stage.BASELINE, Stage.EXPORTED, Stage.HANDLED, *((BATCHED,) if batched is not None else ()), Stage.SERVED)
     plan = SimpleNamespace(spec=spec, stages=stages, batched_stage=BATCHED if batched is not None else None)
     consistency = Consistency(4, 0.0, 0.0, 0.0, 1.0, 1e-5, (), export_probes)
     return SimpleNamespace(
-        plan=plan, exported=SimpleNamespace(size_bytes=size, timings=timings, consistency=consistency),
+        plan=plan, exported=SimpleNamespace(size_bytes=size, timings=timings, consistency=consistency,
+                                            untimed_reason=untimed),
         baseline=SimpleNamespace(weights_size_bytes=weights, scores=SimpleNamespace(latencies_ms=np.array([1.0, 3.0, 2.0]))),
         handled=SimpleNamespace(batch1=batch1, batched=batched, probes=handled_probes),
         served_probes=served_probes, replay=replay, dataset=SimpleNamespace(leaked_ids=("r1",)), prior=None)
@@ -76,6 +77,16 @@ def test_export_ratios_are_exported_over_eager_at_batch_1():
     assert g.export_size_ratio == 1.5, "exported file / eager weights file"
     assert g.eager_p50_ms == 2.0 and g.leaked_ids == ("r1",)
     assert _gate_inputs(_record(batch1=(_ok(0),), weights=0)).export_size_ratio is None
+
+
+def test_why_the_export_was_not_timed_reaches_the_gate():
+    g = _gate_inputs(_record(batch1=(_ok(0),), untimed="not timed: the archive holds the eager model file"))
+    assert g.export_latency_untimed == "not timed: the archive holds the eager model file"
+    assert g.export_latency_ratio is None
+    assert _gate_inputs(_record(batch1=(_ok(0),))).export_latency_untimed == ""
+    r = _record(batch1=(_ok(0),), untimed="x")
+    r.exported = None
+    assert _gate_inputs(r).export_latency_untimed == ""
 
 
 def test_failed_probes_of_each_stage_are_handed_over_and_passed_ones_are_not():

@@ -133,3 +133,43 @@ def test_a_probe_that_hangs_the_handler_fails_and_the_later_ones_are_not_sent():
     assert (after.probe, after.stage, after.outcome, after.passed) == ("after", "handled", "crashed", False)
     assert after.message == "not_sent: the handler stopped answering at probe 'hangs'"
     assert proc.calls == [1, 1, 1], "the probe after the hang was not sent"
+
+
+class ReadingProcess(FakeProcess):
+    """Also hands back what the real child reads beside each batch's answers: the model's outputs inside the
+    handler (row i gives [i, 10 i]; none for a batch holding row ``opaque``) and what the handler raised."""
+
+    def __init__(self, opaque=None, **kw):
+        super().__init__(**kw)
+        self.opaque = opaque
+        self.last_inner, self.last_cause = (None, "nothing yet"), None
+
+    def predict(self, requests):
+        out, ms = super().predict(requests)
+        ids = [int(json.loads(body)["features"][0]) for body, _ in requests]
+        self.last_inner = ((None, f"batch of row {self.opaque}") if self.opaque in ids
+                           else ([[float(i), 10.0 * i] for i in ids], None))
+        self.last_cause = "RuntimeError: boom (at h.py:3 in handle)" if any(o == CRASH for o in out) else None
+        return out, ms
+
+
+def test_each_batch_s_inner_outputs_land_on_its_rows_and_its_cause_on_its_failed_rows():
+    proc = ReadingProcess(opaque=4, crash={3: {1}})
+    out, _, inner = _run_variant(proc, tensor_rows(6), C, 3)
+    assert inner.why == "batch of row 4"
+    assert inner.values[:3].tolist() == [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]]
+    assert all(v != v for v in inner.values[3:].ravel()), "the batch without outputs stays NaN"
+    assert not out[1].is_ok and out[1].message.endswith("; the handler raised RuntimeError: boom (at h.py:3 in handle)")
+    assert out[0].is_ok and out[0].message is None and all(o.message is None for o in out[3:])
+    whole, _, all_read = _run_variant(ReadingProcess(), tensor_rows(2), C, 1)
+    assert all_read.why is None and all_read.values.tolist() == [[0.0, 0.0], [1.0, 10.0]]
+
+
+def test_the_inner_outputs_of_each_variant_reach_the_result(monkeypatch, tmp_path):
+    proc = ReadingProcess()
+    monkeypatch.setattr(handled, "HandlerProcess", lambda cfg: proc)
+    res = run_handled(SimpleNamespace(work_dir=tmp_path / "h", batch_size=2), tensor_rows(3), C)
+    assert res.inner_batch1.values.tolist() == [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]]
+    assert res.inner_batched.values.tolist() == res.inner_batch1.values.tolist()
+    one = run_handled(SimpleNamespace(work_dir=tmp_path / "h1", batch_size=1), tensor_rows(2), C)
+    assert one.inner_batched is None and one.inner_batch1.values.shape == (2, 2)
