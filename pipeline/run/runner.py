@@ -340,7 +340,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         warmup_checked=warm_checked, warmup_differing=warm_diff,
         export_size_ratio=ex.size_bytes / base.weights_size_bytes if ex and base.weights_size_bytes else None,
         export_latency_ratio=next((t.ratio for t in ex.timings if t.batch_size == 1), None) if ex else None,
-        export_latency_untimed=ex.untimed_reason if ex is not None else "",
+        export_latency_untimed=getattr(ex, "untimed_reason", "") if ex is not None else "",
         failed_probes=failed, probes_run=tuple(probes_run), answered=answered,
         eager_p50_ms=float(np.nanmedian(base.scores.latencies_ms)),
         leaked_ids=record.dataset.leaked_ids if record.dataset else None,
