@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.names import StageName
+
 SCHEMA = "package-validate/report/v2"
 VERDICT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "interrupted": "INTERRUPTED"}
 REPORT_KEYS = (
@@ -29,6 +31,8 @@ REPORT_KEYS = (
 
 def jsonable(x: Any) -> Any:
     """Plain JSON values: dataclasses as dicts, paths as strings, NaN and infinity as null."""
+    if isinstance(x, StageName):
+        return str(x)
     if is_dataclass(x) and not isinstance(x, type):
         return jsonable(asdict(x))
     if isinstance(x, Enum):
