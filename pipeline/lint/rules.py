@@ -144,8 +144,10 @@ def _literal_prefix(pattern: str) -> str:
 
 def dotdot_patterns(i: LintInput) -> list[str]:
     """Patterns a ``..`` segment walks out of: the prefix they pin, then ``../`` up and out of it."""
-    hits = []
+    hits, opened = [], set(open_patterns(i))  # a pattern open to any host is reported as that
     for p in allowed_patterns(i):
+        if p in opened:
+            continue
         prefix = _literal_prefix(p)
         if not prefix:
             continue
@@ -379,7 +381,8 @@ def lint(i: LintInput) -> tuple[Finding, ...]:
     found = []
     for rule in RULES:
         for key, value, message in rule.find(i):
-            where = i.props.where(key) if key in i.props.values else ""
+            base = key.split(".", 1)[0]  # models.batchSize: the models= line
+            where = i.props.where(base) if base in i.props.values else ""
             found.append(Finding(rule.id, rule.severity, key, value, message, rule.reference, rule.fix, where))
     return tuple(sorted(found, key=lambda f: SEVERITIES.index(f.severity)))
 
