@@ -49,6 +49,7 @@ from pipeline.stages.outcomes import RowOutcome, stage_outputs
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
 from pipeline.torchserve.config import lint_run
+from pipeline.wire import worker_view
 from pipeline.torchserve.errors import SERVER_FAILURES
 from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, logged_causes, \
     model_log_offset, worker_recoveries
@@ -154,7 +155,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             run.update(exported=exported)
             facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
         if opts.until == "export":  # no archive: the config alone is linted
-            run.update(lint=lint_run(plan, None, largest_body(dataset.rows), plan.codec.envelope.service_envelope))
+            run.update(lint=lint_run(plan, None, _largest_request(dataset.rows, plan.codec), plan.codec.envelope.service_envelope))
             return
     with run.timed("archive") as facts:
         archive = build_archive(spec, ArchiveConfig(work_dir=run.record.run_dir / "archive", prebuilt_mar=opts.prebuilt_mar,
@@ -162,7 +163,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
                                 plan.handler, exported, baseline.input_shape)
         run.update(archive=archive)
         facts.update(size_bytes=archive.size_bytes)
-    run.update(lint=lint_run(plan, archive.mar_path, largest_body(dataset.rows), plan.codec.envelope.service_envelope))
+    run.update(lint=lint_run(plan, archive.mar_path, _largest_request(dataset.rows, plan.codec), plan.codec.envelope.service_envelope))
     if opts.prebuilt_mar is not None and plan.archive_model is not None:
         with run.timed("export") as facts:
             path, model_file = extract_archived_model(archive.mar_path, archive.manifest, run.record.run_dir / "export")
@@ -219,6 +220,19 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, row_causes,
                                                        probe_causes, handled.batch1)
             run.update(replay=quoted, served_probes=served_probes)
+
+
+def _largest_request(rows, codec) -> tuple[int, str] | None:
+    """The largest request body the replay will send, bytes and row id: the row's body, inside its KServe
+    envelope where the spec names one (what TorchServe's max_request_size is measured against)."""
+    if codec.envelope.service_envelope is None:
+        return largest_body(rows)
+    sizes = [len(codec.request(b, rows.content_type, worker_view(b, rows.content_type))[0])
+             for b in (rows.body(i) for i in range(len(rows)))]
+    if not sizes:
+        return None
+    i = max(range(len(sizes)), key=sizes.__getitem__)
+    return sizes[i], str(rows.ids[i])
 
 
 CAUSES_WAIT_S = 3.0
