@@ -34,6 +34,7 @@ job_queue_size=37
 default_workers_per_model=2
 service_envelope=kserve
 vmargs=-Xmx2g -Dlog4j.configurationFile=/etc/ts/log4j2.xml
+blacklist_env_vars=A\\nB
 models={"mnist": {"1.0": {"batchSize": 4, "maxBatchDelay": 50}}}
 """
 
