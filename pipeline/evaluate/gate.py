@@ -377,7 +377,10 @@ def lint_check(spec: GateSpec, inputs: GateInputs) -> Check:
     bad = [f for f in found if f.severity in spec.lint]
     counts = ", ".join(f"{sum(f.severity == s for f in found)} {s}" for s in ("high", "medium", "low", "info")
                        if any(f.severity == s for f in found)) or "no findings"
-    detail = "; ".join(f"{f.severity} {f.id} ({f.key}; {f.reference}): fix: {f.fix}" for f in bad)
+    detail = "; ".join(f"{f.severity} {f.id}: {f.key}" + (f"={f.value}" if getattr(f, "value", None) else "")
+                       + f" ({f.reference})" for f in bad)
+    if bad:
+        detail += "; each fix is in the report's TorchServe config section (package-validate lint prints them)"
     return Check(LINT_CHECK, "config", counts, None, limit, not bad, detail, is_gating=bool(spec.lint))
 
 
