@@ -177,6 +177,7 @@ FILE_DEFAULTS = {
     "response_timeout_s": "default_response_timeout",
     "startup_timeout_s": "default_startup_timeout",
     "job_queue_size": "job_queue_size",
+    "max_request_size": "max_request_size",  # only a larger one: the dataset check then accepts what production does
 }
 
 
@@ -203,6 +204,8 @@ def with_file_defaults(spec: Spec, props: Properties) -> tuple[Spec, tuple[str, 
                               "on it. Fix the file.") from None
         if value <= 0:  # TorchServe ignores it too and keeps its default
             continue
+        if field == "max_request_size" and value <= s.max_request_size:
+            continue  # a smaller limit is served as is and linted (max-request-size): rows above it get HTTP 413
         taken[field] = value
         notes.append(f"serving.{field} {value}: from {key} in {props.source} (the spec leaves it unset)")
     if not taken:

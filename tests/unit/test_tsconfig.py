@@ -87,6 +87,11 @@ def test_file_defaults_fill_only_what_the_spec_leaves_unset(tmp_path):
     with pytest.raises(ConfigError, match="not a whole number"):
         with_file_defaults(spec, parse_properties("job_queue_size=lots\n"))
     assert with_file_defaults(spec, parse_properties("job_queue_size=0\n"))[0].serving.job_queue_size == 100
+    # a larger max_request_size is taken (images production accepts pass the dataset check); a smaller one stays
+    # the spec's, served as the file says and found by the lint
+    assert with_file_defaults(spec, parse_properties("max_request_size=20000000\n"))[0].serving.max_request_size \
+        == 20_000_000
+    assert with_file_defaults(spec, parse_properties("max_request_size=64\n"))[0].serving.max_request_size == 6_553_500
 
 
 def test_the_envelope_must_agree_with_the_file(tmp_path):
