@@ -39,6 +39,8 @@ def serving_config_block(record) -> dict | None:
         if server is not None and server.log_dir is not None and server.started_by_pipeline else None,
         "overrides": jsonable(list(server.overrides)) if server is not None else [],
         "applied": applied,
+        # the management API's describe-model answer the applied values were read from (TorchServe 0.12)
+        "described": jsonable(server.described) if applied is not None else None,
         "not_applied": [a for a in applied or [] if not a["applied"]],
         "lint": {"fails_on": fail_on, "findings": findings,
                  "failing": None if findings is None else sum(f["severity"] in fail_on for f in findings)},

@@ -96,6 +96,7 @@ def test_production_timeout_and_queue_size_are_read_back_as_applied(no_leftovers
     t, q = applied["responseTimeout"], applied["jobQueueSize"]
     assert (t["file_value"], t["file_source"], t["served"], t["applied"]) == (45, "default_response_timeout", 45, True)
     assert (q["file_value"], q["file_source"], q["served"], q["applied"]) == (37, "job_queue_size", 37, True)
+    assert sc["described"]["responseTimeout"] == 45 and sc["described"]["jobQueueStatus"]["remainingCapacity"] == 37
     assert sc["not_applied"] == []
     assert {f["id"] for f in sc["lint"]["findings"]} == {"inference-all-interfaces"}  # info: not failing
     assert next(c for c in rep["gate"]["checks"] if c["name"] == "config lint")["passed"]
