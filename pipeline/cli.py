@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 from pipeline.compat import install_import_hook
-from pipeline.console import Console
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.history.store import HISTORY_FILE, load_history, summarize_trend
-from pipeline.report.console import render_console, verdict_json
-from pipeline.run.options import DEFAULT_MODEL_STORE, DEFAULT_REPORTS_DIR, TOKEN_ENV, RunOptions
-from pipeline.run.runner import run_validation
 
+# Repeated from pipeline.run.options, which imports the spec schema (pydantic): `lint` must start fast.
+DEFAULT_REPORTS_DIR = Path("reports")
+DEFAULT_MODEL_STORE = Path("model_store")
+TOKEN_ENV = "PACKAGE_VALIDATE_TOKEN"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -49,6 +48,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, help="open-loop replay at this many requests/s")
     run.add_argument("--concurrency", type=int, help="override replay.concurrency")
     run.add_argument("--timeout", type=float, help="deadline of the whole run in seconds (overrides timeout_s)")
+    run.add_argument("--ts-config", type=Path,
+                     help="serve under your production config.properties (serving.ts_config): the run replaces only "
+                          "the listeners, model store, models loaded, token authorization, model API, per-model "
+                          "installs and logs, lists each replacement, and lints the file")
     run.add_argument("--until", choices=["export", "handled", "served"],
                      help="stop after this stage: 'handled' checks the handler in-process in seconds, without "
                           "TorchServe; the gate covers the stages that ran, and nothing is published")
@@ -61,6 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
     out = run.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only the verdict line")
     out.add_argument("--json", action="store_true", help="print the report's verdict block as JSON on stdout")
+    lint = sub.add_parser("lint", help="lint a TorchServe config.properties (and a .mar) for known exposures and "
+                                       "settings the server ignores or overrides; exit 1 on a failing severity")
+    lint.add_argument("config", type=Path, help="the config.properties to check")
+    lint.add_argument("--mar", type=Path, help="also check this archive's model-config.yaml and requirements")
+    lint.add_argument("--fail-on", default="high",
+                      help="comma-separated severities that fail (high, medium, low, info; default: high)")
     hist = sub.add_parser("history", help="runs recorded under the reports folder and the trend of each figure")
     hist.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR,
                       help="the folder whose history.sqlite to read")
@@ -128,7 +137,32 @@ def _absolute(p: Path | None) -> Path | None:
     return None if p is None else (p.expanduser() if p.expanduser().is_absolute() else Path.cwd() / p.expanduser())
 
 
+def _lint(args) -> int:
+    from pipeline.lint import SEVERITIES, check_severities, failing, lint_files, render_finding
+
+    try:
+        fail_on = check_severities([x.strip() for x in args.fail_on.split(",") if x.strip()])
+        found = lint_files(_absolute(args.config), _absolute(args.mar))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        for d in getattr(e, "details", None) or []:
+            print(f"  {d}", file=sys.stderr)
+        return 2
+    for f in found:
+        print("\n".join(render_finding(f)))
+    bad = failing(found, fail_on)
+    counts = ", ".join(f"{sum(f.severity == s for f in found)} {s}" for s in SEVERITIES)
+    print(f"{args.config}{' + ' + str(args.mar) if args.mar else ''}: {len(found)} finding(s) ({counts}); "
+          + (f"FAIL: {len(bad)} of severity {'/'.join(fail_on)}" if bad else f"OK (fails on {'/'.join(fail_on) or 'nothing'})"))
+    return 1 if bad else 0
+
+
 def _run(args) -> int:
+    from pipeline.console import Console
+    from pipeline.report.console import render_console, verdict_json
+    from pipeline.run.options import RunOptions
+    from pipeline.run.runner import run_validation
+
     console = Console.for_stream(sys.stderr, quiet=args.quiet or args.json)
     opts = RunOptions(
         spec_path=_absolute(args.spec), reports_dir=_absolute(args.reports_dir),
@@ -138,6 +172,7 @@ def _run(args) -> int:
         endpoint_token=os.environ.get(TOKEN_ENV), export_mode=args.export_mode, rate=args.rate,
         concurrency=args.concurrency, timeout_s=args.timeout, baseline_report=_absolute(args.baseline_report),
         against_last_pass=args.against_last_pass, wait_for_lock=args.wait, progress=console.progress,
+        ts_config=_absolute(args.ts_config),
     )
     try:
         outcome = run_validation(opts, events=console.stage_event)
@@ -161,6 +196,8 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "lint":  # standard library and PyYAML only: answers in well under a second
+        return _lint(args)
     # Before any command imports a user module: torchvision beside the CPU torch (pipeline/compat.py).
     install_import_hook()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -169,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "history":
+        from pipeline.history.store import HISTORY_FILE
+
         return _print_history(_absolute(args.reports_dir) / HISTORY_FILE, args.model, args.limit)
     if args.command == "init":
         return _init(args)
@@ -180,6 +219,8 @@ def _num(v, digits: int = 4) -> str:
 
 
 def _print_history(db: Path, model: str | None, limit: int) -> int:
+    from pipeline.history.store import load_history, summarize_trend
+
     try:
         runs = load_history(db, model, limit)
     except PipelineError as e:

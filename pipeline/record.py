@@ -46,6 +46,7 @@ class RunRecord:
     server_failures: tuple[tuple[str, ...], ...] = ()
     worker_restarts: int = 0  # TorchServe restarted a dead worker during the replay  # handler exceptions quoted from the model log
     stage_seconds: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    lint: tuple | None = None  # pipeline.lint.Finding of the served config and the archive; None: not linted
 
     @property
     def rows(self):

@@ -69,6 +69,7 @@ class GatePlan:
     probes: tuple[str, ...] = ()
     warmup: bool = False  # the served warm-up answers are compared with the steady-state ones
     classes_only: tuple[str, ...] = ()
+    lint: bool = False  # the config and archive lint is planned (every run: pipeline.lint)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class GateInputs:
     not_run: dict[str, str] = field(default_factory=dict)  # planned stage -> why it has no results
     warmup_checked: int | None = None  # rows answered both in the warm-up and in the replay
     warmup_differing: tuple[str, ...] = ()  # those whose warm-up answer differs, with both answers
+    lint_findings: tuple | None = None  # pipeline.lint.Finding of the config and archive; None: not linted
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,26 @@ def leakage_check(spec: GateSpec, inputs: GateInputs) -> Check:
                  not leaked, ", ".join(leaked[:10]), is_gating=spec.fail_on_leakage)
 
 
+LINT_CHECK = "config lint"
+
+
+def lint_check(spec: GateSpec, inputs: GateInputs) -> Check:
+    """The config.properties and archive lint: no finding of a severity ``gate.lint`` names."""
+    limit = f"no {'/'.join(spec.lint)} findings" if spec.lint else "reported, not gated"
+    found = inputs.lint_findings
+    if found is None:
+        return Check(LINT_CHECK, "config", None, None, limit, False, "not evaluated: the run stopped before the lint",
+                     is_gating=bool(spec.lint), evaluated=False)
+    bad = [f for f in found if f.severity in spec.lint]
+    counts = ", ".join(f"{sum(f.severity == s for f in found)} {s}" for s in ("high", "medium", "low", "info")
+                       if any(f.severity == s for f in found)) or "no findings"
+    detail = "; ".join(f"{f.severity} {f.id}: {f.key}" + (f"={f.value}" if getattr(f, "value", None) else "")
+                       + f" ({f.reference})" for f in bad)
+    if bad:
+        detail += "; each fix is in the report's TorchServe config section (package-validate lint prints them)"
+    return Check(LINT_CHECK, "config", counts, None, limit, not bad, detail, is_gating=bool(spec.lint))
+
+
 def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs: GateInputs,
                  stage: str, base_name: str, labels: tuple[str, ...]) -> list[Check]:
     """Every check of one planned candidate stage."""
@@ -415,6 +437,8 @@ def evaluate_gate(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs
         checks += stage_checks(spec, plan, cmp, inputs, stage, base_name, plan.labels)
     if plan.has_training_data:
         checks.append(leakage_check(spec, inputs))
+    if plan.lint:
+        checks.append(lint_check(spec, inputs))
     answered = [cmp.stages[s].answered for s in plan.candidates if cmp is not None and s in cmp.stages]
     if plan.candidates and not any(answered):
         checks.append(Check("rows answered", "run", 0, None, ">= 1", False, "no candidate stage answered any row"))

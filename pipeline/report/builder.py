@@ -18,6 +18,7 @@ from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.text import MAX_CLASS_ROWS
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
+from pipeline.report.tsconfig import serving_config_block
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR
 from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
@@ -200,6 +201,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         "release": _release_block(record),
         "server_failures": [list(x) for x in record.server_failures],
         "probes": _probes_block(record),
+        "serving_config": serving_config_block(record),
     })
     if cmp is not None:
         rep["metrics"] = _metrics_block(cmp)

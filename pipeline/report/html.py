@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.report.text import averaged_over, shown_classes  # noqa: E402
+from pipeline.report.tsconfig import html_section  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -278,6 +279,7 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         parts.append("<h2>Handler input probes</h2>" + _table(
             ["probe", "expect", "handled", "served"],
             [[e(n), e(v["expect"]), cell(v.get("handled")), cell(v.get("served"))] for n, v in by_name.items()]))
+    parts.append(html_section(report, e, _table))
     env = report.get("environment") or {}
     parts.append("<h2>Environment</h2>" + _table(["what", "version"], [[e(k), e(v)] for k, v in env.items()]))
     parts.append("</body></html>")

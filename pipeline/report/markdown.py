@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.report.tsconfig import markdown_section
 from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, table
 
 SUMMARY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
@@ -246,7 +247,7 @@ def render_markdown(rep: dict) -> str:
                   "rewritten as published, the model store holds the previous release** (archive sha256 "
                   f"`{rep['release']['archive_sha256']}`).", ""]
     lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
-    lines += _export(rep) + _probes(rep) + _handled_and_replay(rep)
+    lines += _export(rep) + _probes(rep) + _handled_and_replay(rep) + markdown_section(rep)
     sizes = rep.get("sizes_bytes")
     if sizes:
         lines += ["## Sizes", ""] + table(["artefact", "bytes"], [[k, str(v)] for k, v in sizes.items()]) + [""]

@@ -25,7 +25,7 @@ REPORT_KEYS = (
     "schema", "status", "verdict", "complete", "exit_code", "started_at", "run_dir", "model", "version",
     "spec_path", "spec", "error", "plan", "dataset", "stage_seconds", "stages", "sizes_bytes", "environment",
     "metrics", "paired_tests", "steps", "flipped_rows", "flipped_total", "diverging_rows", "served_latency_split",
-    "attribution", "gate", "published", "release", "server_failures", "probes",
+    "attribution", "gate", "published", "release", "server_failures", "probes", "serving_config",
 )
 
 

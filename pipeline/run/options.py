@@ -37,6 +37,7 @@ class RunOptions:
     baseline_report: Path | None = None
     against_last_pass: bool = False
     wait_for_lock: bool = False
+    ts_config: Path | None = None  # --ts-config: the user's config.properties (serving.ts_config)
     until: str | None = None  # the last stage to run: export, handled or served (default)
     progress: Callable[[str, int, int], None] | None = None
 
@@ -54,4 +55,6 @@ def apply_options(spec: Spec, opts: RunOptions) -> Spec:
         spec = spec.model_copy(update={"replay": spec.replay.model_copy(update=replay)})
     if opts.timeout_s is not None:
         spec = spec.model_copy(update={"timeout_s": opts.timeout_s})
+    if opts.ts_config is not None:
+        spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"ts_config": opts.ts_config})})
     return spec

@@ -23,7 +23,9 @@ from pipeline.inputs.base import Reference
 from pipeline.inputs.registry import resolve_reference
 from pipeline.names import Stage, StageName, handled_at_batch
 from pipeline.spec import Spec
+from pipeline.lint.properties import Properties
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, archived_model_kind, inspect_archive, model_config_for
+from pipeline.torchserve.config import check_envelope, load_user_config, with_file_defaults
 from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
 
 
@@ -53,6 +55,7 @@ class Plan:
     gate: GatePlan
     notes: tuple[str, ...] = field(default_factory=tuple)
     archive_model: str | None = None  # --mar: "script" or "eager" when the tool can load the archive's model
+    ts_config: Properties | None = None  # --ts-config / serving.ts_config, parsed: served with the run's overrides
 
     @property
     def batched_stage(self) -> StageName | None:
@@ -260,13 +263,18 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         UserCodeError: the reference preprocessing cannot be imported.
     """
     install_import_hook()  # before the first user module (the reference, the factory) is imported, any kind
+    ts_config, file_notes = None, ()
+    if spec.serving.ts_config is not None:
+        ts_config = load_user_config(spec.serving.ts_config)
+        check_envelope(spec, ts_config)
+        spec, file_notes = with_file_defaults(spec, ts_config)
     handler = resolve_handler(spec)
     _check_combination(spec, handler)
     _check_extra_files(spec)
     if not prebuilt:
         model_config_for(spec)  # the handler's config and the serving keys, merged as the archive will be
     vocab_note = check_text_vocabulary(spec, handler) if not prebuilt else None
-    notes = check_requirements(spec.handler.requirements) + ([vocab_note] if vocab_note else [])
+    notes = check_requirements(spec.handler.requirements) + ([vocab_note] if vocab_note else []) + list(file_notes)
     if (handler.origin == "file" and spec.handler.config is None and prebuilt is None
             and "model_yaml_config" in handler.path.read_text(encoding="utf-8", errors="replace")):
         notes.append(f"the handler {handler.path.name} reads context.model_yaml_config, and handler.config is not "
@@ -311,6 +319,7 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         warmup=spec.replay.warmup_requests > 0 and Stage.SERVED in stages,
         # answers of only a class compare classes, unless the spec demands probabilities (gate.py)
         classes_only=tuple(stages[1:]) if spec.answers.top_k is None else (),
+        lint=True,
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
-                stages=tuple(stages), gate=gate, notes=tuple(notes), archive_model=archive_model)
+                stages=tuple(stages), gate=gate, notes=tuple(notes), archive_model=archive_model, ts_config=ts_config)

@@ -42,12 +42,14 @@ from pipeline.run.release import RunOutcome, close_run
 from pipeline.spec import load_spec
 from pipeline.stages.archive import ArchiveConfig, build_archive, extract_archived_model
 from pipeline.stages.baseline import score_baseline
-from pipeline.stages.dataset import load_dataset
+from pipeline.stages.dataset import largest_body, load_dataset
 from pipeline.stages.export import export_model, verify_archived
 from pipeline.stages.handled import HandledConfig, run_handled, with_inner
 from pipeline.stages.outcomes import RowOutcome, stage_outputs
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
+from pipeline.torchserve.config import lint_run
+from pipeline.wire import worker_view
 from pipeline.torchserve.errors import SERVER_FAILURES
 from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, logged_causes, \
     model_log_offset, worker_recoveries
@@ -152,7 +154,8 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             exported = export_model(spec, model, rows, baseline, run.record.run_dir / "export")
             run.update(exported=exported)
             facts.update(mode=exported.mode, max_abs_diff=exported.consistency.max_abs_diff)
-        if opts.until == "export":
+        if opts.until == "export":  # no archive: the config alone is linted
+            run.update(lint=lint_run(plan, None, _largest_request(dataset.rows, plan.codec), plan.codec.envelope.service_envelope))
             return
     with run.timed("archive") as facts:
         archive = build_archive(spec, ArchiveConfig(work_dir=run.record.run_dir / "archive", prebuilt_mar=opts.prebuilt_mar,
@@ -160,6 +163,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
                                 plan.handler, exported, baseline.input_shape)
         run.update(archive=archive)
         facts.update(size_bytes=archive.size_bytes)
+    run.update(lint=lint_run(plan, archive.mar_path, _largest_request(dataset.rows, plan.codec), plan.codec.envelope.service_envelope))
     if opts.prebuilt_mar is not None and plan.archive_model is not None:
         with run.timed("export") as facts:
             path, model_file = extract_archived_model(archive.mar_path, archive.manifest, run.record.run_dir / "export")
@@ -185,7 +189,7 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         with run.timed("serve") as facts:
             server = stack.enter_context(serve_model(spec, ServeConfig(
                 run_dir=run.record.run_dir, mar_path=archive.mar_path, startup_timeout_s=spec.serving.startup_timeout_s,
-                envelope=envelope, ports=_ports(plan))))
+                envelope=envelope, ports=_ports(plan), user_config=plan.ts_config)))
             run.update(server=server)
             facts.update(startup_s=server.startup_s)
         metrics_log = server.log_dir / "model_metrics.log"
@@ -216,6 +220,19 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             quoted, served_probes = with_served_causes(run.record.replay, run.record.served_probes, row_causes,
                                                        probe_causes, handled.batch1)
             run.update(replay=quoted, served_probes=served_probes)
+
+
+def _largest_request(rows, codec) -> tuple[int, str] | None:
+    """The largest request body the replay will send, bytes and row id: the row's body, inside its KServe
+    envelope where the spec names one (what TorchServe's max_request_size is measured against)."""
+    if codec.envelope.service_envelope is None:
+        return largest_body(rows)
+    sizes = [len(codec.request(b, rows.content_type, worker_view(b, rows.content_type))[0])
+             for b in (rows.body(i) for i in range(len(rows)))]
+    if not sizes:
+        return None
+    i = max(range(len(sizes)), key=sizes.__getitem__)
+    return sizes[i], str(rows.ids[i])
 
 
 CAUSES_WAIT_S = 3.0
@@ -347,6 +364,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         prior_metrics=record.prior.metrics if record.prior else None,
         prior_label=f"run of {record.prior.started_at}" if record.prior else "previous run",
         not_run=not_run,
+        lint_findings=getattr(record, "lint", None),  # (the gate-input tests build records of their own)
     )
 
 

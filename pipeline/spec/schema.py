@@ -320,6 +320,10 @@ class ServingSpec(_Frozen):
                                 "inherit, besides $PACKAGE_VALIDATE_TOKEN and names with TOKEN, SECRET, PASSWORD, "
                                 "CREDENTIAL or KEY (torchserve/childenv.py)")
     ports: PortsSpec | None = None
+    ts_config: Path | None = Field(
+        default=None, description="your production config.properties (relative to the spec): the run serves it, "
+                                  "with only the listeners, model store, models loaded, token authorization, model "
+                                  "API, per-model installs and logs replaced, and lints it")
 
     @model_validator(mode="after")
     def _secret_not_set(self) -> "ServingSpec":
@@ -387,6 +391,8 @@ class GateSpec(_Frozen):
     allow_not_evaluable: tuple[str, ...] = Field(
         default=(), description="checks that may show as WARN when the answers cannot support them"
     )
+    lint: tuple[Literal["high", "medium", "low", "info"], ...] = Field(
+        default=("high",), description="severities of config and archive lint findings that fail the gate ([] : none)")
     metric_classes: Literal["present", "all"] = Field(
         default="present",
         description="classes the macro and weighted metrics average over: those present among the eval labels "
@@ -540,8 +546,10 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
     })
     replay = spec.replay.model_copy(update={"ca_file": _resolve(base_dir, spec.replay.ca_file)})
     answers = spec.answers.model_copy(update={"decode": _resolve_ref(base_dir, spec.answers.decode)})
-    return spec.model_copy(update={"model": model, "dataset": dataset, "handler": handler, "replay": replay,
-                                   "answers": answers})
+    update = {"model": model, "dataset": dataset, "handler": handler, "replay": replay, "answers": answers}
+    if spec.serving.ts_config is not None:
+        update["serving"] = spec.serving.model_copy(update={"ts_config": _resolve(base_dir, spec.serving.ts_config)})
+    return spec.model_copy(update=update)
 
 
 def load_spec(path: Path) -> Spec:

@@ -39,6 +39,15 @@ def _body_sizes(rows: Rows) -> list[int]:
     return [len(rows.body(i)) for i in range(len(rows))]
 
 
+def largest_body(rows: Rows) -> tuple[int, str] | None:
+    """The size in bytes and the id of the row with the largest request body (None: no rows)."""
+    sizes = _body_sizes(rows)
+    if not sizes:
+        return None
+    i = max(range(len(sizes)), key=sizes.__getitem__)
+    return sizes[i], str(rows.ids[i])
+
+
 def check_body_sizes(rows: Rows, limit: int) -> None:
     """DatasetError naming every row whose body TorchServe's frontend would refuse (HTTP 413): the size
     of the body is known now, so it is said now rather than by the server after a full run."""

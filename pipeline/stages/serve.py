@@ -30,7 +30,8 @@ import requests
 
 from pipeline.errors import ServerError
 from pipeline.spec import Spec
-from pipeline.torchserve.config import config_properties, server_env, write_config
+from pipeline.lint.properties import Properties
+from pipeline.torchserve.config import Override, config_properties, merge_user_config, server_env, write_config
 from pipeline.torchserve.logcap import LogCap
 from pipeline.torchserve.logs import explain_failure, tail
 from pipeline.torchserve.process import Ports, ServerProcess, check_ports, find_java, pick_ports, signals_deferred, \
@@ -57,6 +58,7 @@ class ServeConfig:
     startup_timeout_s: float
     envelope: str | None = None  # TorchServe's service_envelope (kserve, kservev2)
     ports: Ports | None = None  # None: pick free ports
+    user_config: Properties | None = None  # --ts-config: served with the keys the run owns replaced
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class ServerHandle:
     java: str | None
     startup_s: float
     described: dict | None = None  # the management API's description of the model
+    config: dict | None = None  # the config.properties the server was started with
+    overrides: tuple[Override, ...] = ()  # the keys of the user's config.properties the run replaced
 
     @property
     def started_by_pipeline(self) -> bool:
@@ -191,7 +195,11 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             ports = cfg.ports or pick_ports()
             check_ports(ports)
             log_dir.mkdir(parents=True, exist_ok=True)
-            write_config(config_path, config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope))
+            props = config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope)
+            overrides: tuple[Override, ...] = ()
+            if cfg.user_config is not None:
+                props, overrides = merge_user_config(cfg.user_config, props, spec.name, cfg.envelope)
+            write_config(config_path, props)
             env = server_env(spec, java, tmp, log_dir, cfg.run_dir).env
             started = time.monotonic()
             with signals_deferred():  # a server that started is always in ``proc``, to be stopped
@@ -234,6 +242,8 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             java=f"{java.version} ({java.executable})",
             startup_s=time.monotonic() - started,
             described=described,
+            config={k: str(v) for k, v in props.items()},
+            overrides=overrides,
         )
     finally:
         with signals_deferred():  # a second Ctrl-C is raised after the stop and the clean-up, not amid them
