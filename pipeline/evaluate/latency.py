@@ -45,6 +45,7 @@ class ServedRow(Protocol):
     """What a served row carries (``stages.outcomes.RowOutcome``)."""
 
     is_ok: bool
+    status: int | None
     latency_ms: float | None
     request_id: str | None
     server_ms: float | None
@@ -60,7 +61,7 @@ class LatencySplit:
         components: each part's percentiles over the rows that have it (None where no row has it).
         frontend: the frontend's distributions from ts_metrics.log (None without that log).
         rows: every replayed row in one of ``ROW_KINDS``; they sum to ``replayed``.
-        frontend_logged: answered requests whose frontend figures were read (None without the log).
+        frontend_logged: requests answered with 200 whose frontend figures were read (None without the log).
         batched_rows: joined rows served in a batch of more than one request.
         negative: per part, rows where it came out below zero (kept as measured, said in ``notes``).
         notes: what the figures mean where a row could not be joined or a part is unusual.
@@ -137,7 +138,7 @@ def split_latency(rows: Iterable[ServedRow], frontend: dict[str, Iterable[float]
             batched += 1
     components = {k: summarize_latency(v) for k, v in values.items()}
     negative = {k: int(sum(x < 0 for x in values[k])) for k in ("worker_other_ms", "client_overhead_ms")}
-    answered = len(rows) - kinds["failed"]
+    answered = sum(r.status == 200 for r in rows)  # the frontend logs its figures for each 200 answer
     fr = None
     logged = None
     if frontend is not None:
@@ -182,8 +183,8 @@ def _notes(kinds: dict[str, int], answered: int, batched: int, negative: dict[st
         notes.append(f"{negative['worker_other_ms']} row(s) have a HandlerTime above their PredictionTime, kept as "
                      "measured: TorchServe rounds both to 0.01 ms, so two nearly equal times can cross.")
     if logged is not None and logged < answered:
-        notes.append(f"ts_metrics.log holds the frontend's figures for {logged} of the {answered} answered "
-                     "request(s): the rest were cut by the log cap or not yet written, so its distributions cover "
+        notes.append(f"ts_metrics.log holds the frontend's figures for {logged} of the {answered} request(s) "
+                     "answered with 200: the rest were cut by the log cap or not yet written, so its distributions cover "
                      "those only.")
     return notes
 

@@ -375,7 +375,8 @@ def replay_dataset(cfg: ReplayConfig, rows: Rows) -> ReplayResult:
         cfg.metrics_log, {r.request_id for r in outcomes if r.is_ok and r.request_id}))
     frontend = None
     if cfg.frontend_log is not None:
-        answered = sum(r.is_ok for r in outcomes)
+        # The frontend logs its figures for every 200 answer, also one whose body does not decode.
+        answered = sum(r.status == 200 for r in outcomes)
         frontend = {k: tuple(v) for k, v in await_frontend_times(cfg.frontend_log, frontend_since, warm_ok,
                                                                  answered).items()}
     return ReplayResult(

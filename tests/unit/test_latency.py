@@ -43,7 +43,7 @@ def test_every_row_is_accounted_for_and_each_missing_kind_is_said():
     assert "1 answered row(s) have a PredictionTime but no HandlerTime" in text
     assert "1 answered row(s) have no PredictionTime line" in text
     assert "1 answered row(s) came back without an x-request-id" in text
-    assert "for 2 of the 5 answered request(s)" in text
+    assert "for 2 of the 5 request(s) answered with 200" in text
     assert split.components["prediction_ms"].count == 3 and split.components["handler_ms"].count == 2
     assert split.frontend_logged == 2
 
