@@ -102,7 +102,7 @@ def test_report_md_and_html_show_the_split_its_accounting_and_notes():
     rows = [ok(0, 5.0, "a", 2.0, 1.0), ok(1, 7.0, "b", 2.0, None), failed(2, "r2", "timeout", "no answer")]
     b = latency.split_latency(rows, {"frontend_ms": [4.0, 6.0], "queue_ms": [0.5, 1.0]}, logs_read=True).to_dict()
     rep = {"served_latency_split": {"breakdown": b}}
-    md = "\n".join(markdown._where_time_goes(rep))
+    md = markdown.render_markdown({**rep, "verdict": "PASS", "complete": True})
     assert "## Where the time goes" in md and "3 replayed rows: 1 joined" in md and "1 failed (not split)" in md
     assert "| handler (HandlerTime) | 1.000 | 1.000 | 1.000 | 1.000 | 1 |" in md
     assert "no request id in 0.12" in md and "PredictionTime but no HandlerTime" in md
