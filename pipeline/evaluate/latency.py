@@ -26,12 +26,14 @@ COMPONENTS = ("client_ms", "prediction_ms", "handler_ms", "worker_other_ms", "cl
 STACKED = ("handler_ms", "worker_other_ms", "client_overhead_ms")  # add up to client_ms on a joined row
 FRONTEND = ("frontend_ms", "queue_ms", "queue_gauge_ms", "worker_thread_ms")
 LABELS = {"client_ms": "client latency (HTTP round trip)", "prediction_ms": "server PredictionTime (worker)",
-          "handler_ms": "handler (HandlerTime)", "worker_other_ms": "worker around the handler (PredictionTime - HandlerTime)",
+          "handler_ms": "handler (HandlerTime)",
+          "worker_other_ms": "worker around the handler (PredictionTime - HandlerTime)",
           "client_overhead_ms": "outside the worker: queue, frontend, HTTP, client (client - PredictionTime)",
           "frontend_ms": "frontend total, arrival to answer (ts_inference_latency_microseconds)",
           "queue_ms": "queue (ts_queue_latency_microseconds)", "queue_gauge_ms": "queue (QueueTime gauge, whole ms)",
           "worker_thread_ms": "frontend worker thread, per batch (WorkerThreadTime)"}
-ROW_LABELS = {"joined": "joined (PredictionTime and HandlerTime)", "prediction_only": "PredictionTime only (no HandlerTime)",
+ROW_LABELS = {"joined": "joined (PredictionTime and HandlerTime)",
+              "prediction_only": "PredictionTime only (no HandlerTime)",
               "no_server_time": "answered, no server time logged", "no_request_id": "answered, no x-request-id",
               "failed": "failed (not split)"}
 ROW_KINDS = ("joined", "prediction_only", "no_server_time", "no_request_id", "failed")
