@@ -1,7 +1,7 @@
 # package-validate: prove a PyTorch model behaves the same after packaging for TorchServe.
 #   make package-validate   validate the default example (creates .venv on first use)
 #   make test               unit and integration tests (real TorchServe on loopback)
-#   make bench              replay client against ab, stage wall times -> reports/bench/
+#   make bench              replay client against ab, latency split, in-process fractions -> reports/bench/
 #   make mutation           mutation tests of the verdict code (not part of make test)
 #   make mutation-figures   mutation tests of the code computing the figures the gate reads
 #   make soak               the signal, lifecycle and concurrency tests 20 times in a row under load

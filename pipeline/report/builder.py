@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.answers.classes import shared_name_note
 from pipeline.evaluate.attribution import attribute
+from pipeline.evaluate.latency import split_latency
 from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.report.text import MAX_CLASS_ROWS
@@ -215,6 +216,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
             "client": jsonable(served.latency) if served else None,
             "server_prediction_time": jsonable(cmp.served_server_latency),
             "overhead": jsonable(cmp.served_overhead_latency),
+            **_where_the_time_goes(record),
         }
         rep["attribution"] = jsonable(attribute(cmp, spec.gate.max_output_diff,
                                                 from_mar=record.archive is not None and record.archive.prebuilt))
@@ -224,6 +226,16 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
     if extra:
         raise ValueError(f"report keys {sorted(extra)} are not in the schema's REPORT_KEYS")
     return {key: rep.get(key) for key in REPORT_KEYS}
+
+
+def _where_the_time_goes(record: RunRecord) -> dict:
+    """The served latency split by part (``evaluate.latency``): added beside the older keys of
+    ``served_latency_split`` (additive: every reader of those keys reads them as before)."""
+    if record.replay is None:
+        return {}
+    rp = record.replay
+    logs_read = record.server is not None and record.server.log_dir is not None
+    return {"breakdown": split_latency(rp.rows, rp.frontend, logs_read=logs_read).to_dict()}
 
 
 def _metrics_block(cmp) -> dict:
@@ -321,6 +333,7 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
         _stage_columns("served", record.replay.rows, cols, n)
         ordered = sorted(record.replay.rows, key=lambda r: r.index)
         cols["served_server_ms"] = pd.array([r.server_ms for r in ordered], dtype="Float64")
+        cols["served_handler_ms"] = pd.array([r.handler_ms for r in ordered], dtype="Float64")
         cols["served_attempts"] = pd.array([r.attempts for r in ordered], dtype="Int64")
         cols["request_id"] = pd.array([r.request_id for r in ordered], dtype="string")
     return pd.DataFrame(cols)

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.evaluate.latency import LABELS, ROW_LABELS, STACKED, stacked_rows  # noqa: E402
 from pipeline.report.text import averaged_over, shown_classes  # noqa: E402
 from pipeline.report.tsconfig import html_section  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
@@ -176,6 +177,58 @@ def _split_plot(rows) -> str | None:
     return _png(fig)
 
 
+STACK_COLORS = {"handler_ms": "#2E7D32", "worker_other_ms": "#8172B3", "client_overhead_ms": "#C44E52"}
+
+
+def _stacked_plot(report: dict, rows) -> str | None:
+    """Each joined request's latency stacked by part (``evaluate.latency.STACKED``), requests sorted by client
+    latency; the frontend's queue and total distributions (no request id: not joined) drawn beside as their
+    percentiles on the same rank axis."""
+    if rows is None or not {"served_server_ms", "served_handler_ms"} <= set(rows):
+        return None
+    parts = stacked_rows(rows["served_latency_ms"].to_numpy(dtype=float, na_value=np.nan),
+                         rows["served_server_ms"].to_numpy(dtype=float, na_value=np.nan),
+                         rows["served_handler_ms"].to_numpy(dtype=float, na_value=np.nan))
+    n = len(parts["client_ms"])
+    if n == 0:
+        return None
+    rank = (np.arange(n) + 0.5) / n * 100
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.stackplot(rank, *(parts[k] for k in STACKED), labels=[LABELS[k] for k in STACKED],
+                 colors=[STACK_COLORS[k] for k in STACKED], alpha=0.85, step="mid")
+    b = (report.get("served_latency_split") or {}).get("breakdown") or {}
+    for key, style in (("frontend_ms", "k--"), ("queue_ms", "k:")):
+        s = (b.get("frontend") or {}).get(key)
+        if s:
+            ax.plot([50, 90, 99, 100], [s["p50"], s["p90"], s["p99"], s["max"]], style, marker="o", markersize=3,
+                    label=f"{LABELS[key]}: p50/p90/p99/max, not joined")
+    ax.set_yscale("symlog", linthresh=max(0.01, float(np.median(parts["client_ms"])) / 4))
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"the {n} joined requests, sorted by client latency (percentile rank)")
+    ax.set_ylabel("ms (symlog)")
+    ax.set_title("Where the time goes: each request's parts, stacked")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def _where_time_goes_table(report: dict) -> str:
+    """The breakdown's percentiles and notes, as HTML (empty without a breakdown)."""
+    b = (report.get("served_latency_split") or {}).get("breakdown")
+    if not b:
+        return ""
+
+    def row(key: str, s: dict | None) -> list[str]:
+        return [_esc(LABELS[key])] + ([_esc(_fmt(s[k])) for k in ("p50", "p90", "p99", "max")] + [_esc(s["count"])]
+                                      if s else ["-"] * 4 + ["0"])
+
+    rows = [row(k, s) for k, s in b["components"].items()]
+    rows += [row(k, s) for k, s in (b.get("frontend") or {}).items()]
+    accounted = ", ".join(f"{n} {ROW_LABELS[k]}" for k, n in b["rows"].items() if n)
+    return (f"<p>{_esc(b['replayed'])} replayed rows: {_esc(accounted)}.</p>"
+            + _table(["part (ms)", "p50", "p90", "p99", "max", "n"], rows)
+            + "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in b["notes"]) + "</ul>")
+
+
 def _esc(v: Any) -> str:
     return html.escape(str(v))
 
@@ -249,6 +302,11 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     for heading, uri in plots:
         if uri:
             parts.append(f"<h2>{e(heading)}</h2><img alt='{e(heading)}' src='{uri}'>")
+    where = _where_time_goes_table(report)
+    if where:
+        uri = _stacked_plot(report, rows)
+        parts.append("<h2>Where the time goes</h2>" + (f"<img alt='Where the time goes' src='{uri}'>" if uri else "")
+                     + where)
     if report.get("flipped_rows"):
         stages = list(report["flipped_rows"][0]["predictions"])
         parts.append(f"<h2>Rows whose prediction differs from the baseline's ({e(report['flipped_total'])})</h2>")

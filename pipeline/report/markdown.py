@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.evaluate.latency import LABELS, ROW_LABELS
 from pipeline.report.tsconfig import markdown_section
 from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, table
 
@@ -231,6 +232,30 @@ def _handled_and_replay(rep: dict) -> list[str]:
     return lines
 
 
+def _where_time_goes(rep: dict) -> list[str]:
+    """The served latency by part (``served_latency_split.breakdown``, ``evaluate.latency``)."""
+    b = (rep.get("served_latency_split") or {}).get("breakdown")
+    if not b:
+        return []
+    lines = ["## Where the time goes (served, ms)", "",
+             f"{b['replayed']} replayed rows: " + ", ".join(f"{n} {ROW_LABELS[k]}" for k, n in b["rows"].items() if n)
+             + ".", ""]
+
+    def row(key: str, s: dict | None) -> list[str]:
+        return [LABELS[key]] + ([fmt(s[k], 3) for k in ("p50", "p90", "p99", "max")] + [str(s["count"])]
+                                if s else ["-"] * 4 + ["0"])
+
+    rows = [row(k, s) for k, s in b["components"].items()]
+    lines += ["Per request, joined by request id:", ""]
+    lines += table(["part", "p50", "p90", "p99", "max", "n"], rows) + [""]
+    if b.get("frontend"):
+        lines += ["TorchServe's frontend (ts_metrics.log, no request id in 0.12: distributions, not joined):", ""]
+        lines += table(["part", "p50", "p90", "p99", "max", "n"],
+                       [row(k, s) for k, s in b["frontend"].items()]) + [""]
+    lines += [f"- {n}" for n in b["notes"]]
+    return lines + [""]
+
+
 def render_markdown(rep: dict) -> str:
     """report.md: the verdict first, then the checks, the blame, metrics, latency, sizes and rows."""
     lines = [f"# {rep['verdict']}: {rep.get('model')} {rep.get('version') or ''}".rstrip(), ""]
@@ -247,7 +272,7 @@ def render_markdown(rep: dict) -> str:
                   "rewritten as published, the model store holds the previous release** (archive sha256 "
                   f"`{rep['release']['archive_sha256']}`).", ""]
     lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
-    lines += _export(rep) + _probes(rep) + _handled_and_replay(rep) + markdown_section(rep)
+    lines += _export(rep) + _probes(rep) + _handled_and_replay(rep) + _where_time_goes(rep) + markdown_section(rep)
     sizes = rep.get("sizes_bytes")
     if sizes:
         lines += ["## Sizes", ""] + table(["artefact", "bytes"], [[k, str(v)] for k, v in sizes.items()]) + [""]

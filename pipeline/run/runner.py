@@ -193,11 +193,13 @@ def _stages(run: _Run, stack: ExitStack) -> None:
             run.update(server=server)
             facts.update(startup_s=server.startup_s)
         metrics_log = server.log_dir / "model_metrics.log"
+        frontend_log = server.log_dir / "ts_metrics.log"
     else:
         server = remote_handle(opts.endpoint, spec.name, opts.endpoint_token)
         run.update(server=server)
-        metrics_log = None
-    replay_cfg = _replay_config(run, server.inference_url, server.inference_token, codec, metrics_log)
+        metrics_log = frontend_log = None
+    replay_cfg = replace(_replay_config(run, server.inference_url, server.inference_token, codec, metrics_log),
+                         frontend_log=frontend_log)
     ts_log_start, model_log_start = log_offset(server.log_dir), model_log_offset(server.log_dir)
     with run.timed("replay") as facts:
         replay = replay_dataset(replay_cfg, rows)

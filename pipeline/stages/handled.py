@@ -35,7 +35,7 @@ from pipeline.evaluate.compare import StageOutputs
 from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.stages.probing import ProbeOutcome, judge
-from pipeline.torchserve.inprocess import read_message, send_message
+from pipeline.torchserve.inprocess import PHASES_ENV, read_message, send_message
 from pipeline.torchserve.childenv import child_env
 from pipeline.torchserve.logcap import LogCap
 from pipeline.torchserve.logs import tail
@@ -59,6 +59,7 @@ class HandledConfig:
     response_timeout_s: float
     service_envelope: str | None = None  # kserve | kservev2
     secret_env: tuple[str, ...] = ()  # serving.secret_env: withheld from the child with the other secrets
+    time_phases: bool = False  # ``make bench``: the child times BaseHandler's phases (``inprocess.time_phases``)
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,15 @@ class HandlerProcess:
         self.load_s = 0.0
         self.last_cause: str | None = None  # what the handler raised on the last batch, quoted (None: nothing)
         self.last_inner: tuple[object, str | None] = (None, "no batch handled yet")
+        # With ``time_phases``: the last batch's ms per phase, or None and why the handler is one phase.
+        self.last_phases: tuple[dict[str, float] | None, str | None] = (None, "phases not timed")
 
     def __enter__(self) -> "HandlerProcess":
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.to_child, self.from_child = to_child_w, from_child_r
         child = child_env(self.cfg.secret_env, {
-            RUN_MARKER_ENV: str(self.cfg.work_dir),
+            RUN_MARKER_ENV: str(self.cfg.work_dir), **({PHASES_ENV: "1"} if self.cfg.time_phases else {}),
             "PYTHONPATH": os.pathsep.join(p for p in (worker_site_dir(), os.environ.get("PYTHONPATH", "")) if p)})
         cmd = [sys.executable, "-m", "pipeline.torchserve.inprocess", str(to_child_r), str(from_child_w),
                str(self.model_dir), self.cfg.model_name, self.handler, str(self.cfg.batch_size),
@@ -217,6 +220,8 @@ class HandlerProcess:
                                details=_traceback_tail(msg.get("traceback", "")))
         self.last_cause = msg.get("cause")
         self.last_inner = (msg.get("inner"), msg.get("inner_why"))
+        if "phases" in msg:
+            self.last_phases = (msg["phases"], msg.get("phases_why"))
         return msg["answers"], float(msg["ms"])
 
     def close(self) -> None:

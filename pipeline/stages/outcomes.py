@@ -36,6 +36,8 @@ class RowOutcome:
     error_class: str | None
     message: str | None
     attempts: int
+    handler_ms: float | None = None  # the batch's HandlerTime in model_metrics.log (served rows)
+    server_batch: int | None = None  # how many requests that batch held (its ids share its times)
 
     @property
     def predicted(self) -> int | None:

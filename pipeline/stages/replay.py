@@ -10,8 +10,10 @@ answered or failed with a class; 'queue full' answers are retried with back-off,
 errors never. A server that is gone (connections refused, workers dying) or a handler that
 hangs (timeouts in a row) ends the replay early: the rows not sent are ``not_sent``.
 
-Server-side time comes from TorchServe's ``model_metrics.log``: ``PredictionTime`` lines
-carry the ``requestID`` that the response returned as ``x-request-id``.
+Server-side time comes from TorchServe's ``model_metrics.log``: ``PredictionTime`` and
+``HandlerTime`` lines carry the ``requestID`` that the response returned as ``x-request-id``.
+The frontend's queue and total times come from ``ts_metrics.log``, without request ids
+(distributions for ``evaluate.latency``, never joined to rows).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pipeline.errors import DeadlineError, Interrupted, ReplayError
 from pipeline.inputs.base import Rows, worker_view
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
 from pipeline.torchserve.errors import RETRYABLE, classify_status
-from pipeline.torchserve.logs import await_server_times
+from pipeline.torchserve.logs import await_frontend_times, await_request_times, metrics_offset
 from pipeline.transport.http import Connection, HttpConnectionError, HttpProtocolError, Response, Target, \
     build_request, tls_context
 
@@ -69,6 +71,7 @@ class ReplayConfig:
     headers: dict[str, str] = field(default_factory=dict)
     ca_file: Path | None = None
     metrics_log: Path | None = None
+    frontend_log: Path | None = None  # ts_metrics.log: the frontend's queue and total time per request
     progress: Progress | None = None
     connect: Callable[[Target], ConnectionLike] | None = None  # injected transport (tests); default: HTTP
 
@@ -85,6 +88,9 @@ class ReplayResult:
     codec: AnswerCodec | None = None  # as settled by the first answer
     client_cpu_s: float = float("nan")  # this process's CPU time during the timed loop
     warmup_answers: tuple[RowOutcome, ...] = ()  # the first warm-up answer of each row warmed (serve #2983)
+    # The frontend's figures per answered request of the timed loop (``logs.read_frontend_times``);
+    # None without a ts_metrics.log to read (a server this run did not start).
+    frontend: dict[str, tuple[float, ...]] | None = None
 
     @property
     def answered(self) -> int:
@@ -186,7 +192,7 @@ class _Breaker:
 
 
 async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Answer | None], float, str | None, float,
-                                                          dict[int, Response]]:
+                                                          dict[int, Response], int]:
     target = Target.from_url(cfg.url)
     headers = dict(cfg.headers)
     if cfg.token:
@@ -201,11 +207,11 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
     breaker = _Breaker(cfg)
     progress = cfg.progress or (lambda phase, done, total: None)
     warm_pool = [request_bytes(rows, cfg.codec, target, headers, i) for i in range(min(n, WARMUP_DISTINCT_ROWS))]
-    warm_done = 0
+    warm_done = warm_ok = 0
     warm_first: dict[int, Response] = {}
 
     async def warm(conn: ConnectionLike, count: int) -> None:
-        nonlocal warm_done
+        nonlocal warm_done, warm_ok
         for i in range(count):
             k = i % len(warm_pool)
             try:
@@ -214,6 +220,7 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
                 return
             warm_first.setdefault(k, resp)
             warm_done += 1
+            warm_ok += resp.status == 200  # the frontend logs its per-request metrics for answered ones only
             if warm_done % 50 == 0:
                 progress("warmup", warm_done, cfg.warmup_requests)
 
@@ -260,7 +267,7 @@ async def _replay(cfg: ReplayConfig, rows: Rows) -> tuple[list[RowOutcome | _Ans
         for c in conns:
             c.close()
     wall = (time.perf_counter_ns() - t_begin) / 1e9
-    return results, wall, breaker.reason, time.process_time() - cpu_begin, warm_first
+    return results, wall, breaker.reason, time.process_time() - cpu_begin, warm_first, warm_ok
 
 
 @contextmanager
@@ -352,10 +359,11 @@ def replay_dataset(cfg: ReplayConfig, rows: Rows) -> ReplayResult:
     # have): the timed loop allocates little that forms cycles, so collect before and after.
     gc.collect()
     was_enabled = gc.isenabled()
+    frontend_since = metrics_offset(cfg.frontend_log)
     gc.disable()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            results, wall, abort, cpu_s, warm_first = runner.run(_replay(cfg, rows))
+            results, wall, abort, cpu_s, warm_first, warm_ok = runner.run(_replay(cfg, rows))
     except ValueError as e:
         raise ReplayError(f"cannot replay to {cfg.url}: {e}") from e
     finally:
@@ -363,14 +371,31 @@ def replay_dataset(cfg: ReplayConfig, rows: Rows) -> ReplayResult:
             gc.enable()
     outcomes, codec = decode_answers(results, rows, cfg.codec, abort)
     warmed = tuple(interpret(k, rows.ids[k], r.status, r.body, codec) for k, r in sorted(warm_first.items()))
-    server = await_server_times(cfg.metrics_log, {r.request_id for r in outcomes if r.is_ok and r.request_id})
-    if server:
-        outcomes = [replace(r, server_ms=server.get(r.request_id)) if r.request_id else r for r in outcomes]
+    outcomes = with_server_times(outcomes, await_request_times(
+        cfg.metrics_log, {r.request_id for r in outcomes if r.is_ok and r.request_id}))
+    frontend = None
+    if cfg.frontend_log is not None:
+        # The frontend logs its figures for every 200 answer, also one whose body does not decode.
+        answered = sum(r.status == 200 for r in outcomes)
+        frontend = {k: tuple(v) for k, v in await_frontend_times(cfg.frontend_log, frontend_since, warm_ok,
+                                                                 answered).items()}
     return ReplayResult(
         rows=tuple(outcomes), wall_s=wall, concurrency=cfg.concurrency, rate=cfg.rate,
         warmup_requests=cfg.warmup_requests, is_complete=abort is None, abort_reason=abort, codec=codec,
-        client_cpu_s=cpu_s, warmup_answers=warmed,
+        client_cpu_s=cpu_s, warmup_answers=warmed, frontend=frontend,
     )
+
+
+def with_server_times(outcomes: list[RowOutcome], times: dict) -> list[RowOutcome]:
+    """Each row with its request id's PredictionTime, HandlerTime and batch size (``logs.RequestTime``)."""
+    if not times:
+        return outcomes
+    out = []
+    for r in outcomes:
+        t = times.get(r.request_id) if r.request_id else None
+        out.append(replace(r, server_ms=t.prediction_ms, handler_ms=t.handler_ms, server_batch=t.batch)
+                   if t is not None else r)
+    return out
 
 
 def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], codec: AnswerCodec) -> tuple:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -14,7 +15,6 @@ _ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b:?")
 _PREFIX = re.compile(r"^\S+ \[\w+ *\] \S+ \S+ - ")
 _FRONTEND = re.compile(r"(ERROR|Address already in use|BindException|java not found|responseTimeout|"
                        r"Worker died|Backend worker)")
-_PREDICTION_TIME = re.compile(r"PredictionTime\.ms:([0-9.]+)\|.*?requestID:(.*?),timestamp:")
 METRICS_WAIT_S = 3.0
 TAIL_MAX_BYTES = 16 << 20
 # What ``logcap`` saw in a run's logs while they streamed: the cut of each file, every distinct handler
@@ -277,30 +277,155 @@ def worker_recoveries(log_dir: Path | None, since: int = 0) -> int:
     return len(found)
 
 
+_METRIC = re.compile(r" - (?P<name>\w+)\.(?P<unit>\w+):(?P<value>-?[0-9.]+(?:[eE][-+]?\d+)?)\|#(?P<dims>[^|]*)"
+                     r"\|#(?P<host>.*)$")
+_REQUEST_ID = re.compile(r"(?:^|,)requestID:(.*?),timestamp:")
+# The metrics TorchServe 0.12's worker writes with the request ids of the batch they timed (ts/service.py
+# PredictionTime around the handler's entry point, ts/torch_handler/base_handler.py HandlerTime around
+# BaseHandler.handle; both only when the batch succeeded, every id of the batch comma-joined on one line).
+REQUEST_METRICS = ("PredictionTime", "HandlerTime")
+# The frontend's per-request metrics (RestJob.responseInference, answered requests only), in ts_metrics.log
+# without any request id in 0.12; and WorkerThreadTime, one per batch the worker thread ran (WorkerThread).
+FRONTEND_METRICS = {"ts_inference_latency_microseconds": ("frontend_ms", 1e-3),
+                    "ts_queue_latency_microseconds": ("queue_ms", 1e-3),
+                    "QueueTime": ("queue_gauge_ms", 1.0),
+                    "WorkerThreadTime": ("worker_thread_ms", 1.0)}
+FRONTEND_PER_REQUEST = "ts_inference_latency_microseconds"  # one line per answered request: counts them
+FRONTEND_WAIT_S = 3.0
+
+
+def parse_metric(line: str) -> tuple[str, float, tuple[str, ...]] | None:
+    """One TorchServe metrics-log line as (name, value, request ids); None for any other line.
+
+    The value is in the unit the line names (``PredictionTime.ms``, ``..._microseconds.Microseconds``);
+    the ids are those of its ``requestID`` dimension (a batch's ids comma-joined), () without one.
+    """
+    m = _METRIC.search(line.rstrip())
+    if not m:
+        return None
+    rid = _REQUEST_ID.search(m["host"])
+    ids = tuple(x.strip() for x in rid.group(1).split(",") if x.strip()) if rid else ()
+    return m["name"], float(m["value"]), ids
+
+
+@dataclass(frozen=True)
+class RequestTime:
+    """What the worker logged for one request id: its batch's PredictionTime and HandlerTime (ms),
+    and how many requests that batch held (each of them gets the batch's times)."""
+
+    prediction_ms: float | None = None
+    handler_ms: float | None = None
+    batch: int = 1
+
+
+def read_request_times(metrics_log: Path | None) -> dict[str, RequestTime]:
+    """requestID -> PredictionTime, HandlerTime and batch size from TorchServe's model_metrics.log.
+
+    A batch logs one line per metric for all its request ids; each id gets the batch's time.
+    A handler that overrides ``handle`` (or is a function) logs no HandlerTime: ``handler_ms`` is None.
+    """
+    found: dict[str, dict] = {}
+    if not metrics_log or not metrics_log.is_file():
+        return {}
+    for line in metrics_log.read_text(errors="replace").splitlines():
+        if "requestID:" not in line:
+            continue
+        parsed = parse_metric(line)
+        if parsed is None or parsed[0] not in REQUEST_METRICS:
+            continue
+        name, value, ids = parsed
+        for rid in ids:
+            entry = found.setdefault(rid, {"batch": len(ids)})
+            entry["prediction_ms" if name == "PredictionTime" else "handler_ms"] = value
+            entry["batch"] = len(ids)
+    return {rid: RequestTime(**v) for rid, v in found.items()}
+
+
 def read_server_times(metrics_log: Path | None) -> dict[str, float]:
     """requestID -> PredictionTime (ms) from TorchServe's model_metrics.log.
 
     A batch logs one PredictionTime for all its request ids; each id gets the batch's time.
     """
-    out: dict[str, float] = {}
-    if not metrics_log or not metrics_log.is_file():
-        return out
-    for line in metrics_log.read_text(errors="replace").splitlines():
-        m = _PREDICTION_TIME.search(line)
-        if m:
-            for rid in m.group(2).split(","):
-                out[rid.strip()] = float(m.group(1))
-    return out
+    return {rid: t.prediction_ms for rid, t in read_request_times(metrics_log).items() if t.prediction_ms is not None}
+
+
+def await_request_times(metrics_log: Path | None, wanted: set[str]) -> dict[str, RequestTime]:
+    """Request times once every answered request's PredictionTime is in the log: TorchServe writes it
+    a moment after the response is sent (bounded wait)."""
+    if metrics_log is None:
+        return {}
+    deadline = time.monotonic() + METRICS_WAIT_S
+    times = read_request_times(metrics_log)
+
+    def missing() -> bool:
+        return any(times.get(r) is None or times[r].prediction_ms is None for r in wanted)
+
+    while missing() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        times = read_request_times(metrics_log)
+    return times
 
 
 def await_server_times(metrics_log: Path | None, wanted: set[str]) -> dict[str, float]:
     """Server times once every answered request's line is in the log: TorchServe writes a
     request's PredictionTime a moment after its response is sent (bounded wait)."""
-    if metrics_log is None:
-        return {}
-    deadline = time.monotonic() + METRICS_WAIT_S
-    server = read_server_times(metrics_log)
-    while wanted - server.keys() and time.monotonic() < deadline:
+    return {rid: t.prediction_ms for rid, t in await_request_times(metrics_log, wanted).items()
+            if t.prediction_ms is not None}
+
+
+def metrics_offset(frontend_log: Path | None) -> int:
+    """The current end of ts_metrics.log, to read only the requests logged after it."""
+    try:
+        return frontend_log.stat().st_size if frontend_log is not None else 0
+    except OSError:
+        return 0
+
+
+def read_frontend_times(frontend_log: Path | None, since: int = 0, skip: int = 0) -> dict[str, list[float]]:
+    """The frontend's own figures (ms) for the answered requests logged in ts_metrics.log after byte ``since``,
+    the first ``skip`` answered requests left out (the replay's warm-up).
+
+    Keys: ``frontend_ms`` (ts_inference_latency_microseconds: from the request's arrival to its answer),
+    ``queue_ms`` (ts_queue_latency_microseconds: arrival to the worker taking it), ``queue_gauge_ms``
+    (QueueTime: the same in whole ms), each one value per answered request; ``worker_thread_ms``
+    (WorkerThreadTime: the worker thread's own time per batch). None carries a request id in 0.12, so
+    these are distributions, never joined to rows. Lines that ``logcap`` cut from the file are missing
+    (the caller compares ``len(frontend_ms)`` with the requests answered).
+    """
+    out: dict[str, list[float]] = {key: [] for key, _ in FRONTEND_METRICS.values()}
+    if frontend_log is None:
+        return out
+    seen = {name: 0 for name in FRONTEND_METRICS}
+    try:
+        with open(frontend_log, "rb") as f:
+            for start, end in data_regions(f.fileno(), since, os.fstat(f.fileno()).st_size):
+                f.seek(start)
+                for raw in f.read(end - start).decode("utf-8", errors="replace").splitlines():
+                    parsed = parse_metric(raw)
+                    if parsed is None or parsed[0] not in FRONTEND_METRICS:
+                        continue
+                    name, value, _ = parsed
+                    seen[name] += 1
+                    key, scale = FRONTEND_METRICS[name]
+                    # Per-request metrics: the k-th of each name is the k-th answered request's (one
+                    # responseInference call logs the three together). WorkerThreadTime: once the replay's
+                    # first request is logged (a batch's line follows its answers).
+                    if name == "WorkerThreadTime":
+                        if seen[FRONTEND_PER_REQUEST] > skip:
+                            out[key].append(value * scale)
+                    elif seen[name] > skip:
+                        out[key].append(value * scale)
+    except OSError:
+        return out
+    return out
+
+
+def await_frontend_times(frontend_log: Path | None, since: int, skip: int, wanted: int) -> dict[str, list[float]]:
+    """``read_frontend_times`` once ``wanted`` answered requests are logged: the frontend updates its metrics
+    after sending the answer (bounded wait; fewer may come when logcap cut lines)."""
+    deadline = time.monotonic() + FRONTEND_WAIT_S
+    times = read_frontend_times(frontend_log, since, skip)
+    while frontend_log is not None and len(times["frontend_ms"]) < wanted and time.monotonic() < deadline:
         time.sleep(0.05)
-        server = read_server_times(metrics_log)
-    return server
+        times = read_frontend_times(frontend_log, since, skip)
+    return times

@@ -4,6 +4,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.helpers import make_project, write_handler
@@ -30,6 +31,18 @@ def test_tiny_model_passes_and_reports_every_row(no_leftovers):
     assert rep["stages"]["server"]["token_auth"] is True
     assert rep["metrics"]["served"]["confusion"] == rep["metrics"]["baseline"]["confusion"]
     assert rep["served_latency_split"]["server_prediction_time"]["count"] == 60
+    # Where the time goes: every row joined by request id (a BaseHandler logs HandlerTime), the frontend's
+    # figures read for exactly the 60 timed requests (the warm-up's left out), the parts adding up.
+    b = rep["served_latency_split"]["breakdown"]
+    assert b["rows"] == {"joined": 60, "prediction_only": 0, "no_server_time": 0, "no_request_id": 0, "failed": 0}
+    assert b["frontend_logged"] == 60 and b["frontend"]["queue_ms"]["count"] == 60
+    assert b["components"]["handler_ms"]["count"] == 60
+    assert b["components"]["handler_ms"]["p50"] <= b["components"]["prediction_ms"]["p50"]
+    assert b["negative"]["client_overhead_ms"] == 0
+    split_rows = pd.read_parquet(Path(rep["run_dir"]) / "rows.parquet")
+    assert split_rows["served_handler_ms"].notna().all()
+    assert "## Where the time goes" in (Path(rep["run_dir"]) / "report.md").read_text()
+    assert "<h2>Where the time goes</h2><img" in (Path(rep["run_dir"]) / "report.html").read_text()
     assert all(c["passed"] for c in rep["gate"]["checks"] if c["is_gating"])
     assert (tmp / "store" / "tiny.mar").is_file()
     assert set(rep["stage_seconds"]) >= {"baseline", "export", "archive", "serve", "replay", "compare"}

@@ -97,6 +97,12 @@ def test_handler_errors_and_malformed_answers_are_counted_and_fail_the_gate(no_l
     assert len(failed) == garbage and failed.served_message.str.contains("not json").all()
     raised = rows[rows.served_error_class == "handler_error"]
     assert sorted(raised["id"]) == sorted(df.loc[df.f1 > 1.5, "id"])
+    # Where the time goes: a handler overriding handle logs no HandlerTime; every row is accounted for and said.
+    b = rep["served_latency_split"]["breakdown"]
+    assert b["rows"] == {"joined": 0, "prediction_only": 80 - raising - garbage, "no_server_time": 0,
+                         "no_request_id": 0, "failed": raising + garbage}
+    assert any("no HandlerTime" in n for n in b["notes"]) and any("failed row(s)" in n for n in b["notes"])
+    assert b["frontend_logged"] == 80 - raising  # the frontend logs every 200 answer, garbage ones too
 
 
 def test_batch_with_wrong_number_of_results_is_classified(no_leftovers):

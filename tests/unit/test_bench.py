@@ -75,3 +75,27 @@ def test_peak_memory_sees_a_child_process_grow():
     with PeakMemory(parent.pid) as mem:
         parent.wait(timeout=30)
     assert mem.peak_tree >= 64 * 2**20 > mem.peak_main > 0
+
+
+def test_bench_prints_phases_fractions_and_the_split(capsys):
+    from pipeline.bench import _print_inprocess, _print_split
+    from pipeline.evaluate.latency import split_latency
+    from pipeline.stages.outcomes import RowOutcome
+
+    rows = [RowOutcome(i, f"r{i}", True, 200, None, 2.0, f"id{i}", 0.5, None, None, 1, None, 1) for i in range(4)]
+    split = split_latency(rows, {"queue_ms": [0.1] * 4}).to_dict()
+    clients = {"inprocess": {"batch_size": 1, "batches": 10, "model_ms": 0.05, "model_rows_per_s": 20000.0,
+                             "handled_ms": 0.25, "handled_rows_per_s": 4000.0, "phases_ms": {"handle": 0.25},
+                             "phases_note": "the handler's class Own overrides handle: timed as one phase (handle)"},
+               "concurrency": {"1": {"client_rps_median": 1000.0, "client_varied_rps_median": 800.0,
+                                     "fractions": {"client_of_handled": 0.25, "client_of_model": 0.05,
+                                                   "client_varied_of_handled": 0.2, "client_varied_of_model": 0.04},
+                                     "latency_split": split}}}
+    _print_inprocess(clients)
+    _print_split(clients)
+    out = capsys.readouterr().out
+    assert "0.050 ms/batch      20000 rows/s" in out and "timed as one phase (handle)" in out
+    assert "   1          1000       0.250    0.0500           800       0.200    0.0400" in out
+    assert "concurrency 1: 4 rows (4 prediction_only)" in out
+    assert "outside the worker           1.500 / 1.500 / 1.500 / 1.500" in out
+    assert "note: 4 answered row(s) have a PredictionTime but no HandlerTime" in out
