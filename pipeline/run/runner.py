@@ -144,7 +144,9 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         model = load_model(spec)
         baseline = score_baseline(spec, model, rows, plan.reference)
         run.update(baseline=baseline)
-        facts.update(reference=plan.reference.name, accuracy=float((baseline.scores.predictions == rows.labels).mean()))
+        facts.update(reference=plan.reference.name)
+        if spec.model.task == "classification":  # the other tasks' figures come with the comparison
+            facts.update(accuracy=float((baseline.scores.predictions == rows.labels).mean()))
     # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
     surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
     probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
@@ -476,7 +478,7 @@ def _prepare(run: _Run) -> None:
     run.update(run_dir=_make_run_dir(opts.reports_dir, spec.name))
     prior_path = opts.baseline_report
     if prior_path is None and opts.against_last_pass:
-        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name)
+        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name, spec.model.task)
         if last is None:
             raise ReportError(
                 f"--against-last-pass: no passing run of {spec.name} in {opts.reports_dir / HISTORY_FILE}. "
@@ -484,7 +486,7 @@ def _prepare(run: _Run) -> None:
             )
         prior_path = Path(last.run_dir)
     if prior_path is not None:
-        run.update(prior=load_prior_report(prior_path, spec.name))
+        run.update(prior=load_prior_report(prior_path, spec.name, spec.model.task))
     plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until,
                     prebuilt=opts.prebuilt_mar)
     run.update(plan=plan)
