@@ -39,7 +39,7 @@ class StageOutputs:
     """What one stage produced per row, in dataset order.
 
     Attributes:
-        name: the stage (a ``Stage``, or a variant name such as ``handled@batch4``).
+        name: the stage (a ``Stage``, or a ``StageName`` variant such as ``handled@batch4``).
         predictions: int64 [N], -1 where the row got no answer.
         probabilities: float64 [N, C], NaN where not carried or not answered; None when the
             stage's answers carry no probabilities.

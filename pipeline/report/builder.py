@@ -51,7 +51,7 @@ def _plan_block(record: RunRecord) -> dict | None:
         # stage -> ids of rows whose answer named a shared name (compared by name)
         "shared_name_rows": {k: list(v) for k, v in record.comparison.shared_name_rows.items()}
         if record.comparison is not None else {},
-        "stages": [Stage.BASELINE.value, *plan.stages],
+        "stages": [Stage.BASELINE.value, *map(str, plan.stages)],
         "notes": list(plan.notes) + [n for n in (shared_name_note(plan.class_map),) if n]
         + list(getattr(codec, "notes", ())),  # the first answer's (answers/registry.py)
     }
@@ -204,8 +204,8 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
     })
     if cmp is not None:
         rep["metrics"] = _metrics_block(cmp)
-        rep["paired_tests"] = {name: jsonable(t) for name, t in cmp.tests.items()}
-        rep["steps"] = {name: jsonable(t) for name, t in cmp.steps.items()}
+        rep["paired_tests"] = {str(name): jsonable(t) for name, t in cmp.tests.items()}
+        rep["steps"] = {str(name): jsonable(t) for name, t in cmp.steps.items()}
         rep["flipped_rows"] = jsonable(cmp.flipped)
         rep["flipped_total"] = cmp.flipped_total
         rep["diverging_rows"] = jsonable(cmp.diverging)
@@ -230,9 +230,9 @@ def _metrics_block(cmp) -> dict:
     predictions (``confusion_classes``: their indices; every other entry is 0), not 1000 x 1000 zeros."""
     c = len(cmp.labels)
     if c <= MAX_CLASS_ROWS or not cmp.stages or not hasattr(next(iter(cmp.stages.values())), "confusion"):
-        return {name: jsonable(m) for name, m in cmp.stages.items()}
+        return {str(name): jsonable(m) for name, m in cmp.stages.items()}
     # the full matrices never pass through jsonable (a million Python ints per stage, twice per run)
-    out = {name: jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
+    out = {str(name): jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
     used = np.zeros(c, bool)
     for m in cmp.stages.values():
         cm = np.asarray(m.confusion)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.names import Stage, StageName, handled_at_batch
 from pipeline.report.text import fmt, metric
 from pipeline.tasks.registry import task_of_report
 
@@ -76,11 +77,11 @@ PIPELINE = ("dataset", "baseline", "export", "archive", "handled", "serve", "rep
 def not_run(rep: dict) -> list[str]:
     """The stages of the run's plan after the one it stopped in (stage_seconds holds those that started)."""
     ran = list(rep.get("stage_seconds") or {})
-    planned = set((rep.get("plan") or {}).get("stages") or ())
+    planned = {StageName.of(s) for s in (rep.get("plan") or {}).get("stages") or ()}  # the report's text, read once
     wanted = {"dataset", "baseline"}  # compare is not listed: an error run compares its partial results
     if "exported" in planned:
         wanted.add("export")
-    if any(s.startswith("handled") for s in planned):
+    if any(s.stage == Stage.HANDLED for s in planned):
         wanted |= {"archive", "handled"}
     if "served" in planned:
         wanted |= {"serve", "replay"}
@@ -93,9 +94,11 @@ def not_run(rep: dict) -> list[str]:
 def _failed_rows(rep: dict) -> list[str]:
     """One failed row per stage and error class, with its message: what the handler raised, quoted."""
     stages = rep.get("stages") or {}
-    blocks = [("handled", (stages.get("handled") or {}).get("batch1")),
-              (f"handled@batch{(stages.get('handled') or {}).get('batch_size')}",
-               (stages.get("handled") or {}).get("batched")),
+    handled = stages.get("handled") or {}
+    batch = handled.get("batch_size")
+    blocks = [("handled", handled.get("batch1")),
+              (str(handled_at_batch(batch)) if isinstance(batch, int) and batch >= 1 else "handled@batch?",
+               handled.get("batched")),
               ("served", stages.get("replay"))]
     out = []
     for stage, block in blocks:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.names import StageName
+
 # v3: model.task (tasks/): the metrics, paired tests and flipped rows of a task other than classification
 # have that task's fields. A v2 report (before the task seam) is a classification report and still reads.
 SCHEMA = "package-validate/report/v3"
@@ -32,6 +34,8 @@ REPORT_KEYS = (
 
 def jsonable(x: Any) -> Any:
     """Plain JSON values: dataclasses as dicts, paths as strings, NaN and infinity as null."""
+    if isinstance(x, StageName):
+        return str(x)
     if is_dataclass(x) and not isinstance(x, type):
         return jsonable(asdict(x))
     if isinstance(x, Enum):
