@@ -89,7 +89,7 @@ def _items(v: Any) -> list | None:
     if isinstance(v, (list, tuple)):
         return list(v)
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
+        return []  # an empty cell: a CSV cannot tell it from no label at all (counted in the notes)
     text = str(v).strip()
     if text.startswith("["):
         try:
@@ -156,7 +156,9 @@ def read_labels(df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, l
         raise DatasetError(f"{path}: {len(bad)} row(s) have labels that cannot be read in column "
                            f"{ds.label_column!r}; write each row's labels as a list ([0, 2], [\"cat\", \"dog\"] or "
                            "cat;dog, empty for none). No row is skipped.", details=bad[:20])
-    return out, [f"labels read as lists from column {ds.label_column!r}"]
+    empty = int((out.sum(axis=1) == 0).sum())
+    return out, [f"labels read as lists from column {ds.label_column!r}"
+                 + (f"; {empty} row(s) have no label (an empty cell or [])" if empty else "")]
 
 
 # --- answers --------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_multilabel_labels_as_lists_names_and_separated_text():
     df = pd.DataFrame({"label": ["[0, 2]", '["b"]', "a;c", "", "[]", "b"]})
     y, notes = multilabel.read_labels(df, ml_spec(), Path("d.csv"), [f"i{i}" for i in range(6)])
     assert y.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1, 0]]
-    assert "lists" in notes[0]
+    assert "lists" in notes[0] and "2 row(s) have no label" in notes[0]
 
 
 def test_multilabel_labels_as_one_01_column_per_label():
@@ -119,13 +119,14 @@ def test_multilabel_labels_as_one_01_column_per_label():
     assert "id i1: column 'yb' holds 2" in e.value.details[0]
 
 
-def test_multilabel_unknown_label_and_missing_value_are_named_by_row():
-    df = pd.DataFrame({"label": ["a", "z;b", None]})
+def test_multilabel_unknown_label_is_named_by_row_and_an_empty_cell_is_no_label():
+    df = pd.DataFrame({"label": ["a", "z;b", None, "{1}", "[5]"]})
     with pytest.raises(DatasetError) as e:
-        multilabel.read_labels(df, ml_spec(), Path("d.csv"), ["i0", "i1", "i2"])
-    assert "2 row(s)" in str(e.value)
+        multilabel.read_labels(df, ml_spec(), Path("d.csv"), ["i0", "i1", "i2", "i3", "i4"])
+    assert "3 row(s)" in str(e.value)
     assert any("id i1: 'z' is not a label" in d for d in e.value.details)
-    assert any(d.startswith("id i2:") for d in e.value.details)
+    assert any("id i4: 5 is not a label" in d for d in e.value.details)
+    assert not any(d.startswith("id i2:") for d in e.value.details), "an empty cell is no label (CSV)"
 
 
 def test_regression_labels_one_or_several_columns_and_lists():
