@@ -301,8 +301,9 @@ def _answered_facts(outcomes: tuple[RowOutcome, ...], complete: bool, abort: str
                       abort_reason=abort)
 
 
-def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
-    """Rows answered in the warm-up and in the replay, and those whose two answers differ."""
+def warmup_differences(replay, tolerance: float, rtol: float = 0.0) -> tuple[int, tuple[str, ...]]:
+    """Rows answered in the warm-up and in the replay, and those whose two answers differ (beyond
+    ``tolerance + rtol * |steady|``: the task's tolerance, ``Task.tolerances``)."""
     checked, differing = 0, []
     for warm in replay.warmup_answers:
         steady = replay.rows[warm.index]
@@ -313,7 +314,8 @@ def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
         pair = [(x, y) for x, y in ((a.logits, b.logits), (a.probabilities, b.probabilities))
                 if x is not None and y is not None]
         diff = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]))) if pair else 0.0
-        if a.index != b.index or diff > tolerance:
+        excess = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]) - rtol * np.abs(pair[0][1]))) if pair else 0.0
+        if a.index != b.index or excess > tolerance:
             differing.append(f"{warm.id}: warm-up class {a.index}, steady class {b.index}, max output diff {diff:.3g}")
     return checked, tuple(differing)
 
@@ -340,7 +342,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         rp = record.replay
         answered[Stage.SERVED] = _answered_facts(rp.rows, rp.is_complete, rp.abort_reason)
     not_run = {s: "the run stopped before this stage finished" for s in plan.stages}
-    warm_checked, warm_diff = (warmup_differences(record.replay, plan.spec.gate.max_output_diff)
+    warm_checked, warm_diff = (warmup_differences(record.replay, *task_of(plan.spec).tolerances(plan.spec))
                                if record.replay is not None else (None, ()))
     return GateInputs(
         warmup_checked=warm_checked, warmup_differing=warm_diff,

@@ -286,6 +286,9 @@ class Multilabel:
         return V.TaskDecoder(NAME, lambda doc: parse_answer(doc, spec),
                              V.Carried("some", False, "per-label scores, or the labels present"), fn, ref or "")
 
+    def tolerances(self, spec) -> tuple[float, float]:
+        return spec.gate.max_output_diff, 0.0
+
     def check_answer(self, pred: Prediction, spec) -> list[str]:
         p = pred.probabilities
         if p is None:

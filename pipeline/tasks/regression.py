@@ -211,6 +211,9 @@ class Regression:
         return V.TaskDecoder(NAME, lambda doc: parse_answer(doc, spec), V.Carried("none", True, "values"), fn,
                              ref or "")
 
+    def tolerances(self, spec) -> tuple[float, float]:
+        return spec.gate.max_output_diff, spec.gate.value_rtol
+
     def check_answer(self, pred: Prediction, spec) -> list[str]:
         v = pred.logits
         return [] if v is None or np.isfinite(v).all() else ["values that are not finite numbers"]

@@ -443,3 +443,17 @@ def test_a_prior_report_of_another_task_is_refused_and_a_v2_report_reads_as_clas
     v2 = {**_report("classification"), "schema": "package-validate/report/v2", "spec": {"model": {}}}
     path.write_text(json.dumps(v2))
     assert load_prior_report(path, "m", "classification").metrics == {"accuracy": 0.9}
+
+
+def test_served_warm_up_answers_are_compared_with_the_tasks_tolerance():
+    from pipeline.run.runner import warmup_differences
+
+    spec = rg_spec()
+    task = task_for("regression")
+    steady = answered(task, spec, [300.0])
+    warm = answered(task, spec, [300.0 + 3e-5])  # float32 batching at ~300: within 1e-5 + 1e-5 x 300
+    replay = SimpleNamespace(rows=steady, warmup_answers=warm)
+    assert warmup_differences(replay, *task.tolerances(spec)) == (1, ())
+    assert warmup_differences(replay, *task_for("classification").tolerances(spec))[1], "absolute only: differs"
+    far = SimpleNamespace(rows=steady, warmup_answers=answered(task, spec, [300.1]))
+    assert warmup_differences(far, *task.tolerances(spec))[1]
