@@ -395,6 +395,8 @@ def test_report_sections_render_from_report_json_with_a_residual_plot(rg_case):
     assert "Rows whose answer differs from the baseline's (20)" in md and "accuracy" not in md
     html = render_html(rep, None)
     assert "<svg" in html and "residual (prediction - truth)" in html and "Confusion" not in html
+    rows = pd.DataFrame({"baseline_latency_ms": np.linspace(0.1, 1.0, N), "handled_latency_ms": np.full(N, 2.0)})
+    assert "<h2>Latency distributions</h2>" in render_html(rep, rows), "a task's tables leave the rows to the plots"
 
 
 # --- history and the prior run -------------------------------------------------------------------------
