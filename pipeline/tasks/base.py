@@ -53,7 +53,8 @@ What a task module owns, and where each piece is asked for:
    baseline, each gated metric within its limits, the output difference); the gate adds the checks
    every task shares (probes, answered rows, export ratios, latency, warm-up, prior run, leakage).
    ``gated_metrics`` names the metrics ``gate.metrics`` may list, and ``default_metrics`` those gated
-   when the spec lists none (the seeds: each within 1 point of the baseline).
+   when the spec lists none (the seeds: each within 1 point of the baseline); ``lower_is_better`` the
+   losses among them, whose rise (not drop) the limits bound, also against a prior run.
 
 7. **rows.parquet** (``row_columns``): the task's columns of one stage's outputs (``<stage>_pred``,
    ``<stage>_prob`` for classification; per-label or per-target columns for the others).
@@ -117,6 +118,7 @@ class Task(Protocol):
     gated_metrics: tuple[str, ...]
     default_metrics: tuple[str, ...]
     tracked: tuple[str, ...]
+    lower_is_better: frozenset[str]  # the gated metrics that are losses (a rise is the worsening)
 
     def read_labels(self, df: "pd.DataFrame", spec: "Spec", path: Path,
                     ids: Sequence[str]) -> tuple[np.ndarray, list[str]]: ...

@@ -24,6 +24,7 @@ class Classification:
     gated_metrics = GATED_METRICS
     default_metrics = GATED_METRICS
     tracked = TRACKED
+    lower_is_better = frozenset()  # losses: their rise is what the gate limits
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         from pipeline.inputs.base import labels_of

@@ -267,6 +267,7 @@ class Multilabel:
     gated_metrics = GATED
     default_metrics = DEFAULT
     tracked = TRACKED
+    lower_is_better = LOWER  # losses: their rise is what the gate limits
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)
