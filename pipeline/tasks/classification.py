@@ -37,11 +37,11 @@ class Classification:
     def decode(self, doc: Any, spec) -> None:
         return None  # the answers/ formats decode classification answers
 
+    def decoder(self, spec) -> None:
+        return None  # answers.registry.codec_for builds the format's decoder
+
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, 0.0
-
-    def check_answer(self, pred, spec) -> list[str]:
-        return []  # the formats refuse a class out of range while decoding
 
     def model_outputs(self, name: str, scores, spec):
         from pipeline.evaluate.compare import StageOutputs

@@ -290,14 +290,6 @@ class Multilabel:
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, 0.0
 
-    def check_answer(self, pred: Prediction, spec) -> list[str]:
-        p = pred.probabilities
-        if p is None:
-            return []
-        carried = p[np.isfinite(p)]
-        return [f"scores outside [0, 1]: {carried[(carried < 0) | (carried > 1)][:4].tolist()}"] if (
-            (carried < 0) | (carried > 1)).any() else []
-
     def model_outputs(self, name: str, scores, spec) -> StageOutputs:
         logits = np.asarray(scores.logits, np.float64)
         ok = np.isfinite(logits).all(axis=1)
