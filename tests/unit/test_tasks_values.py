@@ -475,3 +475,12 @@ def test_a_loss_against_an_earlier_run_is_limited_in_its_rise(rg_case):
         c = check(evaluate_gate(spec.gate, plan, cmp, inputs), "mae rise vs run of t", "served")
         assert c.passed is ok and c.detail == f"rise {mae - prior['mae']:+.4f}"
     assert check(evaluate_gate(spec.gate, plan, cmp, inputs), "r2 drop vs run of t", "served").passed
+
+
+def test_answers_decode_of_a_task_returns_what_the_task_reads_and_its_errors_are_the_rows():
+    spec = ml_spec()
+    dec = V.TaskDecoder("multilabel", lambda doc: multilabel.parse_answer(doc, spec), V.Carried("some", False, "x"),
+                        fn=lambda doc: np.asarray(doc["out"]["scores"]), ref="mine.py:read")
+    assert dec.decode({"out": {"scores": [0.9, 0.1, 0.8]}}).extra["values"].tolist() == [1, 0, 1]
+    with pytest.raises(AnswerError, match=r"answers.decode mine.py:read raised KeyError: 'out'"):
+        dec.decode({"scores": [0.9, 0.1, 0.8]})
