@@ -214,6 +214,12 @@ def codec_for(spec: Spec, class_map: ClassMap, fmt: str, chosen_by: str,
               builtin_top_k: int | None = None) -> AnswerCodec:
     """The codec for a format already chosen (``fmt`` may be "auto" for a handler file)."""
     envelope = ENVELOPES[spec.answers.envelope]
+    if spec.model.task != "classification":  # the task reads its own answers (tasks/<task>.py decoder)
+        from pipeline.tasks.registry import task_of
+
+        return AnswerCodec(envelope=envelope, format=spec.model.task, decoder=task_of(spec).decoder(spec),
+                           chosen_by=f"model.task: {spec.model.task}", spec=spec, class_map=class_map,
+                           required_classes=0, required_words="nothing (a task's own answers)", settled=True)
     decoder = None if fmt == "auto" else decoder_for(fmt, spec, class_map)
     req = _requirement(spec, fmt, builtin_top_k) if fmt != "auto" else {
         "required_classes": 0, "required_words": "nothing yet"}

@@ -56,6 +56,9 @@ class StageOutputs:
     latencies_ms: np.ndarray | None
     logits_from: str = "logits"
     no_outputs_why: str | None = None  # why a stage whose answers carry only a class has no numbers to compare
+    # tasks other than classification (tasks/values.py): each row's decision, float [N, K], NaN where unanswered
+    # (multi-label: the labels present, 0/1; regression: the values)
+    values: np.ndarray | None = None
 
     @classmethod
     def from_scores(cls, name: str, scores) -> "StageOutputs":

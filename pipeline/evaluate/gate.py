@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics, class_keys
 from pipeline.names import Stage, StageName
 from pipeline.spec import GateSpec
+from pipeline.tasks.registry import task_for
 
 SIGNIFICANCE = 0.05
 EPS = 1e-12
@@ -70,6 +71,7 @@ class GatePlan:
     warmup: bool = False  # the served warm-up answers are compared with the steady-state ones
     classes_only: tuple[str, ...] = ()
     lint: bool = False  # the config and archive lint is planned (every run: pipeline.lint)
+    task: str = "classification"  # model.task: whose checks each candidate gets (tasks.registry)
 
 
 @dataclass(frozen=True)
@@ -338,19 +340,24 @@ def warmup_check(inputs: GateInputs) -> Check:
                  "; ".join(inputs.warmup_differing[:5]))
 
 
-def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs) -> list[Check]:
+def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs,
+                 lower_is_better: frozenset[str] = frozenset()) -> list[Check]:
+    """Each served metric against an earlier run's; for a loss (``lower_is_better``, the task's) its rise."""
     out = []
     served = cmp.stages.get(Stage.SERVED) if cmp else None
     for metric, th in spec.metrics.items():
         if th.max_drop is None:
             continue
-        name, limit = f"{metric} drop vs {inputs.prior_label}", f"drop <= {th.max_drop:.4f}"
+        low = metric in lower_is_better
+        word = "rise" if low else "drop"
+        name, limit = f"{metric} {word} vs {inputs.prior_label}", f"{word} <= {th.max_drop:.4f}"
         b = (inputs.prior_metrics or {}).get(metric)
         v = served.get(metric) if served else None
         if is_bad(b) or is_bad(v):
             out.append(missing(name, Stage.SERVED, limit, "the served metric or the earlier run's is missing", spec))
             continue
-        out.append(Check(name, Stage.SERVED, v, b, limit, at_most(b - v, th.max_drop), f"drop {b - v:+.4f}"))
+        worse = v - b if low else b - v
+        out.append(Check(name, Stage.SERVED, v, b, limit, at_most(worse, th.max_drop), f"{word} {worse:+.4f}"))
     return out
 
 
@@ -387,18 +394,9 @@ def lint_check(spec: GateSpec, inputs: GateInputs) -> Check:
 def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs: GateInputs,
                  stage: str, base_name: str, labels: tuple[str, ...]) -> list[Check]:
     """Every check of one planned candidate stage."""
-    checks: list[Check] = []
-    have = cmp is not None and stage in cmp.stages and base_name in cmp.stages
     why = inputs.not_run.get(stage) or f"the {stage} stage has no results"
-    cand = cmp.stages[stage] if have else None
-    base = cmp.stages[base_name] if have else None
-    t = cmp.tests[stage] if have else None
-    flipped = tuple(r.id for r in cmp.flipped if r.predictions.get(stage, (None,))[0] != r.predictions.get(
-        base_name, (None,))[0]) if have else ()
-    checks += agreement_checks(spec, t, cand, base, stage, labels, why, flipped)
-    checks += metric_checks(spec, cand, base, stage, why)
-    over = tuple(r.id for r in cmp.diverging if r.stage == stage) if cmp is not None else ()
-    checks.append(output_check(spec, plan, t, stage, why, over))
+    # agreement, metrics and the output difference are the task's (tasks/<task>.py); the rest every task shares
+    checks: list[Check] = task_for(plan.task).stage_checks(spec, plan, cmp, stage, base_name, labels, why)
     if stage in plan.probes:
         checks.append(probe_check(spec, inputs, stage))
     if stage == Stage.EXPORTED:
@@ -410,7 +408,7 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
         if plan.warmup:
             checks.append(warmup_check(inputs))
         if plan.has_prior:
-            checks += prior_checks(spec, cmp, inputs)
+            checks += prior_checks(spec, cmp, inputs, task_for(plan.task).lower_is_better)
     return checks
 
 

@@ -239,9 +239,9 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
         if fractional.any() or values.astype(str).str.contains(r"[,;|\[]").any():
             bad = values[fractional | values.astype(str).str.contains(r"[,;|\[]")].head(5).tolist()
             raise DatasetError(
-                f"{path}: label column {spec.dataset.label_column!r} holds {bad}: regression targets and "
-                "multi-label sets are not validated here; package-validate validates single-label classifiers "
-                "(one class index or name per row)."
+                f"{path}: label column {spec.dataset.label_column!r} holds {bad}: regression targets or "
+                "multi-label sets, not one class per row (model.task: classification). Set model.task: regression "
+                "(one number per target) or model.task: multilabel (a list of labels per row)."
             )
         if names is None:
             bad = values[~numeric].head(5).tolist()
@@ -269,6 +269,14 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
             "Fix the labels or model.num_classes."
         )
     return labels, notes
+
+
+def task_labels(df: pd.DataFrame, spec: Spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The labels of every row as ``model.task`` reads them (``tasks.base``: classification reads
+    ``labels_of`` on the label column)."""
+    from pipeline.tasks.registry import task_of
+
+    return task_of(spec).read_labels(df, spec, path, ids)
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], path: Path, field_name: str) -> None:

@@ -21,6 +21,7 @@ from pipeline.report.text import MAX_CLASS_ROWS
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
 from pipeline.report.tsconfig import serving_config_block
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR
+from pipeline.tasks.registry import task_of
 from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
 
@@ -170,7 +171,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         error: the error or interruption that ended the run early, if any.
 
     Returns:
-        A dict following schema ``package-validate/report/v2`` (keys: ``schema.REPORT_KEYS``).
+        A dict following schema ``package-validate/report/v3`` (keys: ``schema.REPORT_KEYS``).
     """
     spec = record.spec
     cmp = record.comparison
@@ -242,7 +243,7 @@ def _metrics_block(cmp) -> dict:
     """Each stage's metrics; with many classes, the confusion matrices keep only the classes with rows or
     predictions (``confusion_classes``: their indices; every other entry is 0), not 1000 x 1000 zeros."""
     c = len(cmp.labels)
-    if c <= MAX_CLASS_ROWS or not cmp.stages:
+    if c <= MAX_CLASS_ROWS or not cmp.stages or not hasattr(next(iter(cmp.stages.values())), "confusion"):
         return {str(name): jsonable(m) for name, m in cmp.stages.items()}
     # the full matrices never pass through jsonable (a million Python ints per stage, twice per run)
     out = {str(name): jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
@@ -314,6 +315,9 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
 
     rows = record.rows
     n = len(rows)
+    task = task_of(record.spec)
+    if task.name != "classification":
+        return _task_rows_frame(record, task)
     cols: dict[str, Any] = {"id": list(rows.ids), "label": np.asarray(rows.labels)}
     for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
         if result is None:
@@ -336,4 +340,39 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
         cols["served_handler_ms"] = pd.array([r.handler_ms for r in ordered], dtype="Float64")
         cols["served_attempts"] = pd.array([r.attempts for r in ordered], dtype="Int64")
         cols["request_id"] = pd.array([r.request_id for r in ordered], dtype="string")
+    return pd.DataFrame(cols)
+
+
+def _task_rows_frame(record: RunRecord, task) -> "pd.DataFrame":
+    """rows.parquet of a task other than classification: its label and per-stage columns
+    (``tasks/<task>.py row_columns``), with each stage's latency, status and error as for classification."""
+    import pandas as pd
+
+    rows, spec = record.rows, record.spec
+    n, names = len(rows), spec.class_labels
+    labels = np.asarray(rows.labels)
+    cols: dict[str, Any] = {"id": list(rows.ids)}
+    for k, name in enumerate(names):
+        cols[f"label_{name}"] = labels[:, k] if labels.ndim == 2 else labels
+    for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
+        if result is None:
+            continue
+        cols.update(task.row_columns(prefix, task.model_outputs(prefix, result.scores, spec), names))
+        cols[f"{prefix}_latency_ms"] = np.asarray(result.scores.latencies_ms, dtype=float)
+    answered = []
+    if record.handled is not None:
+        answered.append(("handled", record.handled.batch1))
+        if record.handled.batched is not None:
+            answered.append(("handled_batched", record.handled.batched))
+    if record.replay is not None:
+        answered.append(("served", record.replay.rows))
+    for prefix, outcomes in answered:
+        ordered = sorted(outcomes, key=lambda r: r.index)
+        if [r.index for r in ordered] != list(range(n)):
+            raise ValueError(f"{prefix} has {len(ordered)} rows for {n} dataset rows")
+        cols.update(task.row_columns(prefix, task.answer_outputs(prefix, tuple(ordered), spec), names))
+        cols[f"{prefix}_latency_ms"] = pd.array([r.latency_ms for r in ordered], dtype="Float64")
+        cols[f"{prefix}_status"] = pd.array([r.status for r in ordered], dtype="Int64")
+        cols[f"{prefix}_error_class"] = pd.array([r.error_class for r in ordered], dtype="string")
+        cols[f"{prefix}_message"] = pd.array([r.message for r in ordered], dtype="string")
     return pd.DataFrame(cols)

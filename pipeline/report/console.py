@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.names import Stage, StageName, handled_at_batch
 from pipeline.report.text import fmt, metric
+from pipeline.tasks.registry import task_of_report
 
 MAX_FAILED_SHOWN = 12
 
@@ -50,7 +51,7 @@ def render_console(rep: dict, *, width: int = 12) -> str:
     metrics = rep.get("metrics") or {}
     if metrics:
         out.append("")
-        out += _stage_table(metrics, width)
+        out += _stage_table(metrics, width, task_of_report(rep).tracked)  # the task's figures (tasks/<task>.py)
         first = next(iter(metrics.values()))
         if first.get("classes_total") and first.get("classes_averaged") != first.get("classes_total"):
             out.append(f"macro over the {first['classes_averaged']} classes present among the "
@@ -117,11 +118,12 @@ def _where(run_dir: str | None) -> str:
     return f"report: none could be written in {run_dir} (see the error above)"
 
 
-def _stage_table(metrics: dict, width: int) -> list[str]:
+def _stage_table(metrics: dict, width: int,
+                 figures: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")) -> list[str]:
     """The stages side by side; each column as wide as its widest cell, so no two cells run together."""
     names = list(metrics)
     rows = [("metric", names)]
-    rows += [(m, [metric(metrics[n], m) for n in names]) for m in ("accuracy", "precision_macro", "recall_macro", "f1_macro")]
+    rows += [(m, [metric(metrics[n], m) for n in names]) for m in figures]
     rows.append(("rows answered", [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names]))
     for k in ("p50", "p99"):
         rows.append((f"latency {k} (ms)", [fmt(metrics[n]["latency"][k], 3) if metrics[n].get("latency") else "-"

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.evaluate.latency import LABELS, ROW_LABELS, STACKED, stacked_rows  # noqa: E402
-from pipeline.report.text import averaged_over, shown_classes  # noqa: E402
+from pipeline.report.text import averaged_over, shown_classes, task_sections  # noqa: E402
 from pipeline.report.tsconfig import html_section  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
@@ -287,7 +287,15 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
                         e(_fmt(c["baseline"])), e(c["limit"]), e(c.get("detail") or "")])
         parts.append(_table(["result", "stage", "check", "value", "baseline", "limit", "detail"], trs))
     metrics = report.get("metrics") or {}
-    if metrics:
+    sections = task_sections(report)
+    for sec in sections or ():  # another task's sections (tasks/<task>.py), its plot inline
+        parts.append(f"<h2>{e(sec.title)}</h2>")
+        for header, body in sec.tables:  # (not "rows": the per-row table the latency plots read)
+            parts.append(_table([e(h) for h in header], [[e(c) for c in r] for r in body]))
+        parts += [f"<p>{e(ln)}</p>" for ln in sec.lines]
+        if sec.svg:
+            parts.append(f"<div class='plot'>{sec.svg}</div>")
+    if metrics and sections is None:
         names = list(metrics)
         parts.append("<h2>Metrics</h2>")
         parts.append(_table(["metric"] + names, [[m] + [e(metric_text(metrics[n], m)) for n in names] for m in
@@ -297,7 +305,8 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         for stage, ids in ((report.get("plan") or {}).get("shared_name_rows") or {}).items():
             parts.append(f"<p>{e(stage)}: {len(ids)} row(s) answered a name several classes share, compared by "
                          f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
-    plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
+    plots = [("Confusion matrices", _confusion_plot(report) if sections is None else None),
+             ("Per-class F1", _f1_plot(report) if sections is None else None),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:
         if uri:
@@ -307,7 +316,7 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         uri = _stacked_plot(report, rows)
         parts.append("<h2>Where the time goes</h2>" + (f"<img alt='Where the time goes' src='{uri}'>" if uri else "")
                      + where)
-    if report.get("flipped_rows"):
+    if report.get("flipped_rows") and sections is None:
         stages = list(report["flipped_rows"][0]["predictions"])
         parts.append(f"<h2>Rows whose prediction differs from the baseline's ({e(report['flipped_total'])})</h2>")
         parts.append(_table(["id", "label"] + stages,

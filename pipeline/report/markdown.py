@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pipeline.evaluate.latency import LABELS, ROW_LABELS
+from pipeline.report.text import (averaged_over, check_word, fmt, metric, section_markdown, shown_classes, table,
+                                  task_sections)
 from pipeline.report.tsconfig import markdown_section
-from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, table
 
 SUMMARY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
 
@@ -271,7 +272,12 @@ def render_markdown(rep: dict) -> str:
         lines += ["**Release pending: this report was written before the archive was published; until it is "
                   "rewritten as published, the model store holds the previous release** (archive sha256 "
                   f"`{rep['release']['archive_sha256']}`).", ""]
-    lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
+    sections = task_sections(rep)
+    if sections is None:
+        lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
+    else:  # another task's metrics and rows (tasks/<task>.py report_sections); the diverging rows are shared
+        lines += _gate(rep) + _attribution(rep) + [ln for sec in sections for ln in section_markdown(sec)]
+        lines += _rows_tables({**rep, "flipped_rows": None}) + _plan(rep)
     lines += _export(rep) + _probes(rep) + _handled_and_replay(rep) + _where_time_goes(rep) + markdown_section(rep)
     sizes = rep.get("sizes_bytes")
     if sizes:

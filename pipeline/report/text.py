@@ -68,3 +68,23 @@ def averaged_over(m: dict) -> str:
         return f"macro and weighted figures average over all {total} classes (gate.metric_classes: all)"
     return (f"macro and weighted figures average over the {n} class(es) present among the eval labels, of the "
             f"model's {total} (gate.metric_classes: present; predictions of other classes count as errors)")
+
+
+def task_sections(rep: dict) -> list | None:
+    """The report sections of the run's task (``tasks.base.Section``), or None for classification, whose
+    metric, per-class, paired-test and flipped-row sections the renderers draw themselves."""
+    from pipeline.tasks.registry import task_name_of_report, task_of_report
+
+    if task_name_of_report(rep) == "classification":
+        return None
+    return task_of_report(rep).report_sections(rep)
+
+
+def section_markdown(sec: Any) -> list[str]:
+    """One task section as Markdown: heading, lines, tables (an SVG plot is for report.html)."""
+    lines = [f"## {sec.title}", ""]
+    for header, rows in sec.tables:
+        lines += table(list(header), [list(r) for r in rows]) + [""]
+    if sec.lines:
+        lines += [f"- {ln}" for ln in sec.lines] + [""]
+    return lines

@@ -26,7 +26,7 @@ from pipeline.answers.classes import names_classes
 from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, RecordError, \
     ReplayError, ReportError
 from pipeline.evaluate.attribution import attribute
-from pipeline.evaluate.compare import StageOutputs, compare_stages
+from pipeline.evaluate.compare import StageOutputs
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
 from pipeline.history.prior import load_prior_report
 from pipeline.inputs.registry import handler_probes
@@ -45,9 +45,11 @@ from pipeline.stages.baseline import score_baseline
 from pipeline.stages.dataset import largest_body, load_dataset
 from pipeline.stages.export import export_model, verify_archived
 from pipeline.stages.handled import HandledConfig, run_handled, with_inner
-from pipeline.stages.outcomes import RowOutcome, stage_outputs
+from pipeline.stages.outcomes import RowOutcome
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
+from pipeline.tasks.base import CompareContext
+from pipeline.tasks.registry import task_of
 from pipeline.torchserve.config import lint_run
 from pipeline.wire import worker_view
 from pipeline.torchserve.errors import SERVER_FAILURES
@@ -144,7 +146,9 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         model = load_model(spec)
         baseline = score_baseline(spec, model, rows, plan.reference)
         run.update(baseline=baseline)
-        facts.update(reference=plan.reference.name, accuracy=float((baseline.scores.predictions == rows.labels).mean()))
+        facts.update(reference=plan.reference.name)
+        if spec.model.task == "classification":  # the other tasks' figures come with the comparison
+            facts.update(accuracy=float((baseline.scores.predictions == rows.labels).mean()))
     # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
     surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
     probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
@@ -289,17 +293,19 @@ def _check_endpoint(run: _Run, rows) -> None:
 
 def _outputs(record: RunRecord) -> tuple[list[StageOutputs], np.ndarray | None]:
     plan, c = record.plan, record.plan.spec.model.num_classes
-    stages = [StageOutputs.from_scores(Stage.BASELINE, record.baseline.scores)]
+    spec = plan.spec
+    task = task_of(spec)  # what each stage's outputs are is the task's (tasks/<task>.py)
+    stages = [task.model_outputs(Stage.BASELINE, record.baseline.scores, spec)]
     if record.exported is not None:
-        stages.append(StageOutputs.from_scores(Stage.EXPORTED, record.exported.scores))
+        stages.append(task.model_outputs(Stage.EXPORTED, record.exported.scores, spec))
     if record.handled is not None:
         h = record.handled
-        stages.append(with_inner(stage_outputs(Stage.HANDLED, h.batch1, c), h.inner_batch1, c))
+        stages.append(with_inner(task.answer_outputs(Stage.HANDLED, h.batch1, spec), h.inner_batch1, c))
         if h.batched is not None and plan.batched_stage:
-            stages.append(with_inner(stage_outputs(plan.batched_stage, h.batched, c), h.inner_batched, c))
+            stages.append(with_inner(task.answer_outputs(plan.batched_stage, h.batched, spec), h.inner_batched, c))
     server_ms = None
     if record.replay is not None:
-        stages.append(stage_outputs(Stage.SERVED, record.replay.rows, c))
+        stages.append(task.answer_outputs(Stage.SERVED, record.replay.rows, spec))
         server_ms = np.array([r.server_ms if r.server_ms is not None else np.nan for r in record.replay.rows])
     return stages, server_ms
 
@@ -314,8 +320,9 @@ def _answered_facts(outcomes: tuple[RowOutcome, ...], complete: bool, abort: str
                       abort_reason=abort)
 
 
-def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
-    """Rows answered in the warm-up and in the replay, and those whose two answers differ."""
+def warmup_differences(replay, tolerance: float, rtol: float = 0.0) -> tuple[int, tuple[str, ...]]:
+    """Rows answered in the warm-up and in the replay, and those whose two answers differ (beyond
+    ``tolerance + rtol * |steady|``: the task's tolerance, ``Task.tolerances``)."""
     checked, differing = 0, []
     for warm in replay.warmup_answers:
         steady = replay.rows[warm.index]
@@ -326,7 +333,8 @@ def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
         pair = [(x, y) for x, y in ((a.logits, b.logits), (a.probabilities, b.probabilities))
                 if x is not None and y is not None]
         diff = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]))) if pair else 0.0
-        if a.index != b.index or diff > tolerance:
+        excess = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]) - rtol * np.abs(pair[0][1]))) if pair else 0.0
+        if a.index != b.index or excess > tolerance:
             differing.append(f"{warm.id}: warm-up class {a.index}, steady class {b.index}, max output diff {diff:.3g}")
     return checked, tuple(differing)
 
@@ -353,7 +361,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         rp = record.replay
         answered[Stage.SERVED] = _answered_facts(rp.rows, rp.is_complete, rp.abort_reason)
     not_run = {s: "the run stopped before this stage finished" for s in plan.stages}
-    warm_checked, warm_diff = (warmup_differences(record.replay, plan.spec.gate.max_output_diff)
+    warm_checked, warm_diff = (warmup_differences(record.replay, *task_of(plan.spec).tolerances(plan.spec))
                                if record.replay is not None else (None, ()))
     return GateInputs(
         warmup_checked=warm_checked, warmup_differing=warm_diff,
@@ -370,6 +378,12 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
     )
 
 
+def compare_stages(task, ids, labels, stages: list[StageOutputs], server_ms, ctx: CompareContext):
+    """The task's comparison of every stage (``tasks.base``: classification's is
+    ``evaluate.compare.compare_stages``); one name for the run's comparison step."""
+    return task.compare(ids, labels, stages, server_ms, ctx)
+
+
 def compare_and_gate(record: RunRecord) -> RunRecord:
     """The record with every stage compared with the baseline and the gate evaluated on the plan."""
     stages, server_ms = _outputs(record)
@@ -377,9 +391,9 @@ def compare_and_gate(record: RunRecord) -> RunRecord:
     cmap = record.plan.class_map
     by_name = frozenset(s.name for s in stages if s.name not in (Stage.BASELINE, Stage.EXPORTED)
                         and names_classes(_codec_of(record, s.name).format))
-    cmp = compare_stages(record.rows.ids, record.rows.labels, cmap.labels, stages, server_ms,
-                         tolerance=spec.gate.max_output_diff, metric_classes=spec.gate.metric_classes,
-                         shared_names=cmap.shared_names(), by_name=by_name)
+    ctx = CompareContext(cmap.labels, spec.gate.max_output_diff, spec.gate.metric_classes,
+                         shared_names=cmap.shared_names(), by_name=by_name, spec=spec)
+    cmp = compare_stages(task_of(spec), record.rows.ids, record.rows.labels, stages, server_ms, ctx)
     gate = evaluate_gate(spec.gate, record.plan.gate, cmp, _gate_inputs(record))
     return replace(record, comparison=cmp, gate=gate)
 
@@ -486,7 +500,7 @@ def _prepare(run: _Run) -> None:
     run.update(run_dir=_make_run_dir(opts.reports_dir, spec.name))
     prior_path = opts.baseline_report
     if prior_path is None and opts.against_last_pass:
-        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name)
+        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name, spec.model.task)
         if last is None:
             raise ReportError(
                 f"--against-last-pass: no passing run of {spec.name} in {opts.reports_dir / HISTORY_FILE}. "
@@ -494,7 +508,7 @@ def _prepare(run: _Run) -> None:
             )
         prior_path = Path(last.run_dir)
     if prior_path is not None:
-        run.update(prior=load_prior_report(prior_path, spec.name))
+        run.update(prior=load_prior_report(prior_path, spec.name, spec.model.task))
     plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until,
                     prebuilt=opts.prebuilt_mar)
     run.update(plan=plan)

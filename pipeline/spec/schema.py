@@ -67,8 +67,19 @@ class ModelSpec(_Frozen):
 
     factory: str = Field(description="'package.module:function' or 'file.py:function'")
     weights: Path
-    num_classes: int = Field(ge=2)
+    task: str = Field(
+        default="classification",
+        description="what the model answers: classification (one class per row), multilabel, regression, "
+                    "detection or segmentation; the module of pipeline/tasks/ that reads the labels, decodes "
+                    "the answers, compares and gates them",
+    )
+    num_classes: int = Field(
+        ge=1, description="classification: the classes (at least 2); multilabel: the labels; regression: the "
+                          "model's outputs (one per target)")
     class_names: tuple[str, ...] | None = None
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1,
+        description="multilabel: a label is present when its score (the sigmoid of its logit) is at least this")
     preprocess: str | None = Field(
         default=None,
         description="reference preprocessing: 'file.py:function' taking what the worker hands the handler "
@@ -81,6 +92,15 @@ class ModelSpec(_Frozen):
                     "model's batched input (a tensor, a tuple for forward(*x), a dict for forward(**x)); "
                     "default: each tensor stacked, and rows whose shapes differ scored one at a time",
     )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from pipeline.tasks import registry  # the registry names the tasks; the spec does not restate them
+
+        if v not in registry.TASKS:
+            raise ValueError(registry.unknown_task(v))
+        return v
 
     @field_validator("factory")
     @classmethod
@@ -122,6 +142,11 @@ class DatasetSpec(_Frozen):
     )
     path: Path = Field(description="CSV or Parquet manifest; for kind image also an ImageFolder-style folder")
     label_column: str = "label"
+    label_columns: tuple[str, ...] = Field(
+        default=(),
+        description="multilabel: one 0/1 column per label; regression: one numeric column per target (model order); "
+                    "instead of label_column",
+    )
     id_column: str = "id"
     feature_columns: tuple[str, ...] | None = Field(
         default=None, description="tensor: the numeric columns; json: the named fields of each record"
@@ -369,6 +394,11 @@ class GateSpec(_Frozen):
         default=DEFAULT_OUTPUT_ATOL, gt=0,
         description="largest allowed |candidate - baseline| of any logit or probability, every stage",
     )
+    value_rtol: float = Field(
+        default=1e-5, ge=0,
+        description="regression: a value is the baseline's when within max_output_diff + value_rtol * |baseline| "
+                    "(float32 values carry about 7 digits)",
+    )
     min_prediction_agreement: float = Field(default=1.0, ge=0, le=1)
     require_identical_confusion: bool = True
     positive_class: int | None = Field(default=None, ge=0)
@@ -398,14 +428,6 @@ class GateSpec(_Frozen):
         description="classes the macro and weighted metrics average over: those present among the eval labels "
                     "(sklearn's labels=), or all of the model's (a class without rows then makes them undefined)",
     )
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, v: dict[str, MetricThreshold]) -> dict[str, MetricThreshold]:
-        unknown = sorted(set(v) - set(GATED_METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(GATED_METRICS)}")
-        return v
 
     @model_validator(mode="after")
     def _positive_class_needed(self) -> "GateSpec":
@@ -440,6 +462,26 @@ class Spec(_Frozen):
     @classmethod
     def _handler_str(cls, v: Any) -> Any:
         return _handler_shorthand(v)
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> "Spec":
+        """The task's own rules: classification needs two classes; gate.metrics names the task's metrics
+        (``tasks/<task>.py``), and a task other than classification gates its own by default."""
+        from pipeline.tasks.registry import task_for
+
+        task = self.model.task
+        if task == "classification" and self.model.num_classes < 2:
+            raise ValueError(f"model.num_classes is {self.model.num_classes}: a classifier has at least 2 classes "
+                             "(a model with one output is task: regression)")
+        allowed = task_for(task).gated_metrics
+        unknown = sorted(set(self.gate.metrics) - set(allowed))
+        if unknown and "metrics" not in self.gate.model_fields_set and task != "classification":
+            defaults = {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in task_for(task).default_metrics}
+            object.__setattr__(self, "gate", self.gate.model_copy(update={"metrics": defaults}))
+        elif unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(allowed)}"
+                             + (f" (model.task: {task})" if task != "classification" else ""))
+        return self
 
     @model_validator(mode="after")
     def _positive_class_in_range(self) -> "Spec":
