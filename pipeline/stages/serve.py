@@ -57,6 +57,7 @@ class ServeConfig:
     startup_timeout_s: float
     envelope: str | None = None  # TorchServe's service_envelope (kserve, kservev2)
     ports: Ports | None = None  # None: pick free ports
+    properties: dict | None = None  # config.properties entries over the run's own (tune: the model API, loopback)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             ports = cfg.ports or pick_ports()
             check_ports(ports)
             log_dir.mkdir(parents=True, exist_ok=True)
-            write_config(config_path, config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope))
+            write_config(config_path, {**config_properties(spec, ports, store, cfg.mar_path.name, cfg.envelope),
+                                       **(cfg.properties or {})})
             env = server_env(spec, java, tmp, log_dir, cfg.run_dir).env
             started = time.monotonic()
             with signals_deferred():  # a server that started is always in ``proc``, to be stopped
