@@ -250,8 +250,7 @@ def run_tune(opts: TuneOptions) -> TuneResult:
         rec, how = choose(guided, p99_ms, by_default)
         res = TuneResult(spec, run_dir, p99_ms, p99_from, ranges, mode, figures, guided, guided_s, short, rec, how)
         if rec is not None:
-            # every row again at the recommendation, on a server brought to it afresh
-            server.stop()
+            # every row again at the recommendation, the setting applied afresh (restarted or re-registered)
             tuner.keep_going = lambda: True
             res.confirmed = tuner.measure(rec.setting, "confirm")
             if not res.confirmed.keeps_answers:
