@@ -76,6 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="open loop at the recommendation: the highest rate that holds the p99 objective")
     tune.add_argument("--apply", choices=["auto", "restart", "register"],
                       help="how each point is served (overrides tune.apply)")
+    tune.add_argument("--window-requests", type=_positive_int, help="requests per window (tune.window_requests)")
+    tune.add_argument("--max-windows", type=_positive_int, help="windows per point at most (tune.max_windows)")
+    tune.add_argument("--tolerance", type=float, help="stability tolerance (tune.stability_tolerance)")
     for flag, dest in (("--workers", "workers"), ("--batch-sizes", "batch_sizes"), ("--delays-ms", "delays_ms"),
                        ("--concurrency", "concurrency"), ("--threads", "threads")):
         tune.add_argument(flag, dest=dest, type=_int_list, help=f"comma-separated values (overrides the spec's)")
@@ -209,7 +212,9 @@ def _tune(args) -> int:
     try:
         res = run_tune(TuneOptions(spec_path=_absolute(args.spec), reports_dir=_absolute(args.reports_dir),
                                    budget_s=args.budget_s, grid=args.grid, rate=args.rate, apply=args.apply,
-                                   ranges=ranges))
+                                   ranges=ranges, tune={k: v for k, v in (
+                                       ("window_requests", args.window_requests), ("max_windows", args.max_windows),
+                                       ("stability_tolerance", args.tolerance)) if v is not None}))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

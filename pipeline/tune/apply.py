@@ -76,6 +76,7 @@ class PointServer:
         self.server: ServerHandle | None = None
         self.threads: int | None | str = "unset"
         self.count = 0
+        self.applied = 0
         self.last = ""  # how the last point was applied: restart or register
 
     def __enter__(self) -> "PointServer":
@@ -137,7 +138,8 @@ class PointServer:
 
     def apply(self, setting: Setting) -> tuple[ServerHandle, float]:
         t0 = time.monotonic()
-        mar = point_archive(self.archive, setting, self.store, f"{self.spec.name}-{self.count + 1:03d}")
+        self.applied += 1  # a new file per point: the registered one is never overwritten under the server
+        mar = point_archive(self.archive, setting, self.store, f"{self.spec.name}-{self.applied:03d}")
         if self.mode == "register" and self.server is not None and self.threads == setting.threads:
             server, self.last = self._register(setting, mar), "register"
         else:
@@ -147,7 +149,8 @@ class PointServer:
     def reregister(self, setting: Setting) -> float:
         """Re-register the running server at ``setting`` (the figure ``auto`` compares with a restart)."""
         t0 = time.monotonic()
-        mar = point_archive(self.archive, setting, self.store, f"{self.spec.name}-rereg")
+        self.applied += 1
+        mar = point_archive(self.archive, setting, self.store, f"{self.spec.name}-{self.applied:03d}")
         self._register(setting, mar)
         return time.monotonic() - t0
 

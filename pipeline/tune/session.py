@@ -44,6 +44,7 @@ class TuneOptions:
     rate: bool = False
     apply: str | None = None  # restart | register | auto; None: the spec's tune.apply
     ranges: dict = field(default_factory=dict)  # CLI overrides of the spec's ranges
+    tune: dict = field(default_factory=dict)  # CLI overrides of other tune: keys (window_requests, ...)
 
 
 @dataclass
@@ -226,8 +227,13 @@ def _rate_search(tuner: Tuner, rec: Measurement, p99_ms: float | None) -> dict:
 def run_tune(opts: TuneOptions) -> TuneResult:
     """Search the settings of one spec and write the tune report into a run folder."""
     spec = load_spec(opts.spec_path)
-    if opts.budget_s is not None:
-        spec = spec.model_copy(update={"tune": spec.tune.model_copy(update={"budget_s": opts.budget_s})})
+    changes = {**opts.tune, **({"budget_s": opts.budget_s} if opts.budget_s is not None else {})}
+    if changes:
+        try:
+            tune = spec.tune.model_validate({**spec.tune.model_dump(), **changes})
+        except ValueError as e:  # pydantic's ValidationError: a command-line value out of range
+            raise ConfigError(f"tune options {changes}: {e}") from e
+        spec = spec.model_copy(update={"tune": tune})
     mode = opts.apply or spec.tune.apply
     if mode not in ("auto", "restart", "register"):
         raise ConfigError(f"--apply {mode!r}: choose restart, register or auto")

@@ -79,3 +79,22 @@ def test_a_window_repeats_every_row_equally_often():
     win = window_rows(rows, 7)
     assert len(win) == 9 and win.ids[:4] == ("r0#0", "r1#0", "r2#0", "r0#1")
     assert win.body(4) == rows.body(1) and len(window_rows(rows, 1)) == 3
+
+
+def test_the_open_loop_search_keeps_the_highest_rate_that_holds_the_objective():
+    from types import SimpleNamespace
+
+    from pipeline.tune.search import Measurement
+    from pipeline.tune.session import _rate_search
+
+    rec = Measurement(SETTING, 100.0, 5.0, 10.0, True, "same")
+    rates = []
+
+    def measure(setting, phase, rate=None):
+        rates.append(rate)
+        return Measurement(setting, rate, 5.0, 10.0 if rate <= 90 else 80.0, True, "same")
+    out = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=50.0)
+    assert out["highest_rate"] == 90.0 and rates == [50.0, 75.0, 90.0, 100.0]
+    assert [t["holds"] for t in out["tried"]] == [True, True, True, False]
+    no_objective = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=None)
+    assert no_objective["objective_p99_ms"] == 20.0 and no_objective["highest_rate"] == 90.0
