@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # the time, so two at once use both cores (serial: PYTEST_WORKERS=0).
 PYTEST_WORKERS ?= 2
 
-.PHONY: package-validate test unit integration bench bench-scale examples venv clean help mutation \
+.PHONY: package-validate test unit integration tune bench bench-scale examples venv clean help mutation \
         mutation-figures soak
 
 help:
@@ -60,6 +60,12 @@ unit: $(STAMP)
 
 integration: $(STAMP) $(EXAMPLES)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) tests/integration
+
+# make tune SPEC=examples/digits_images/spec.yaml TUNE_ARGS="--grid": the guided search (and the grid)
+SPEC ?= examples/digits/spec.yaml
+TUNE_ARGS ?= --grid
+tune: $(STAMP) $(EXAMPLES)
+	$(PY) -m pipeline tune $(SPEC) $(TUNE_ARGS)
 
 bench: $(STAMP) $(EXAMPLES)
 	@command -v ab >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq apache2-utils)

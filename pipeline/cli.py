@@ -75,6 +75,22 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="the folder whose history.sqlite to read")
     hist.add_argument("--model", help="only this model")
     hist.add_argument("--limit", type=_positive_int, default=20, help="at most this many runs, newest first")
+    tune = sub.add_parser("tune", help="find the fastest serving setting (workers, batch size, delay, concurrency, "
+                                       "threads) whose answers all equal the baseline's")
+    tune.add_argument("spec", type=Path, help="the YAML spec (its tune: section holds the ranges and the objective)")
+    tune.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS_DIR, help="where the run folder goes")
+    tune.add_argument("--budget-s", type=float, help="measuring time of the guided search (overrides tune.budget_s)")
+    tune.add_argument("--grid", action="store_true", help="also measure the full grid over the same ranges")
+    tune.add_argument("--rate", action="store_true",
+                      help="open loop at the recommendation: the highest rate that holds the p99 objective")
+    tune.add_argument("--apply", choices=["auto", "restart", "register"],
+                      help="how each point is served (overrides tune.apply)")
+    tune.add_argument("--window-requests", type=_positive_int, help="requests per window (tune.window_requests)")
+    tune.add_argument("--max-windows", type=_positive_int, help="windows per point at most (tune.max_windows)")
+    tune.add_argument("--tolerance", type=float, help="stability tolerance (tune.stability_tolerance)")
+    for flag, dest in (("--workers", "workers"), ("--batch-sizes", "batch_sizes"), ("--delays-ms", "delays_ms"),
+                       ("--concurrency", "concurrency"), ("--threads", "threads")):
+        tune.add_argument(flag, dest=dest, type=_int_list, help=f"comma-separated values (overrides the spec's)")
     init = sub.add_parser("init", help="write a commented spec for your model, inferred from its factory, weights "
                                        "and data (and checked by running the model)")
     init.add_argument("--factory", required=True, help="file.py:function or package.module:function")
@@ -211,7 +227,44 @@ def main(argv: list[str] | None = None) -> int:
         return _print_history(_absolute(args.reports_dir) / HISTORY_FILE, args.model, args.limit)
     if args.command == "init":
         return _init(args)
+    if args.command == "tune":
+        return _tune(args)
     return 2
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 1,2,4, got {text!r}")
+    return values
+
+
+def _tune(args) -> int:
+    from pipeline.tune.report import summary
+    from pipeline.tune.session import TuneOptions, run_tune
+
+    ranges = {k: getattr(args, k) for k in ("workers", "batch_sizes", "delays_ms", "concurrency", "threads")
+              if getattr(args, k)}
+    try:
+        res = run_tune(TuneOptions(spec_path=_absolute(args.spec), reports_dir=_absolute(args.reports_dir),
+                                   budget_s=args.budget_s, grid=args.grid, rate=args.rate, apply=args.apply,
+                                   ranges=ranges, tune={k: v for k, v in (
+                                       ("window_requests", args.window_requests), ("max_windows", args.max_windows),
+                                       ("stability_tolerance", args.tolerance)) if v is not None}))
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    s = summary(res)
+    rec = s["recommended"]
+    print(f"recommended: {rec['setting']} ({rec['throughput_rps']} req/s, p99 {rec['p99_ms']} ms)" if rec else
+          f"no recommendation: {res.how}")
+    print(f"  chosen as {res.how}")
+    print(json.dumps(s, indent=1))
+    print(f"report: {res.run_dir / 'report.html'}")
+    return 0 if rec else 1
 
 
 def _num(v, digits: int = 4) -> str:

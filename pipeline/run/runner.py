@@ -35,6 +35,7 @@ from pipeline.model.loading import load_model
 from pipeline.names import Stage
 from pipeline.record import RunRecord
 from pipeline.run.options import TOKEN_ENV, RunOptions, apply_options
+from pipeline.run.phases import ports_of, replay_config, serve_at
 from pipeline.run.plan import Plan, plan_run
 from pipeline.run.publish import StoreLock, check_publish_target
 from pipeline.report.writer import free_space
@@ -47,7 +48,7 @@ from pipeline.stages.export import export_model, verify_archived
 from pipeline.stages.handled import HandledConfig, run_handled, with_inner
 from pipeline.stages.outcomes import RowOutcome
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
-from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
+from pipeline.stages.serve import remote_handle
 from pipeline.tasks.base import CompareContext
 from pipeline.tasks.registry import task_of
 from pipeline.torchserve.config import lint_run
@@ -128,8 +129,7 @@ def _make_run_dir(reports_dir: Path, name: str) -> Path:
 
 
 def _ports(plan: Plan) -> Ports | None:
-    p = plan.spec.serving.ports
-    return None if p is None else Ports(p.inference, p.management, p.metrics, p.grpc_inference, p.grpc_management)
+    return ports_of(plan.spec)
 
 
 def _stages(run: _Run, stack: ExitStack) -> None:
@@ -191,9 +191,8 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         return
     if opts.endpoint is None:
         with run.timed("serve") as facts:
-            server = stack.enter_context(serve_model(spec, ServeConfig(
-                run_dir=run.record.run_dir, mar_path=archive.mar_path, startup_timeout_s=spec.serving.startup_timeout_s,
-                envelope=envelope, ports=_ports(plan), user_config=plan.ts_config)))
+            server = stack.enter_context(serve_at(spec, None, archive.mar_path, run.record.run_dir, envelope=envelope,
+                                                  user_config=plan.ts_config))
             run.update(server=server)
             facts.update(startup_s=server.startup_s)
         metrics_log = server.log_dir / "model_metrics.log"
@@ -256,13 +255,7 @@ def _await_causes(log_dir: Path, since: int, wanted: int) -> list[str]:
 
 
 def _replay_config(run: _Run, url_base: str, token: str | None, codec, metrics_log) -> ReplayConfig:
-    spec, r = run.record.plan.spec, run.record.plan.spec.replay
-    return ReplayConfig(
-        url=url_base + codec.envelope.path(spec.name), token=token, codec=codec,
-        concurrency=min(r.concurrency, spec.serving.job_queue_size), warmup_requests=r.warmup_requests,
-        request_timeout_s=r.request_timeout_s, max_retries=r.max_retries,
-        max_consecutive_timeouts=r.max_consecutive_timeouts, rate=r.rate, headers=dict(r.headers),
-        ca_file=r.ca_file, metrics_log=metrics_log, progress=run.opts.progress)
+    return replay_config(run.record.plan.spec, url_base, token, codec, metrics_log, progress=run.opts.progress)
 
 
 def _check_endpoint(run: _Run, rows) -> None:

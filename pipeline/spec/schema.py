@@ -374,6 +374,43 @@ class ReplaySpec(_Frozen):
     ca_file: Path | None = Field(default=None, description="CA bundle for an https --endpoint")
 
 
+class TuneSpec(_Frozen):
+    """``package-validate tune``: the ranges searched, the objective, the budget and the stability rule."""
+
+    budget_s: float = Field(default=300.0, gt=0, description="measuring time of the guided search, seconds")
+    p99_ms: float | None = Field(default=None, gt=0, description="the objective: client p99 at most this; default "
+                                 "gate.max_served_p99_ms, and without either the knee of the frontier")
+    workers: tuple[int, ...] = Field(default=(1, 2), min_length=1)
+    batch_sizes: tuple[int, ...] = Field(default=(1, 2, 4, 8), min_length=1)
+    max_batch_delays_ms: tuple[int, ...] = Field(default=(5, 20), min_length=1)
+    concurrency: tuple[int, ...] = Field(default=(1, 2, 4, 8, 16), min_length=1)
+    threads: tuple[int, ...] = Field(default=(), description="the worker's torch threads (OMP_NUM_THREADS); "
+                                     "empty: the environment's own")
+    window_requests: int = Field(default=200, ge=1, description="requests per stability window (at least the rows)")
+    warmup_requests: int = Field(default=50, ge=0, description="requests before a point's first window")
+    stability_tolerance: float = Field(default=0.1, gt=0, lt=1,
+                                       description="consecutive windows agree when throughput and p99 are within "
+                                                   "this fraction of each other")
+    max_windows: int = Field(default=6, ge=3, description="windows per point before it is reported unstable")
+    apply: Literal["auto", "restart", "register"] = Field(
+        default="auto", description="how a point is served: restart TorchServe, re-register the model (model API "
+                                    "on for tune only), or auto (both measured once, the faster kept)")
+
+    @field_validator("workers", "batch_sizes", "concurrency", "threads")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every value must be >= 1, got {list(v)}")
+        return tuple(sorted(set(v)))
+
+    @field_validator("max_batch_delays_ms")
+    @classmethod
+    def _delays(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(x < 0 for x in v):
+            raise ValueError(f"every delay must be >= 0 ms, got {list(v)}")
+        return tuple(sorted(set(v)))
+
+
 class MetricThreshold(_Frozen):
     """Limits on one metric of a candidate (exported, handled or served) against the baseline."""
 
@@ -455,6 +492,7 @@ class Spec(_Frozen):
     serving: ServingSpec = ServingSpec()
     replay: ReplaySpec = ReplaySpec()
     gate: GateSpec = GateSpec()
+    tune: TuneSpec = TuneSpec()
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="deadline of the whole run")
     spec_path: Path | None = Field(default=None, exclude=True)
 

@@ -59,6 +59,7 @@ class ServeConfig:
     envelope: str | None = None  # TorchServe's service_envelope (kserve, kservev2)
     ports: Ports | None = None  # None: pick free ports
     user_config: Properties | None = None  # --ts-config: served with the keys the run owns replaced
+    properties: dict | None = None  # config.properties entries over the run's own (tune: the model API, loopback)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def serve_model(spec: Spec, cfg: ServeConfig) -> Iterator[ServerHandle]:
             overrides: tuple[Override, ...] = ()
             if cfg.user_config is not None:
                 props, overrides = merge_user_config(cfg.user_config, props, spec.name, cfg.envelope)
-            write_config(config_path, props)
+            write_config(config_path, {**props, **(cfg.properties or {})})
             env = server_env(spec, java, tmp, log_dir, cfg.run_dir).env
             started = time.monotonic()
             with signals_deferred():  # a server that started is always in ``proc``, to be stopped

@@ -1,0 +1,231 @@
+"""The guided search, the grid, and the choice among measured points (pure: a point's measurement is given).
+
+Guided (after Model Analyzer's hill climbing, in the order the issue's measurements suggest):
+1. the spec's own setting (the default: never recommended below it);
+2. concurrency grown at the default's batch until throughput gains less than ``KNEE_GAIN``
+   or p99 leaves the objective: the knee;
+3. each batch size at the knee's concurrency (at least the batch size: a batch forms only from
+   requests in flight together) and the middle delay; then the other delays and the next
+   concurrency for the best batch;
+4. workers and threads around the best point.
+A point whose answers differ from the baseline is measured and shown, never chosen, and a
+larger batch is not tried past one that changed answers at the same delay. Each step stops
+when the next measurement would overrun the time budget (estimated from those so far).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from pipeline.run.phases import Setting
+
+KNEE_GAIN = 0.05  # a concurrency step that adds less throughput than this is past the knee
+KNEE_FRACTION = 0.9  # without a p99 objective: the lowest p99 reaching this fraction of the best throughput
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The values each knob may take (the spec's tune section, or the CLI)."""
+
+    workers: tuple[int, ...] = (1, 2)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    delays_ms: tuple[int, ...] = (5, 20)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    threads: tuple[int | None, ...] = (None,)
+
+    def grid(self) -> list[Setting]:
+        return [Setting(w, b, d, c, t) for w, b, d, c, t in itertools.product(
+            self.workers, self.batch_sizes, self.delays_ms, self.concurrency, self.threads)]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One point as measured: figures of its stable windows, the batches that formed, its answers.
+
+    answers: "same" (every answer matches the baseline: predictions, outputs within the gate's
+    tolerance), "differ" (some do: ``detail`` says how many and how far), or "failed" (rows got
+    no answer).
+    """
+
+    setting: Setting
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    stable: bool
+    answers: str
+    formed: dict[int, int] = field(default_factory=dict)
+    detail: str = ""
+    seconds: float = 0.0  # measuring time of this point, applying the setting included
+    apply_s: float = 0.0
+    phase: str = ""  # the search step that measured it
+    windows: int = 0
+
+    @property
+    def keeps_answers(self) -> bool:
+        return self.answers == "same"
+
+    @property
+    def largest_batch(self) -> int:
+        return max(self.formed, default=1)
+
+
+def meets(m: Measurement, p99_ms: float | None) -> bool:
+    return m.keeps_answers and (p99_ms is None or m.p99_ms <= p99_ms)
+
+
+def choose(measured: list[Measurement], p99_ms: float | None,
+           default: Measurement | None = None) -> tuple[Measurement | None, str]:
+    """The recommendation and how it was chosen.
+
+    With ``p99_ms``: the highest throughput among points that keep every answer and whose p99 is
+    within it. Without: the knee of the frontier, the lowest p99 among points that keep every
+    answer and reach ``KNEE_FRACTION`` of the best such throughput. Never below the default's
+    throughput when the default itself qualifies.
+    """
+    ok = [m for m in measured if meets(m, p99_ms)]
+    if not ok:
+        why = "no measured point keeps every answer" + (f" with p99 <= {p99_ms:g} ms" if p99_ms is not None else "")
+        return None, why
+    if p99_ms is not None:
+        best = max(ok, key=lambda m: m.throughput_rps)
+        how = f"the highest throughput whose p99 stays under tune.p99_ms = {p99_ms:g} ms"
+    else:
+        top = max(m.throughput_rps for m in ok)
+        best = min((m for m in ok if m.throughput_rps >= KNEE_FRACTION * top), key=lambda m: m.p99_ms)
+        how = (f"the knee of the frontier (no p99 objective: the lowest p99 reaching {KNEE_FRACTION:.0%} of the best "
+               "throughput that keeps every answer)")
+    if default is not None and meets(default, p99_ms) and best.throughput_rps < default.throughput_rps:
+        return default, how + "; the default, as no other point beats its throughput"
+    return best, how
+
+
+Measure = Callable[[Setting, str], Measurement]
+
+
+@dataclass
+class Budget:
+    """The measuring time left: a measurement is started only when the mean one so far fits."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=0.0)
+    spent: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.started = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def fits(self) -> bool:
+        mean = sum(self.spent) / len(self.spent) if self.spent else 0.0
+        return self.elapsed() + mean <= self.seconds
+
+
+class _Search:
+    def __init__(self, measure: Measure, budget: Budget, p99_ms: float | None):
+        self.measure, self.budget, self.p99_ms = measure, budget, p99_ms
+        self.done: dict[Setting, Measurement] = {}
+        self.out_of_budget = False
+
+    def at(self, s: Setting, phase: str) -> Measurement | None:
+        if s in self.done:
+            return self.done[s]
+        if not self.budget.fits():
+            self.out_of_budget = True
+            return None
+        t0 = self.budget.clock()
+        m = self.measure(s, phase)
+        self.budget.spent.append(self.budget.clock() - t0)
+        m = replace(m, phase=phase) if not m.phase else m
+        self.done[s] = m
+        return m
+
+    def score(self, m: Measurement | None) -> float:
+        return m.throughput_rps if m is not None and meets(m, self.p99_ms) else float("-inf")
+
+    def best(self, among) -> Measurement | None:
+        cands = [m for m in among if m is not None]
+        good = [m for m in cands if meets(m, self.p99_ms)]
+        return max(good, key=lambda m: m.throughput_rps) if good else None
+
+
+def _at_least(values: tuple[int, ...], floor: int) -> int:
+    """The smallest value at least ``floor`` (the largest when none is)."""
+    above = [v for v in sorted(values) if v >= floor]
+    return above[0] if above else max(values)
+
+
+def guided_search(default: Setting, ranges: Ranges, measure: Measure, budget: Budget,
+                  p99_ms: float | None) -> tuple[list[Measurement], bool]:
+    """Measure the default, then walk concurrency, batch and delay, then workers and threads.
+
+    Returns:
+        The measurements in the order taken, and whether the budget cut the search short.
+    """
+    s = _Search(measure, budget, p99_ms)
+    base = s.at(default, "default")
+    best = base if base is not None and meets(base, p99_ms) else None
+    # 1. concurrency to the knee, at the default's batch, delay, workers and threads
+    knee = default
+    for c in sorted(set(ranges.concurrency)):
+        if c == default.concurrency:
+            continue
+        m = s.at(replace(default, concurrency=c), "concurrency")
+        if m is None:
+            break
+        if s.score(m) > s.score(best) * (1 + KNEE_GAIN) or best is None and meets(m, p99_ms):
+            best, knee = m, m.setting
+        elif c > knee.concurrency:
+            break  # past the knee: more clients only queue
+    # 2. batch sizes at the knee's concurrency (at least the batch), the middle delay
+    delays = sorted(set(ranges.delays_ms))
+    mid = delays[len(delays) // 2]
+    batch_best = best
+    for b in sorted(set(ranges.batch_sizes)):
+        if b == 1 and knee.batch_size == 1:
+            continue
+        c = max(knee.concurrency, _at_least(ranges.concurrency, b))
+        m = s.at(replace(knee, batch_size=b, max_batch_delay_ms=mid if b > 1 else knee.max_batch_delay_ms,
+                         concurrency=c), "batch")
+        if m is None:
+            break
+        if s.score(m) > s.score(batch_best):
+            batch_best = m
+        if not m.keeps_answers and m.largest_batch > 1:
+            break  # this handler changes answers once rows share a batch: larger batches only add the same
+    best = batch_best or best
+    if best is not None and best.setting.batch_size > 1:
+        # 3. the other delays, and one more step of concurrency, around the best batch
+        around = [replace(best.setting, max_batch_delay_ms=d) for d in delays if d != best.setting.max_batch_delay_ms]
+        higher = [c for c in sorted(ranges.concurrency) if c > best.setting.concurrency][:1]
+        around += [replace(best.setting, concurrency=c) for c in higher]
+        for p in around:
+            m = s.at(p, "delay/concurrency")
+            if m is None:
+                break
+            if s.score(m) > s.score(best):
+                best = m
+    # 4. workers and threads around the best point
+    anchor = best.setting if best is not None else default
+    for w, t in itertools.product(sorted(set(ranges.workers)), ranges.threads):
+        p = replace(anchor, workers=w, threads=t)
+        if p == anchor:
+            continue
+        m = s.at(p, "workers/threads")
+        if m is None:
+            break
+        if s.score(m) > s.score(best):
+            best = m
+    return list(s.done.values()), s.out_of_budget
+
+
+def grid_search(ranges: Ranges, measure: Measure, default: Setting | None = None) -> list[Measurement]:
+    """Every point of the ranges (the default first, when given and outside them)."""
+    points = ranges.grid()
+    if default is not None and default not in points:
+        points = [default] + points
+    return [measure(p, "grid") for p in points]

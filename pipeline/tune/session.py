@@ -1,0 +1,293 @@
+"""The whole tune: plan, prepare, package, then each point served, measured and its answers checked.
+
+Every point replays the labeled rows (repeated to a window's length) and every answer of
+every window is compared with the baseline (``compare.output_diff``, the gate's tolerance):
+a point whose answers differ is marked and never recommended. The batch sizes reported are
+those TorchServe formed (request ids per PredictionTime line of model_metrics.log).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.evaluate.compare import StageOutputs, output_diff
+from pipeline.inputs.base import Rows
+from pipeline.names import Stage, StageName
+from pipeline.run.phases import Prepared, Setting, package, prepare, replay_config, replay_rows
+from pipeline.run.plan import plan_run
+from pipeline.run.runner import _make_run_dir
+from pipeline.spec import Spec, load_spec
+from pipeline.stages.outcomes import stage_outputs
+from pipeline.torchserve.logs import _PREDICTION_TIME
+from pipeline.tune.apply import PointServer, cleanup
+from pipeline.tune.search import Budget, Measurement, Ranges, choose, grid_search, guided_search, meets
+from pipeline.tune.windows import Window, formed_batches, measure_windows, summary
+
+log = logging.getLogger(__name__)
+
+RATE_FRACTIONS = (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)  # of the recommendation's closed-loop throughput
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    spec_path: Path
+    reports_dir: Path
+    budget_s: float | None = None
+    grid: bool = False
+    rate: bool = False
+    apply: str | None = None  # restart | register | auto; None: the spec's tune.apply
+    ranges: dict = field(default_factory=dict)  # CLI overrides of the spec's ranges
+    tune: dict = field(default_factory=dict)  # CLI overrides of other tune: keys (window_requests, ...)
+
+
+@dataclass
+class TuneResult:
+    spec: Spec
+    run_dir: Path
+    p99_ms: float | None
+    p99_from: str
+    ranges: Ranges
+    apply_mode: str
+    apply_figures: dict
+    guided: list[Measurement]
+    guided_s: float
+    out_of_budget: bool
+    recommended: Measurement | None
+    how: str
+    confirmed: Measurement | None = None
+    grid: list[Measurement] | None = None
+    grid_s: float | None = None
+    grid_best: Measurement | None = None
+    rate: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def ranges_of(spec: Spec, overrides: dict) -> Ranges:
+    t = spec.tune
+    r = Ranges(workers=t.workers, batch_sizes=t.batch_sizes, delays_ms=t.max_batch_delays_ms,
+               concurrency=t.concurrency, threads=t.threads or (None,))
+    return replace(r, **{k: tuple(v) for k, v in overrides.items() if v})
+
+
+def objective(spec: Spec) -> tuple[float | None, str]:
+    if spec.tune.p99_ms is not None:
+        return spec.tune.p99_ms, "tune.p99_ms"
+    if spec.gate.max_served_p99_ms is not None:
+        return spec.gate.max_served_p99_ms, "gate.max_served_p99_ms"
+    return None, "none set (tune.p99_ms, gate.max_served_p99_ms): the knee of the frontier"
+
+
+def window_rows(rows: Rows, requests: int) -> Rows:
+    """The rows repeated to at least ``requests`` (whole passes: every row answered equally often)."""
+    passes = max(1, math.ceil(requests / len(rows)))
+    idx = np.tile(np.arange(len(rows)), passes)
+    return rows.take(idx, ids=[f"{rows.ids[i]}#{k // len(rows)}" for k, i in enumerate(idx)])
+
+
+def formed_since(metrics_log: Path | None, offset: int) -> dict[int, int]:
+    """Batches TorchServe formed since ``offset`` of model_metrics.log: requests per batch -> batches."""
+    out: dict[int, int] = {}
+    if metrics_log is None or not metrics_log.is_file():
+        return out
+    with metrics_log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
+        m = _PREDICTION_TIME.search(line)
+        if m:
+            n = len([r for r in m.group(2).split(",") if r.strip()])
+            out[n] = out.get(n, 0) + 1
+    return out
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
+@dataclass
+class AnswerCheck:
+    """Every answer of a point against the baseline: rows failed, rows with another class, the largest output diff."""
+
+    failed: int = 0
+    disagreeing: int = 0
+    max_diff: float | None = None
+    quantity: str | None = None
+    answers: int = 0
+
+    def add(self, base: StageOutputs, cand: StageOutputs) -> None:
+        self.answers += len(cand.predictions)
+        self.failed += int((cand.predictions < 0).sum())
+        self.disagreeing += int(((cand.predictions != base.predictions) & (cand.predictions >= 0)).sum())
+        diff = output_diff(base, cand)[0]
+        if diff.max_abs is not None:
+            self.max_diff = max(self.max_diff or 0.0, diff.max_abs)
+            self.quantity = diff.quantity
+
+    def verdict(self, tolerance: float) -> tuple[str, str]:
+        moved = self.max_diff is not None and self.max_diff > tolerance
+        diff = (f", max {self.quantity} difference {self.max_diff:.3g}" if self.max_diff is not None
+                else ", outputs not compared (the answers carry no numbers)")
+        text = f"{self.answers} answers: {self.disagreeing} with another class, {self.failed} failed{diff}"
+        if self.failed:
+            return "failed", text
+        return ("differ" if self.disagreeing or moved else "same"), text
+
+
+class Tuner:
+    """Measures points of one prepared model and archive on a PointServer."""
+
+    def __init__(self, spec: Spec, prepared: Prepared, codec, server: PointServer):
+        self.spec, self.prepared, self.codec, self.server = spec, prepared, codec, server
+        self.base = StageOutputs.from_scores(Stage.BASELINE, prepared.baseline.scores)
+        self.rows = prepared.rows
+        self.window = window_rows(self.rows, spec.tune.window_requests)
+        self.apply_s: list[tuple[str, float]] = []
+        self.keep_going = lambda: True
+
+    def measure(self, setting: Setting, phase: str, *, rate: float | None = None) -> Measurement:
+        t0 = time.monotonic()
+        server, apply_s = self.server.apply(setting)
+        self.apply_s.append((self.server.last, apply_s))
+        spec = setting.apply(self.spec)
+        metrics_log = server.log_dir / "model_metrics.log" if server.log_dir else None
+        cfg = replay_config(spec, server.inference_url, server.inference_token, self.codec, metrics_log,
+                            concurrency=setting.concurrency, rate=rate)
+        check = AnswerCheck()
+        name = StageName(Stage.SERVED, setting=setting.key)
+        n, c = len(self.rows), spec.model.num_classes
+        t = spec.tune
+
+        def run_window(i: int) -> Window:
+            offset = _size(metrics_log)
+            res = replay_rows(replace(cfg, codec=self.codec, warmup_requests=t.warmup_requests if i == 0 else 0),
+                              self.window)
+            if res.codec is not None:
+                self.codec = res.codec  # answers.format auto: settled by the first answer
+            for k in range(len(self.window) // n):
+                chunk = tuple(replace(o, index=o.index - k * n) for o in res.rows[k * n:(k + 1) * n])
+                check.add(self.base, stage_outputs(name, chunk, c))
+            lat = np.array([r.latency_ms for r in res.rows if r.is_ok and r.latency_ms is not None])
+            p = (np.percentile(lat, 50), np.percentile(lat, 99)) if lat.size else (np.nan, np.nan)
+            return Window(res.throughput_rps, float(p[0]), float(p[1]), len(res.rows), res.failed,
+                          formed_since(metrics_log, offset))
+
+        windows, is_stable = measure_windows(run_window, t.stability_tolerance, t.max_windows, self.keep_going)
+        thr, p50, p99 = summary(windows)
+        answers, detail = check.verdict(self.spec.gate.max_output_diff)
+        m = Measurement(setting, thr, p50, p99, is_stable, answers, formed_batches(windows), detail,
+                        time.monotonic() - t0, apply_s, phase, len(windows))
+        log.warning("tune %s [%s]: %.0f req/s, p99 %.1f ms, %s, formed %s, answers %s%s", setting.key, phase, thr, p99,
+                    "stable" if is_stable else "UNSTABLE", m.formed, answers, "" if answers == "same" else f" ({detail})")
+        return m
+
+
+def _apply_figures(tuner: Tuner, spec: Spec, default: Setting, mode: str) -> tuple[str, dict]:
+    """With ``auto``: one restart and one re-registration of the default, timed; the faster mode is kept."""
+    figures: dict = {}
+    if mode != "auto":
+        return mode, figures
+    tuner.server.mode = "register"
+    _, restart_s = tuner.server.apply(default)  # no server yet: this is a start
+    figures["restart_s"] = restart_s
+    figures["register_s"] = tuner.server.reregister(default)
+    chosen = "register" if figures["register_s"] < figures["restart_s"] else "restart"
+    tuner.server.mode = chosen
+    if chosen == "restart":
+        tuner.server.stop()
+    return chosen, figures
+
+
+def _rate_search(tuner: Tuner, rec: Measurement, p99_ms: float | None) -> dict:
+    """Open loop at the recommendation: the highest rate (of RATE_FRACTIONS x its throughput) holding the objective."""
+    limit = p99_ms if p99_ms is not None else 2 * rec.p99_ms
+    tried, best = [], None
+    for f in RATE_FRACTIONS:
+        r = round(f * rec.throughput_rps, 1)
+        m = tuner.measure(rec.setting, "rate", rate=r)
+        holds = m.answers == "same" and m.p99_ms <= limit
+        tried.append({"rate": r, "throughput_rps": m.throughput_rps, "p99_ms": m.p99_ms, "holds": holds,
+                      "answers": m.answers})
+        if not holds:
+            break
+        best = r
+    return {"objective_p99_ms": limit, "objective_from": "tune.p99_ms" if p99_ms is not None else
+            "2 x the recommendation's closed-loop p99 (no p99 objective)", "highest_rate": best, "tried": tried}
+
+
+def run_tune(opts: TuneOptions) -> TuneResult:
+    """Search the settings of one spec and write the tune report into a run folder."""
+    spec = load_spec(opts.spec_path)
+    changes = {**opts.tune, **({"budget_s": opts.budget_s} if opts.budget_s is not None else {})}
+    if changes:
+        try:
+            tune = spec.tune.model_validate({**spec.tune.model_dump(), **changes})
+        except ValueError as e:  # pydantic's ValidationError: a command-line value out of range
+            raise ConfigError(f"tune options {changes}: {e}") from e
+        spec = spec.model_copy(update={"tune": tune})
+    mode = opts.apply or spec.tune.apply
+    if mode not in ("auto", "restart", "register"):
+        raise ConfigError(f"--apply {mode!r}: choose restart, register or auto")
+    plan = plan_run(spec)
+    run_dir = _make_run_dir(opts.reports_dir, f"{spec.name}-tune")
+    ranges = ranges_of(spec, opts.ranges)
+    p99_ms, p99_from = objective(spec)
+    prepared = prepare(spec, plan, run_dir)
+    archive = package(spec, plan, prepared, run_dir)
+    default = Setting.of_spec(spec)
+    with PointServer(spec, archive, run_dir / "tune", "restart" if mode == "auto" else mode,
+                     plan.codec.envelope.service_envelope) as server:
+        tuner = Tuner(spec, prepared, plan.codec, server)
+        mode, figures = _apply_figures(tuner, spec, default, mode)
+        budget = Budget(spec.tune.budget_s)
+        tuner.keep_going = budget.fits
+        guided, short = guided_search(default, ranges, tuner.measure, budget, p99_ms)
+        guided_s = sum(m.seconds for m in guided)
+        by_default = next((m for m in guided if m.setting == default), None)
+        rec, how = choose(guided, p99_ms, by_default)
+        res = TuneResult(spec, run_dir, p99_ms, p99_from, ranges, mode, figures, guided, guided_s, short, rec, how)
+        if rec is not None:
+            # every row again at the recommendation, the setting applied afresh (restarted or re-registered)
+            tuner.keep_going = lambda: True
+            res.confirmed = tuner.measure(rec.setting, "confirm")
+            if not res.confirmed.keeps_answers:
+                res.notes.append(f"the recommendation {rec.setting.key} changed answers when replayed again: "
+                                 f"{res.confirmed.detail}; it is withdrawn")
+                res.recommended, res.how = None, "withdrawn: its answers changed on the confirming replay"
+        if opts.rate and res.recommended is not None:
+            res.rate = _rate_search(tuner, res.recommended, p99_ms)
+        if opts.grid:
+            server.stop()
+            tuner.keep_going = lambda: True
+            t0 = time.monotonic()
+            res.grid = grid_search(ranges, tuner.measure, default)
+            res.grid_s = time.monotonic() - t0
+            gd = next((m for m in res.grid if m.setting == default), None)
+            res.grid_best, _ = choose(res.grid, p99_ms, gd)
+        res.apply_figures = {**figures, **_mean_apply(tuner.apply_s)}
+    cleanup(run_dir / "tune")
+    from pipeline.tune.report import write_tune_report
+    write_tune_report(res)
+    return res
+
+
+def _mean_apply(samples: list[tuple[str, float]]) -> dict:
+    out = {}
+    for mode in ("restart", "register"):
+        xs = [s for m, s in samples if m == mode]
+        if xs:
+            out[f"{mode}_mean_s"] = round(float(np.mean(xs)), 2)
+            out[f"{mode}_count"] = len(xs)
+    return out
+
+
+__all__ = ["TuneOptions", "TuneResult", "run_tune", "meets"]

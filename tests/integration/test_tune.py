@@ -1,0 +1,56 @@
+"""package-validate tune on the tiny image project: a point whose batches change answers is never
+recommended, and a handler whose batching is faster gets a batch above 1.
+
+Tiny ranges, a tiny budget, windows of 48 requests: each point is a re-registration on one server
+(the model API on for tune only) or a restart, a second or a few.
+"""
+
+import json
+
+import pytest
+
+from tests.imaging import image_handler, make_image_project
+from tests.integration.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+TUNE = {"window_requests": 24, "warmup_requests": 8, "max_windows": 3, "stability_tolerance": 0.5,
+        "apply": "register"}
+RANGES = ["--workers", "1", "--batch-sizes", "1,4", "--delays-ms", "20", "--concurrency", "1,4"]
+
+
+def _tune(tmp, defect, handle_extra, tune=None):
+    handler = image_handler(tmp / "handler.py", defect, handle_extra=handle_extra)
+    spec = make_image_project(tmp / "proj", handler=handler, spec_overrides={"tune": {**TUNE, **(tune or {})}})
+    res = run_cli("tune", str(spec), "--reports-dir", str(tmp / "reports"), "--budget-s", "40", *RANGES,
+                  timeout=240)
+    (path,) = list((tmp / "reports").glob("*/tune.json"))
+    return res, json.loads(path.read_text()), path.parent
+
+
+def test_a_handler_that_mixes_rows_in_a_batch_is_marked_at_every_batched_point_and_batch_1_is_recommended(
+        no_leftovers):
+    res, doc, run_dir = _tune(no_leftovers, "mixes_rows_in_batches", "import time; time.sleep(0.01)")
+    assert res.returncode == 0, res.stdout + res.stderr
+    batched = [p for p in doc["guided"] if max(map(int, p["formed_batches"]), default=1) > 1]
+    assert batched, doc["guided"]  # batches of more than one formed somewhere
+    assert all(p["answers"] == "differ" for p in batched), batched
+    assert all(p["answers"] == "same" for p in doc["guided"] if p not in batched), doc["guided"]
+    assert doc["model_config"]["batchSize"] == 1 and doc["spec_fragment"]["serving"]["batch_size"] == 1
+    assert doc["confirmed"]["answers"] == "same" and doc["confirmed"]["setting"] == doc["summary"]["recommended"][
+        "setting"]
+    assert "<td class='bad'>differ</td>" in (run_dir / "report.html").read_text()
+
+
+def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1(no_leftovers):
+    # a fixed cost per handle() call: a batch of 4 pays it once for 4 rows
+    res, doc, run_dir = _tune(no_leftovers, None, "import time; time.sleep(0.03)", tune={"p99_ms": 2000})
+    assert res.returncode == 0, res.stdout + res.stderr
+    rec = doc["summary"]["recommended"]
+    assert doc["model_config"]["batchSize"] == 4, doc["guided"]
+    formed = next(p for p in doc["guided"] if p["setting"] == rec["setting"])["formed_batches"]
+    assert max(map(int, formed)) > 1, formed  # batches formed, not only configured
+    assert all(p["answers"] == "same" for p in doc["guided"]), doc["guided"]
+    assert doc["summary"]["recommended_vs_default"] > 1.5, doc["summary"]
+    assert (run_dir / "model-config.yaml").is_file() and (run_dir / "spec-fragment.yaml").is_file()
+    assert "register" in doc["apply"] and doc["apply_figures"]["register_count"] >= 1

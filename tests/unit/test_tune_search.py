@@ -1,0 +1,143 @@
+"""The tune's pure parts on fake measurements: stability windows, the guided search, the grid, the choice."""
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline.run.phases import Setting
+from pipeline.tune.search import Budget, Measurement, Ranges, choose, grid_search, guided_search
+from pipeline.tune.windows import Window, agree, formed_batches, measure_windows, stable, summary
+
+DEFAULT = Setting(workers=1, batch_size=1, max_batch_delay_ms=5, concurrency=1)
+
+
+def w(rps, p99, formed=None, failed=0):
+    return Window(rps, p99 / 2, p99, 100, failed, formed or {})
+
+
+# --- stability windows ---------------------------------------------------------------------------------------------
+
+def test_agree_is_relative_to_the_larger_and_refuses_nan():
+    assert agree(100, 109, 0.1) and not agree(100, 112, 0.1) and not agree(float("nan"), 1, 0.5)
+
+
+def test_the_warmup_window_never_counts_towards_stability():
+    assert not stable([w(100, 10), w(100, 10)], 0.1)  # one counted window only
+    assert stable([w(10, 99), w(100, 10), w(105, 10.5)], 0.1)
+    assert not stable([w(100, 10), w(100, 10), w(100, 20)], 0.1)  # p99 must agree too
+
+
+def test_windows_run_until_two_agree_and_the_figures_exclude_the_warmup():
+    script = iter([w(10, 500), w(80, 20), w(100, 12), w(104, 12.5), w(1, 1)])
+    windows, ok = measure_windows(lambda i: next(script), 0.1, max_windows=6)
+    assert ok and len(windows) == 4
+    rps, _, p99 = summary(windows)
+    assert rps == pytest.approx(102) and p99 == pytest.approx(12.25)
+
+
+def test_a_point_that_never_settles_is_reported_unstable_after_max_windows():
+    script = iter([w(10 * (i + 1), 10 * (i + 1)) for i in range(10)])
+    windows, ok = measure_windows(lambda i: next(script), 0.05, max_windows=5)
+    assert not ok and len(windows) == 5
+
+
+def test_the_budget_stops_the_windows_after_the_least_that_can_count():
+    script = iter([w(10 * (i + 1), 10) for i in range(10)])
+    windows, ok = measure_windows(lambda i: next(script), 0.05, max_windows=8, keep_going=lambda: False)
+    assert len(windows) == 3 and not ok
+
+
+def test_formed_batches_count_over_the_counted_windows():
+    assert formed_batches([w(1, 1, {1: 50}), w(1, 1, {4: 3, 1: 1}), w(1, 1, {4: 2})]) == {1: 1, 4: 5}
+
+
+# --- search ----------------------------------------------------------------------------------------------------------
+
+def fake(perf, answers=lambda s: "same"):
+    """A measure() whose throughput and p99 come from ``perf(setting)``; records what was measured."""
+    seen = []
+
+    def measure(s: Setting, phase: str) -> Measurement:
+        seen.append(s)
+        rps, p99 = perf(s)
+        formed = {min(s.batch_size, s.concurrency): 10}
+        return Measurement(s, rps, p99 / 2, p99, True, answers(s), formed, seconds=1.0)
+    return measure, seen
+
+
+def batching_helps(s: Setting):
+    """A server whose throughput grows with concurrency up to 4 (the knee), and with the batch that forms."""
+    formed = min(s.batch_size, s.concurrency)
+    rps = 100 * min(s.concurrency, 4) ** 0.3 * formed ** 0.8 / max(1, s.workers - 1)
+    return rps, 5.0 * s.concurrency / formed + s.max_batch_delay_ms / 10
+
+
+RANGES = Ranges(workers=(1, 2), batch_sizes=(1, 2, 4, 8), delays_ms=(5, 20), concurrency=(1, 2, 4, 8, 16))
+
+
+def test_guided_finds_the_grids_best_in_fewer_points():
+    measure, seen = fake(batching_helps)
+    guided, short = guided_search(DEFAULT, RANGES, measure, Budget(1e9), p99_ms=None)
+    grid = grid_search(RANGES, fake(batching_helps)[0], DEFAULT)
+    best_grid = max(m.throughput_rps for m in grid)
+    best_guided = max(m.throughput_rps for m in guided)
+    assert not short and best_guided >= 0.95 * best_grid
+    assert len(guided) <= len(grid) / 4, [m.setting.key for m in guided]
+    assert guided[0].setting == DEFAULT and guided[0].phase == "default"
+
+
+def test_concurrency_stops_past_the_knee():
+    measure, seen = fake(batching_helps)
+    guided_search(DEFAULT, replace(RANGES, batch_sizes=(1,), workers=(1,)), measure, Budget(1e9), None)
+    assert [s.concurrency for s in seen] == [1, 2, 4, 8]  # 8 adds nothing over 4: 16 is not tried
+
+
+def test_a_batch_that_changes_answers_is_never_chosen_and_larger_ones_are_not_tried():
+    measure, seen = fake(batching_helps, answers=lambda s: "differ" if min(s.batch_size, s.concurrency) > 1 else
+                         "same")
+    guided, _ = guided_search(DEFAULT, RANGES, measure, Budget(1e9), None)
+    rec, how = choose(guided, None, guided[0])
+    assert rec.setting.batch_size == 1 and rec.keeps_answers
+    assert 4 not in {s.batch_size for s in seen} and 8 not in {s.batch_size for s in seen}
+
+
+def test_the_budget_cuts_the_search_short_and_says_so():
+    clock = iter(range(0, 10_000, 10))
+    measure, seen = fake(batching_helps)
+    guided, short = guided_search(DEFAULT, RANGES, measure, Budget(35, clock=lambda: next(clock)), None)
+    assert short and 1 <= len(guided) <= 3
+
+
+def test_grid_measures_every_point_and_the_default_outside_the_ranges():
+    measure, seen = fake(batching_helps)
+    grid_search(replace(RANGES, delays_ms=(20,)), measure, DEFAULT)
+    assert len(seen) == 2 * 4 * 1 * 5 + 1 and seen[0] == DEFAULT
+
+
+# --- the choice ------------------------------------------------------------------------------------------------------
+
+def m(key_c, rps, p99, answers="same", b=1):
+    return Measurement(replace(DEFAULT, concurrency=key_c, batch_size=b), rps, p99 / 2, p99, True, answers)
+
+
+def test_with_an_objective_the_highest_throughput_under_it():
+    pts = [m(1, 100, 10), m(2, 180, 40), m(4, 200, 90), m(8, 400, 20, answers="differ")]
+    rec, how = choose(pts, 50, pts[0])
+    assert rec.throughput_rps == 180 and "tune.p99_ms = 50" in how
+
+
+def test_without_an_objective_the_knee_of_the_frontier_said_as_such():
+    pts = [m(1, 100, 10), m(2, 190, 20), m(4, 200, 90)]
+    rec, how = choose(pts, None, pts[0])
+    assert rec.throughput_rps == 190 and how.startswith("the knee of the frontier")
+
+
+def test_none_when_no_point_keeps_its_answers():
+    rec, how = choose([m(1, 100, 10, answers="differ"), m(2, 100, 10, answers="failed")], None)
+    assert rec is None and "no measured point keeps every answer" in how
+
+
+def test_never_below_the_defaults_throughput():
+    pts = [m(1, 100, 10), m(2, 95, 5)]  # the knee (lowest p99 within 90%) is slower than the default
+    rec, how = choose(pts, None, pts[0])
+    assert rec is pts[0] and how.endswith("the default, as no other point beats its throughput")
