@@ -25,7 +25,7 @@ from pipeline.run.plan import plan_run
 from pipeline.run.runner import _make_run_dir
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.outcomes import stage_outputs
-from pipeline.torchserve.logs import _PREDICTION_TIME
+from pipeline.torchserve.logs import parse_metric
 from pipeline.tune.apply import PointServer, cleanup
 from pipeline.tune.search import Budget, Measurement, Ranges, choose, grid_search, guided_search, meets
 from pipeline.tune.windows import Window, formed_batches, measure_windows, summary
@@ -100,9 +100,9 @@ def formed_since(metrics_log: Path | None, offset: int) -> dict[int, int]:
         f.seek(offset)
         text = f.read().decode(errors="replace")
     for line in text.splitlines():
-        m = _PREDICTION_TIME.search(line)
-        if m:
-            n = len([r for r in m.group(2).split(",") if r.strip()])
+        parsed = parse_metric(line) if "requestID:" in line else None
+        if parsed is not None and parsed[0] == "PredictionTime" and parsed[2]:
+            n = len(parsed[2])  # one PredictionTime line per batch, naming all its request ids
             out[n] = out.get(n, 0) + 1
     return out
 
