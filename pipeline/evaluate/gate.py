@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics, class_keys
 from pipeline.names import Stage
 from pipeline.spec import GateSpec
+from pipeline.tasks.registry import task_for
 
 SIGNIFICANCE = 0.05
 EPS = 1e-12
@@ -69,6 +70,7 @@ class GatePlan:
     probes: tuple[str, ...] = ()
     warmup: bool = False  # the served warm-up answers are compared with the steady-state ones
     classes_only: tuple[str, ...] = ()
+    task: str = "classification"  # model.task: whose checks each candidate gets (tasks.registry)
 
 
 @dataclass(frozen=True)
@@ -365,18 +367,9 @@ def leakage_check(spec: GateSpec, inputs: GateInputs) -> Check:
 def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs: GateInputs,
                  stage: str, base_name: str, labels: tuple[str, ...]) -> list[Check]:
     """Every check of one planned candidate stage."""
-    checks: list[Check] = []
-    have = cmp is not None and stage in cmp.stages and base_name in cmp.stages
     why = inputs.not_run.get(stage) or f"the {stage} stage has no results"
-    cand = cmp.stages[stage] if have else None
-    base = cmp.stages[base_name] if have else None
-    t = cmp.tests[stage] if have else None
-    flipped = tuple(r.id for r in cmp.flipped if r.predictions.get(stage, (None,))[0] != r.predictions.get(
-        base_name, (None,))[0]) if have else ()
-    checks += agreement_checks(spec, t, cand, base, stage, labels, why, flipped)
-    checks += metric_checks(spec, cand, base, stage, why)
-    over = tuple(r.id for r in cmp.diverging if r.stage == stage) if cmp is not None else ()
-    checks.append(output_check(spec, plan, t, stage, why, over))
+    # agreement, metrics and the output difference are the task's (tasks/<task>.py); the rest every task shares
+    checks: list[Check] = task_for(plan.task).stage_checks(spec, plan, cmp, stage, base_name, labels, why)
     if stage in plan.probes:
         checks.append(probe_check(spec, inputs, stage))
     if stage == Stage.EXPORTED:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.errors import ReportError
 from pipeline.report.schema import SCHEMA as REPORT_SCHEMA
-from pipeline.spec import GATED_METRICS
+from pipeline.tasks.registry import task_of_report
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def load_prior_report(path: Path, model_name: str) -> PriorRun:
             "it cannot serve as a baseline."
         )
     served = rep["metrics"]["served"]
-    metrics = {m: float(served[m]) for m in GATED_METRICS if served.get(m) is not None}
+    metrics = {m: float(served[m]) for m in task_of_report(rep).gated_metrics if served.get(m) is not None}
     lat = served.get("latency") or {}
     return PriorRun(path=path, model=rep["model"], started_at=rep.get("started_at", ""), status=rep["status"],
                     metrics=metrics, served_p99_ms=lat.get("p99"))

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import ReportError
+from pipeline.tasks.registry import task_of_report
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.sqlite"
-TRACKED = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 LOCK_TIMEOUT_S = 30.0
 _SCHEMA = (
     """
@@ -66,8 +66,9 @@ def _number(v: object) -> float | None:
 
 def _figures(report: dict) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
+    tracked = task_of_report(report).tracked  # each task's figures (tasks/<task>.py TRACKED)
     for stage, m in (report.get("metrics") or {}).items():
-        for k in TRACKED:
+        for k in tracked:
             out[f"{stage}.{k}"] = _number(m.get(k))
         lat = m.get("latency") or {}
         out[f"{stage}.latency_p50_ms"] = _number(lat.get("p50"))

@@ -271,6 +271,14 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
     return labels, notes
 
 
+def task_labels(df: pd.DataFrame, spec: Spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The labels of every row as ``model.task`` reads them (``tasks.base``: classification reads
+    ``labels_of`` on the label column)."""
+    from pipeline.tasks.registry import task_of
+
+    return task_of(spec).read_labels(df, spec, path, ids)
+
+
 def require_columns(df: pd.DataFrame, columns: Sequence[str], path: Path, field_name: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.errors import DatasetError
 from pipeline.names import name_classes
-from pipeline.inputs.base import FileBodies, Reference, Rows, check_ids, labels_of, no_rows, read_table
+from pipeline.inputs.base import FileBodies, Reference, Rows, check_ids, task_labels, no_rows, read_table
 from pipeline.spec import Spec
 
 NAME = "image"
@@ -193,7 +193,7 @@ def _from_manifest(spec: Spec, path: Path, training: bool
             )
         labels, notes = np.zeros(len(df), np.int64), []
     else:
-        labels, notes = labels_of(df[ds.label_column], spec, path, ids)
+        labels, notes = task_labels(df, spec, path, ids)
     paths = tuple((path.parent / str(p)).resolve() if not Path(str(p)).is_absolute() else Path(str(p))
                   for p in df[ds.path_column])
     return ids, labels, paths, notes

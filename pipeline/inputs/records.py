@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DatasetError
-from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, labels_of, no_rows,
+from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, task_labels, no_rows,
                                   read_table, require_columns, row_place)
 from pipeline.spec import Spec
 
@@ -117,7 +117,7 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
     ids = check_ids(df, spec, path)
     if len(df) == 0:
         raise no_rows(path)
-    labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
+    labels, notes = (task_labels(df, spec, path, ids) if ds.label_column in df.columns
                      and not df[ds.label_column].isna().all() else (np.zeros(len(df), np.int64), []))
     records = _records(df, spec, path, ids)
     places = [f"line {n}" for n in df["__line__"]] if "__line__" in df.columns else [

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DatasetError
-from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, labels_of, no_rows,
+from pipeline.inputs.base import (MemoryBodies, Reference, Rows, check_ids, encode_json, task_labels, no_rows,
                                   read_table, require_columns)
 from pipeline.spec import Spec
 
@@ -102,7 +102,7 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
     ids = check_ids(df, spec, path)
     if len(df) == 0:
         raise no_rows(path)
-    labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
+    labels, notes = (task_labels(df, spec, path, ids) if ds.label_column in df.columns
                      else (np.zeros(len(df), np.int64), []))
     features, _ = features_of(df.drop(columns=[ds.label_column], errors="ignore"), spec, path, ids)
     bodies = MemoryBodies(tuple(body_of(r) for r in features))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DatasetError
-from pipeline.inputs.base import MemoryBodies, Reference, Rows, check_ids, labels_of, no_rows, read_table
+from pipeline.inputs.base import MemoryBodies, Reference, Rows, check_ids, task_labels, no_rows, read_table
 from pipeline.spec import Spec
 
 NAME = "text"
@@ -45,7 +45,7 @@ def load(spec: Spec, path: Path, *, training: bool = False) -> Rows:
         raise DatasetError(f"{path}: {len(missing)} row(s) have no text in column {ds.text_column!r}: "
                            f"ids {missing[:10]}. Fill or drop them (an empty string is allowed).")
     texts = texts.astype(str).tolist()
-    labels, notes = (labels_of(df[ds.label_column], spec, path, ids) if ds.label_column in df.columns
+    labels, notes = (task_labels(df, spec, path, ids) if ds.label_column in df.columns
                      else (np.zeros(len(df), np.int64), []))
     bodies = MemoryBodies(tuple(t.encode("utf-8") for t in texts))
     return Rows(kind=NAME, source=path, ids=ids, labels=labels, content_type=CONTENT_TYPE, bodies=bodies,

@@ -315,6 +315,7 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         warmup=spec.replay.warmup_requests > 0 and Stage.SERVED in stages,
         # answers of only a class compare classes, unless the spec demands probabilities (gate.py)
         classes_only=tuple(stages[1:]) if spec.answers.top_k is None else (),
+        task=spec.model.task,
     )
     return Plan(spec=spec, handler=handler, reference=reference, class_map=class_map, codec=codec,
                 stages=tuple(stages), gate=gate, notes=tuple(notes), archive_model=archive_model)

@@ -26,7 +26,7 @@ from pipeline.answers.classes import names_classes
 from pipeline.errors import ConfigError, DeadlineError, Interrupted, InternalError, PipelineError, RecordError, \
     ReplayError, ReportError
 from pipeline.evaluate.attribution import attribute
-from pipeline.evaluate.compare import StageOutputs, compare_stages
+from pipeline.evaluate.compare import StageOutputs
 from pipeline.evaluate.gate import GateInputs, StageFacts, evaluate_gate
 from pipeline.history.prior import load_prior_report
 from pipeline.inputs.registry import handler_probes
@@ -45,9 +45,11 @@ from pipeline.stages.baseline import score_baseline
 from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import export_model, verify_archived
 from pipeline.stages.handled import HandledConfig, run_handled, with_inner
-from pipeline.stages.outcomes import RowOutcome, stage_outputs
+from pipeline.stages.outcomes import RowOutcome
 from pipeline.stages.replay import ReplayConfig, preflight, probe_served, replay_dataset, with_served_causes
 from pipeline.stages.serve import ServeConfig, remote_handle, serve_model
+from pipeline.tasks.base import CompareContext
+from pipeline.tasks.registry import task_of
 from pipeline.torchserve.errors import SERVER_FAILURES
 from pipeline.torchserve.logs import explain_failure, handler_exceptions, log_offset, logged_causes, \
     model_log_offset, worker_recoveries
@@ -270,17 +272,19 @@ def _check_endpoint(run: _Run, rows) -> None:
 
 def _outputs(record: RunRecord) -> tuple[list[StageOutputs], np.ndarray | None]:
     plan, c = record.plan, record.plan.spec.model.num_classes
-    stages = [StageOutputs.from_scores(Stage.BASELINE, record.baseline.scores)]
+    spec = plan.spec
+    task = task_of(spec)  # what each stage's outputs are is the task's (tasks/<task>.py)
+    stages = [task.model_outputs(Stage.BASELINE, record.baseline.scores, spec)]
     if record.exported is not None:
-        stages.append(StageOutputs.from_scores(Stage.EXPORTED, record.exported.scores))
+        stages.append(task.model_outputs(Stage.EXPORTED, record.exported.scores, spec))
     if record.handled is not None:
         h = record.handled
-        stages.append(with_inner(stage_outputs(Stage.HANDLED, h.batch1, c), h.inner_batch1, c))
+        stages.append(with_inner(task.answer_outputs(Stage.HANDLED, h.batch1, spec), h.inner_batch1, c))
         if h.batched is not None and plan.batched_stage:
-            stages.append(with_inner(stage_outputs(plan.batched_stage, h.batched, c), h.inner_batched, c))
+            stages.append(with_inner(task.answer_outputs(plan.batched_stage, h.batched, spec), h.inner_batched, c))
     server_ms = None
     if record.replay is not None:
-        stages.append(stage_outputs(Stage.SERVED, record.replay.rows, c))
+        stages.append(task.answer_outputs(Stage.SERVED, record.replay.rows, spec))
         server_ms = np.array([r.server_ms if r.server_ms is not None else np.nan for r in record.replay.rows])
     return stages, server_ms
 
@@ -350,6 +354,12 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
     )
 
 
+def compare_stages(task, ids, labels, stages: list[StageOutputs], server_ms, ctx: CompareContext):
+    """The task's comparison of every stage (``tasks.base``: classification's is
+    ``evaluate.compare.compare_stages``); one name for the run's comparison step."""
+    return task.compare(ids, labels, stages, server_ms, ctx)
+
+
 def compare_and_gate(record: RunRecord) -> RunRecord:
     """The record with every stage compared with the baseline and the gate evaluated on the plan."""
     stages, server_ms = _outputs(record)
@@ -357,9 +367,9 @@ def compare_and_gate(record: RunRecord) -> RunRecord:
     cmap = record.plan.class_map
     by_name = frozenset(s.name for s in stages if s.name not in (Stage.BASELINE, Stage.EXPORTED)
                         and names_classes(_codec_of(record, s.name).format))
-    cmp = compare_stages(record.rows.ids, record.rows.labels, cmap.labels, stages, server_ms,
-                         tolerance=spec.gate.max_output_diff, metric_classes=spec.gate.metric_classes,
-                         shared_names=cmap.shared_names(), by_name=by_name)
+    ctx = CompareContext(cmap.labels, spec.gate.max_output_diff, spec.gate.metric_classes,
+                         shared_names=cmap.shared_names(), by_name=by_name, spec=spec)
+    cmp = compare_stages(task_of(spec), record.rows.ids, record.rows.labels, stages, server_ms, ctx)
     gate = evaluate_gate(spec.gate, record.plan.gate, cmp, _gate_inputs(record))
     return replace(record, comparison=cmp, gate=gate)
 

@@ -67,6 +67,12 @@ class ModelSpec(_Frozen):
 
     factory: str = Field(description="'package.module:function' or 'file.py:function'")
     weights: Path
+    task: str = Field(
+        default="classification",
+        description="what the model answers: classification (one class per row), multilabel, regression, "
+                    "detection or segmentation; the module of pipeline/tasks/ that reads the labels, decodes "
+                    "the answers, compares and gates them",
+    )
     num_classes: int = Field(ge=2)
     class_names: tuple[str, ...] | None = None
     preprocess: str | None = Field(
@@ -81,6 +87,15 @@ class ModelSpec(_Frozen):
                     "model's batched input (a tensor, a tuple for forward(*x), a dict for forward(**x)); "
                     "default: each tensor stacked, and rows whose shapes differ scored one at a time",
     )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from pipeline.tasks import registry  # the registry names the tasks; the spec does not restate them
+
+        if v not in registry.TASKS:
+            raise ValueError(registry.unknown_task(v))
+        return v
 
     @field_validator("factory")
     @classmethod

@@ -19,6 +19,7 @@ from pipeline.errors import DatasetError
 from pipeline.inputs.base import FileBodies, Rows
 from pipeline.inputs.registry import load_rows, load_training_rows
 from pipeline.spec import Spec
+from pipeline.tasks.registry import task_of
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def check_body_sizes(rows: Rows, limit: int) -> None:
 
 def classes_without_rows(rows: Rows, spec: Spec) -> str | None:
     """A note naming the model's classes that no evaluation row has: their recall is not measured."""
-    counts = np.bincount(np.asarray(rows.labels, np.int64), minlength=spec.model.num_classes)
+    counts = task_of(spec).label_counts(rows.labels, spec)
+    if counts is None:  # the task's labels are not one class per row
+        return None
     empty = [spec.class_labels[k] for k in np.nonzero(counts == 0)[0]]
     if not empty:
         return None
