@@ -23,8 +23,29 @@ LABEL_READERS = (bare.LABEL, top1.NAME, label_scores.NAME, custom.NAME)  # forma
 BUILTIN_CHOICE = "the handler "  # how the plan words a format fixed by a built-in handler
 
 
+# Formats of the built-ins that answer other tasks: decoded by model.task's module (pipeline/tasks/).
+TASK_FORMATS = ("object_detector", "image_segmenter")
+
+
+class TaskDecoder:
+    """Answers read by the task's own ``decode`` (boxes, masks: ``Prediction.extra``)."""
+
+    carries = Carries("none", True)  # the task compares its own quantities (scores, probabilities)
+    accepts_text = False
+
+    def __init__(self, name: str, spec: Spec) -> None:
+        from pipeline.tasks.registry import task_of
+
+        self.name, self.spec, self.task = name, spec, task_of(spec)
+
+    def decode(self, doc: Any) -> Prediction:
+        return self.task.decode(doc, self.spec)
+
+
 def decoder_for(name: str, spec: Spec, class_map: ClassMap):
     c = spec.model.num_classes
+    if name in TASK_FORMATS:
+        return TaskDecoder(name, spec)
     if name == package_validate.NAME:
         return package_validate.Decoder(c)
     if name == topk.NAME:

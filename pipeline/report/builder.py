@@ -300,11 +300,16 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
 
     rows = record.rows
     n = len(rows)
-    cols: dict[str, Any] = {"id": list(rows.ids), "label": np.asarray(rows.labels)}
+    labels = np.asarray(rows.labels)
+    # a task whose label is an object per row (boxes, a mask) writes its text form (tasks/<task>.py)
+    cols: dict[str, Any] = {"id": list(rows.ids), "label": labels if labels.dtype != object else [str(v) for v in labels]}
     for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
         if result is None:
             continue
         scores = result.scores
+        if labels.dtype == object:  # the task's outputs are not classes: only the latency is per row here
+            cols[f"{prefix}_latency_ms"] = np.asarray(scores.latencies_ms, dtype=float)
+            continue
         preds = np.asarray(scores.predictions)
         probs = np.asarray(scores.probabilities)
         cols[f"{prefix}_pred"] = pd.array([int(p) if p >= 0 else None for p in preds], dtype="Int64")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.report.text import fmt, metric
+from pipeline.report.text import fmt, metric, summary_metrics
 
 MAX_FAILED_SHOWN = 12
 
@@ -118,7 +118,8 @@ def _stage_table(metrics: dict, width: int) -> list[str]:
     """The stages side by side; each column as wide as its widest cell, so no two cells run together."""
     names = list(metrics)
     rows = [("metric", names)]
-    rows += [(m, [metric(metrics[n], m) for n in names]) for m in ("accuracy", "precision_macro", "recall_macro", "f1_macro")]
+    rows += [(m, [metric(metrics[n], m) for n in names])
+             for m in summary_metrics(metrics, ("accuracy", "precision_macro", "recall_macro", "f1_macro"))]
     rows.append(("rows answered", [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names]))
     for k in ("p50", "p99"):
         rows.append((f"latency {k} (ms)", [fmt(metrics[n]["latency"][k], 3) if metrics[n].get("latency") else "-"

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.report.text import averaged_over, shown_classes  # noqa: E402
+from pipeline.report.text import averaged_over, shown_classes, summary_metrics  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def _fmt(v: Any) -> str:
 
 def _confusion_plot(rep: dict) -> str | None:
     metrics = rep.get("metrics") or {}
-    if not metrics:
+    if not metrics or any(not m.get("confusion") for m in metrics.values()):  # a task without classes per row
         return None
     names = list(metrics)
     shown, hidden = shown_classes(metrics)  # a 1000-class matrix is unreadable: the classes with rows or predicted
@@ -78,9 +78,33 @@ def _confusion_plot(rep: dict) -> str | None:
     return _png(fig)
 
 
+def _task_class_plot(rep: dict) -> str | None:
+    """A task's per-class figure by stage: AP@[.5:.95] for detection, IoU for segmentation."""
+    metrics = rep.get("metrics") or {}
+    names = list(metrics)
+    per = (metrics[names[0]].get("per_class_figures") if names else None) or {}
+    key = next((k for k in ("ap", "iou") if per and k in next(iter(per.values()))), None)
+    if key is None:
+        return None
+    labels = list(per)
+    x = np.arange(len(labels))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.5 * len(labels) * len(names) + 2)), 3.6))
+    for k, n in enumerate(names):
+        vals = [(metrics[n].get("per_class_figures") or {}).get(c, {}).get(key) for c in labels]
+        ax.bar(x + k * width, [np.nan if v is None else v for v in vals], width, label=n, color=STAGE_COLORS.get(n))
+    ax.set_xticks(x + width * (len(names) - 1) / 2, labels)
+    ax.set_ylim(0, 1.03)
+    ax.set_ylabel({"ap": "AP@[.5:.95]", "iou": "IoU"}[key])
+    ax.set_title(f"Per-class {'AP' if key == 'ap' else 'IoU'} by stage")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
 def _f1_plot(rep: dict) -> str | None:
     metrics = rep.get("metrics") or {}
-    if not metrics:
+    if not metrics or any(not m.get("per_class") for m in metrics.values()):
         return None
     names = list(metrics)
     shown, _ = shown_classes(metrics)
@@ -237,13 +261,15 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         names = list(metrics)
         parts.append("<h2>Metrics</h2>")
         parts.append(_table(["metric"] + names, [[m] + [e(metric_text(metrics[n], m)) for n in names] for m in
-                     ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
+                     summary_metrics(metrics, ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                               "f1_weighted"))]))
         if averaged_over(metrics[names[0]]):
             parts.append(f"<p>{e(averaged_over(metrics[names[0]]))}.</p>")
         for stage, ids in ((report.get("plan") or {}).get("shared_name_rows") or {}).items():
             parts.append(f"<p>{e(stage)}: {len(ids)} row(s) answered a name several classes share, compared by "
                          f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
     plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
+             ("Per-class figures", _task_class_plot(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:
         if uri:

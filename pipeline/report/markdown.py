@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, table
+from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, summary_metrics, table, \
+    task_per_class
 
 SUMMARY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
 
@@ -30,12 +31,16 @@ def _metrics(rep: dict) -> list[str]:
         return []
     names = list(metrics)
     lines = ["## Metrics, stage by stage", ""]
-    rows = [[m] + [metric(metrics[n], m) for n in names] for m in SUMMARY_METRICS]
+    rows = [[m] + [metric(metrics[n], m) for n in names] for m in summary_metrics(metrics, SUMMARY_METRICS)]
     rows.append(["rows answered"] + [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names])
     lines += table(["metric"] + names, rows) + [""]
     over = averaged_over(metrics[names[0]])
     if over:
         lines += [over[0].upper() + over[1:] + ".", ""]
+    per_task = task_per_class(metrics)
+    if per_task:  # a task's own figures; classification's are undefined by design, not listed one by one
+        return lines + ["### Per class", ""] + table(*per_task) + [""] + _shared_rows(rep) + _latency_lines(
+            rep, metrics, names)
     undefined = {f"{n}: {k}": why for n in names for k, why in (metrics[n].get("undefined") or {}).items()}
     if undefined:
         lines += ["Undefined figures (never shown as 0):", ""] + [f"- {k}: {v}" for k, v in undefined.items()] + [""]
@@ -52,7 +57,11 @@ def _metrics(rep: dict) -> list[str]:
         lines += [f"... {hidden} more class(es) without rows and never predicted (all {len(keys)} are in "
                   "report.json).", ""]
     lines += _shared_rows(rep)
-    lines += ["### Latency per row (ms)", ""]
+    return lines + _latency_lines(rep, metrics, names)
+
+
+def _latency_lines(rep: dict, metrics: dict, names: list[str]) -> list[str]:
+    lines = ["### Latency per row (ms)", ""]
     rows = []
     for n in names:
         lat = metrics[n].get("latency")

@@ -25,7 +25,28 @@ def metric(m: dict, key: str, digits: int = 4) -> str:
     """A stage metric, or 'undefined' when it cannot be computed (0/0)."""
     if key in (m.get("undefined") or {}):
         return "undefined"
-    return fmt(m.get(key), digits)
+    figures = m.get("figures") or {}
+    return fmt(figures[key] if key in figures else m.get(key), digits)
+
+
+def summary_metrics(metrics: dict, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The figures a stage table shows: a task's own (detection's mAP, segmentation's mIoU: ``figures``),
+    else classification's ``default``."""
+    first = next(iter(metrics.values()), {}) if metrics else {}
+    return tuple(first.get("figures") or {}) or default
+
+
+def task_per_class(metrics: dict) -> tuple[list[str], list[list[str]]] | None:
+    """A task's per-class table (``per_class_figures``: AP, IoU, P/R/F1 at IoU 0.5), or None for classification."""
+    names = list(metrics)
+    first = metrics[names[0]] if names else {}
+    per = first.get("per_class_figures")
+    if not per:
+        return None
+    keys = [k for k in next(iter(per.values())) if k != "support"]
+    rows = [[c] + [" / ".join(fmt((metrics[n].get("per_class_figures") or {}).get(c, {}).get(k), 3) for k in keys)
+                   for n in names] for c in per]
+    return [f"class ({' / '.join(keys)})"] + names, rows
 
 
 def check_word(c: dict) -> str:

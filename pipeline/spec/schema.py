@@ -150,6 +150,9 @@ class DatasetSpec(_Frozen):
         default=None, description="kind json: a column holding each row's JSON document (else feature_columns)"
     )
     train_path: Path | None = Field(default=None, description="training rows, for the leakage check")
+    annotations: Path | None = Field(
+        default=None, description="model.task detection: a COCO annotations JSON with the rows' boxes, joined on "
+                                  "the image file name (else label_column holds a JSON list of boxes per row)")
     chunk_rows: int = Field(default=256, ge=1, le=65536, description="rows held in memory at once")
 
     @field_validator("input_shape")
@@ -368,6 +371,11 @@ class MetricThreshold(_Frozen):
     max_relative_drop: float | None = Field(default=None, ge=0, le=1)
 
 
+# Figures the detection and segmentation tasks gate besides their macro precision/recall/F1
+# (pipeline/tasks/<task>.py gated_metrics: each task gates its own and ignores the others').
+TASK_METRICS = ("map", "map_50", "miou", "pixel_accuracy")
+
+
 def _default_metric_thresholds() -> dict[str, MetricThreshold]:
     return {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in GATED_METRICS}
 
@@ -411,9 +419,9 @@ class GateSpec(_Frozen):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: dict[str, MetricThreshold]) -> dict[str, MetricThreshold]:
-        unknown = sorted(set(v) - set(GATED_METRICS))
+        unknown = sorted(set(v) - set(GATED_METRICS) - set(TASK_METRICS))
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(GATED_METRICS)}")
+            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(GATED_METRICS) + list(TASK_METRICS)}")
         return v
 
     @model_validator(mode="after")
@@ -552,6 +560,7 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
     dataset = spec.dataset.model_copy(update={
         "path": _resolve(base_dir, spec.dataset.path),
         "train_path": _resolve(base_dir, spec.dataset.train_path),
+        "annotations": _resolve(base_dir, spec.dataset.annotations),
     })
     replay = spec.replay.model_copy(update={"ca_file": _resolve(base_dir, spec.replay.ca_file)})
     answers = spec.answers.model_copy(update={"decode": _resolve_ref(base_dir, spec.answers.decode)})

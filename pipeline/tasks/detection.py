@@ -533,3 +533,272 @@ def mean_average_precision(preds: Sequence[Boxes], truths: Sequence[Boxes]) -> d
     per = r["map_per_class"].reshape(-1).tolist()
     return {"map": float(r["map"]), "map_50": float(r["map_50"]),
             "ap_per_class": {int(c): float(v) for c, v in zip(classes, per)}}
+
+
+# ---------------------------------------------------------------------------------------- the task
+
+MAX_ENCODED = 100  # boxes kept per row by an in-process stage (torchvision's detections_per_img)
+TRACKED = ("map", "map_50", "precision_macro", "recall_macro", "f1_macro")
+GEOMETRY_NOTE = ("boxes are compared and scored in the pixels of each image as sent: the built-in object_detector "
+                 "preprocesses with ToTensor only (no resize), so the ground truth needs no transform; a handler "
+                 "that resizes must scale its boxes back")
+THRESHOLD_NOTE = (f"the baseline and every in-process stage keep the boxes with score >= {THRESHOLD}, the built-in "
+                  "object_detector's threshold, before they are scored or compared")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One row's ground truth: its boxes and its image's (width, height)."""
+
+    boxes: Boxes
+    size: tuple[int, int] | None
+
+    def __str__(self) -> str:  # rows.parquet's label column
+        return json.dumps([{"box": [float(v) for v in b], "label": int(lab)}
+                           for b, lab in zip(self.boxes.boxes, self.boxes.labels)])
+
+
+def encode_outputs(y: Any, n: int) -> np.ndarray:
+    """torchvision detection output for `n` rows as float32 [n, 1 + 6 * MAX_ENCODED]: the count, then
+    (x1, y1, x2, y2, label, score) per box, best first; so in-process stages store it as they store logits."""
+    if not isinstance(y, (list, tuple)) or len(y) != n:
+        raise DetectionAnswerError(f"the model must return torchvision's detection output (a list of {n} dict(s) "
+                                   f"of boxes, labels, scores), got {type(y).__name__}")
+    out = np.zeros((n, 1 + 6 * MAX_ENCODED), np.float32)
+    for i, d in enumerate(y):
+        b = model_output(d)
+        order = np.argsort(-b.scores, kind="stable")[:MAX_ENCODED]
+        k = len(order)
+        out[i, 0] = k
+        out[i, 1:1 + 6 * k] = np.column_stack([b.boxes[order], b.labels[order], b.scores[order]]).reshape(-1)
+    return out
+
+
+def decode_encoded(row: np.ndarray) -> Boxes | None:
+    if not np.all(np.isfinite(row[:1])):
+        return None
+    k = int(row[0])
+    v = np.asarray(row[1:1 + 6 * k], np.float64).reshape(k, 6)
+    return Boxes.of(v[:, :4], v[:, 4].round().astype(np.int64), v[:, 5])
+
+
+def _image_sizes(paths: Sequence[Path]) -> list[tuple[int, int] | None]:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                out.append(im.size)
+        except Exception:
+            out.append(None)  # the dataset stage names unreadable images itself
+    return out
+
+
+class Detection:
+    name = NAME
+    gated_metrics = ("map", "map_50", "precision_macro", "recall_macro", "f1_macro")
+    default_metrics = gated_metrics
+    tracked = TRACKED
+    what = "boxes"
+    encode_outputs = staticmethod(encode_outputs)
+
+    # labels
+    def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        ds = spec.dataset
+        paths = [(path.parent / str(p)) if not Path(str(p)).is_absolute() else Path(str(p))
+                 for p in df[ds.path_column]]
+        sizes = _image_sizes(paths)
+        c = spec.model.num_classes
+        index = {n: i for i, n in enumerate(spec.class_labels)}
+        annotations = getattr(ds, "annotations", None)
+        truths: list[Truth] = []
+        if annotations is not None:
+            by_name: dict[str, int] = {}
+            for i, p in enumerate(paths):
+                if p.name in by_name:
+                    raise DatasetError(f"rows {ids[by_name[p.name]]} and {ids[i]} share the file name {p.name!r}: "
+                                       "COCO annotations are joined on the file name. Rename one.")
+                by_name[p.name] = i
+            known = {Path(str(k)).name: s for k, s in zip(paths, sizes) if s is not None}
+            found, _ = load_coco(Path(annotations), c, sizes=None)
+            problems, boxes_of = [], {}
+            for name, b in found.items():
+                key = Path(name).name
+                if key not in by_name:
+                    continue  # an image of the annotations that is not among the rows: not scored
+                size = known.get(key)
+                for n, box in enumerate(b.boxes):
+                    why = _box_problem(box, *(size or (None, None)))
+                    if why:
+                        problems.append(f"row {ids[by_name[key]]} ({key}), box {n}: {why}")
+                boxes_of[key] = b
+            absent = [ids[i] for i, p in enumerate(paths) if p.name not in boxes_of]
+            if absent:
+                problems.append(f"{len(absent)} row(s) have no entry among the annotations' images: "
+                                f"{absent[:8]} (an image without objects is an 'images' entry with no annotation)")
+            if problems:
+                raise DatasetError(f"{annotations}: {len(problems)} bad label(s). Fix the annotations.",
+                                   details=problems[:20])
+            truths = [Truth(boxes_of[p.name], s) for p, s in zip(paths, sizes)]
+            source = f"COCO annotations {Path(annotations).name}"
+        else:
+            col = ds.label_column
+            if col not in df.columns:
+                raise DatasetError(f"{path}: no boxes column {col!r} and no dataset.annotations. Give a COCO "
+                                   "annotations JSON in dataset.annotations, or a column of JSON box lists in "
+                                   "dataset.label_column.")
+            truths = [Truth(boxes_from_cell(v, rid, index, c, s), s) for v, rid, s in zip(df[col], ids, sizes)]
+            source = f"the JSON column {col!r}"
+        labels = np.empty(len(truths), object)
+        labels[:] = truths
+        total = sum(len(t.boxes) for t in truths)
+        return labels, [f"detection labels: {total} box(es) over {len(truths)} image(s) from {source}; {GEOMETRY_NOTE}",
+                        THRESHOLD_NOTE]
+
+    def label_counts(self, labels, spec):
+        return None
+
+    # answers
+    def decode(self, doc: Any, spec):
+        from pipeline.answers.base import Prediction
+
+        names = name_to_index(dict(enumerate_names(spec)))[0]
+        try:
+            if isinstance(doc, list):
+                b = decode_builtin(doc, names)
+            else:
+                b = decode_tensors(doc)
+        except DetectionAnswerError as e:
+            from pipeline.answers.base import AnswerError
+
+            raise AnswerError(str(e)) from e
+        return Prediction(index=0, extra={"boxes": b})
+
+    def check_answer(self, pred, spec) -> list[str]:
+        b = (pred.extra or {}).get("boxes")
+        return [] if b is None else check_answer(b, spec.model.num_classes, None)
+
+    # stage outputs
+    def model_outputs(self, name: str, scores, spec):
+        from pipeline.tasks.structured import TaskOutputs
+
+        answers = tuple(decode_encoded(r) for r in np.asarray(scores.logits))
+        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
+        return TaskOutputs(name, preds, None, None, scores.latencies_ms, answers=answers)
+
+    def answer_outputs(self, name: str, outcomes: tuple, spec):
+        from pipeline.tasks.structured import TaskOutputs
+
+        n = len(outcomes)
+        answers: list[Boxes | None] = [None] * n
+        lat = np.full(n, np.nan)
+        for r in outcomes:
+            if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get("boxes") is not None:
+                answers[r.index] = r.prediction.extra["boxes"]
+                if r.latency_ms is not None:
+                    lat[r.index] = r.latency_ms
+        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
+        return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
+
+    # comparison
+    def tolerances(self, spec) -> Tolerances:
+        g = spec.gate
+        return Tolerances(score=g.max_output_diff, coord_px=getattr(g, "max_box_diff_px", None) or COORD_TOL_PX,
+                          flip_band=getattr(g, "threshold_band", None) or FLIP_BAND)
+
+    def compare(self, ids, labels, stages, server_ms, ctx):
+        from pipeline.tasks.structured import RowCompare, compare_structured
+
+        tol = self.tolerances(ctx.spec) if ctx.spec is not None else Tolerances()
+        truths = [t.boxes for t in labels]
+        k = len(ctx.class_labels)
+
+        def kept(b: Boxes | None) -> Boxes | None:
+            return None if b is None else b.above(THRESHOLD)
+
+        def row_compare(a: Boxes, b: Boxes) -> RowCompare:
+            d = compare_row(a, b, tol, candidate_raw=True)
+            same = d.is_same(tol)
+            detail = "; ".join(d.details[:3]) or ("threshold flip(s)" if d.flips else "boxes differ")
+            return RowCompare(same, {"score": d.max_score, "coordinate_px": d.max_coord_px,
+                                     "missing_or_extra": float(d.missing + d.extra),
+                                     "label_mismatches": float(d.label_mismatches), "threshold_flips": float(d.flips)},
+                              f"boxes: {detail}", tuple(a.above(THRESHOLD).boxes.reshape(-1)[:16].round(3)),
+                              tuple(b.above(THRESHOLD).boxes.reshape(-1)[:16].round(3)))
+
+        def row_stats(answers):
+            return [row_counts(kept(a), t, k) if a is not None else row_counts(Boxes.empty(), t, k)
+                    for a, t in zip(answers, truths)]
+
+        def stats_of(counts, idx):
+            tp = sum(counts[i].tp for i in idx)
+            fp = sum(counts[i].fp for i in idx)
+            fn = sum(counts[i].fn for i in idx)
+            m = prf(tp[1:], fp[1:], fn[1:]) if k > 1 else prf(tp, fp, fn)
+            return {f"{q}_macro": float(np.nanmean(m[q])) if np.isfinite(m[q]).any() else float("nan")
+                    for q in ("precision", "recall", "f1")}
+
+        def score(answers, rows):
+            preds = [kept(a) if a is not None else Boxes.empty() for a in answers]
+            figs = mean_average_precision(preds, truths) if len(preds) else {"map": float("nan"), "map_50": float("nan")}
+            out = {"map": figs["map"], "map_50": figs["map_50"]}
+            out.update(stats_of(row_stats(answers), rows))
+            return out
+
+        def per_class(answers):
+            preds = [kept(a) if a is not None else Boxes.empty() for a in answers]
+            ap = mean_average_precision(preds, truths)["ap_per_class"] if len(preds) else {}
+            counts = row_stats(answers)
+            tp, fp, fn = (sum(getattr(c, f) for c in counts) for f in ("tp", "fp", "fn"))
+            m = prf(tp, fp, fn)
+            return {ctx.class_labels[c]: {"ap": ap.get(c, float("nan")), "precision": float(m["precision"][c]),
+                                          "recall": float(m["recall"][c]), "f1": float(m["f1"][c]),
+                                          "support": int(tp[c] + fn[c])}
+                    for c in range(k) if tp[c] + fp[c] + fn[c] > 0 or c in ap}
+
+        return compare_structured(ids, stages, ctx.class_labels, server_ms, row_compare=row_compare, score=score,
+                                  row_stats=row_stats, stats_of=stats_of, per_class=per_class,
+                                  output_quantity="box scores", output_key="score", what=self.what,
+                                  tolerance=ctx.tolerance)
+
+    def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
+        from pipeline.evaluate.gate import Check
+        from pipeline.tasks.structured import checks_for
+
+        def extra(t) -> list:
+            coord = t.differences.get("coordinate_px", 0.0)
+            flips = t.differences.get("threshold_flips", 0.0)
+            lim = getattr(spec, "max_box_diff_px", None) or COORD_TOL_PX
+            return [Check("max box coordinate difference", stage, coord, 0.0, f"<= {lim:g} px", coord <= lim,
+                          "matched boxes, pixels of the image as sent"),
+                    Check("threshold flips", stage, flips, 0.0, "reported", True,
+                          f"boxes whose score lies within {FLIP_BAND} of {THRESHOLD} on one side only: not counted as "
+                          "missing", is_gating=False)]
+
+        return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics),
+                          ("ap", "precision", "recall", "f1"), f"<= {spec.max_output_diff:g} (box scores)", extra)
+
+    def row_columns(self, prefix: str, outputs) -> dict[str, Any]:
+        answers = getattr(outputs, "answers", ())
+        return {f"{prefix}_boxes": [json.dumps(a.above(THRESHOLD).to_json()) if a is not None else None
+                                    for a in answers]}
+
+    def report_sections(self, report: dict) -> list:
+        return []
+
+
+def enumerate_names(spec) -> list[tuple[str, str]]:
+    """index_to_name pairs as the built-in names boxes: the spec's class labels, index order."""
+    return [(str(i), n) for i, n in enumerate(spec.class_labels)]
+
+
+def metric_limits(gate, names: Sequence[str]) -> dict:
+    """The spec's limits for this task's figures, or the seeds' (each within 1 point of the baseline)."""
+    from pipeline.spec import MetricThreshold
+
+    mine = {m: th for m, th in gate.metrics.items() if m in names}
+    return mine or {m: MetricThreshold(max_drop=0.01) for m in names}
+
+
+TASK = Detection()

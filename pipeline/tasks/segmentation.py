@@ -257,3 +257,187 @@ def image_size(body: bytes) -> tuple[int, int] | None:
             return im.size
     except Exception:
         return None
+
+
+# ---------------------------------------------------------------------------------------- the task
+
+TRACKED = ("miou", "pixel_accuracy")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One row's ground truth mask, in the frame the answers are in (int16 [H, W])."""
+
+    mask: np.ndarray
+    image_size: tuple[int, int] | None
+
+    def __str__(self) -> str:  # rows.parquet's label column: the classes present and the frame
+        classes = np.unique(self.mask).tolist()
+        return f"mask {self.mask.shape[1]}x{self.mask.shape[0]}, classes {classes}"
+
+
+def encode_outputs(y: Any, n: int) -> np.ndarray:
+    """{"out": logits [n, K, H, W]} as float32 [n, 2 + 2 H W]: H, W, the top class per pixel, its probability."""
+    masks = model_outputs(y)
+    if len(masks) != n:
+        raise SegmentationAnswerError(f"the model answered {len(masks)} row(s) for {n}")
+    h, w = masks[0].classes.shape
+    out = np.empty((n, 2 + 2 * h * w), np.float32)
+    for i, m in enumerate(masks):
+        out[i, :2] = (h, w)
+        out[i, 2:2 + h * w] = m.classes.reshape(-1)
+        out[i, 2 + h * w:] = m.probabilities.reshape(-1)
+    return out
+
+
+def decode_encoded(row: np.ndarray) -> Mask | None:
+    if not np.isfinite(row[0]):
+        return None
+    h, w = int(row[0]), int(row[1])
+    return Mask(row[2:2 + h * w].reshape(h, w).astype(np.int16), row[2 + h * w:2 + 2 * h * w].reshape(h, w).copy())
+
+
+def uses_builtin_geometry(spec) -> bool:
+    """The answers come in the built-in image_segmenter's frame (its handler, or its reference preprocessing)."""
+    return spec.handler.name == "image_segmenter" or spec.model.preprocess == "builtin:image_segmenter"
+
+
+class Segmentation:
+    name = NAME
+    gated_metrics = ("miou", "pixel_accuracy")
+    default_metrics = gated_metrics
+    tracked = TRACKED
+    what = "a class per pixel"
+    encode_outputs = staticmethod(encode_outputs)
+
+    def read_labels(self, df, spec, path: Path, ids):
+        ds = spec.dataset
+        col = ds.label_column
+        if col not in df.columns:
+            raise DatasetError(f"{path}: no mask column {col!r}: for model.task segmentation, dataset.label_column "
+                               "names a column of PNG mask paths (relative to the manifest), one class index per pixel.")
+        geometry = uses_builtin_geometry(spec)
+        c = spec.model.num_classes
+        truths = []
+        for rid, img, m in zip(ids, df[ds.path_column], df[col]):
+            ip = Path(str(img)) if Path(str(img)).is_absolute() else path.parent / str(img)
+            mp = Path(str(m)) if Path(str(m)).is_absolute() else path.parent / str(m)
+            try:
+                size = image_size(ip.read_bytes())
+            except OSError:
+                size = None  # the image loader names missing images itself
+            mask = read_mask(mp, str(rid), c, size)
+            truths.append(Truth(mask_in_handler_frame(mask) if geometry else mask, size))
+        labels = np.empty(len(truths), object)
+        labels[:] = truths
+        notes = [f"segmentation labels: {len(truths)} PNG mask(s) from the column {col!r}"]
+        notes.append(GEOMETRY_NOTE if geometry else "masks compared in the image's own frame (the handler is not the "
+                     "built-in image_segmenter: its answers must have each image's size)")
+        return labels, notes
+
+    def label_counts(self, labels, spec):
+        return None
+
+    def decode(self, doc: Any, spec):
+        from pipeline.answers.base import AnswerError, Prediction
+
+        try:
+            m = decode_custom(doc) if isinstance(doc, Mapping) and "classes" in doc else decode_builtin(doc)
+        except SegmentationAnswerError as e:
+            raise AnswerError(str(e)) from e
+        return Prediction(index=0, extra={"mask": m})
+
+    def check_answer(self, pred, spec) -> list[str]:
+        m = (pred.extra or {}).get("mask")
+        return [] if m is None else check_answer(m, spec.model.num_classes,
+                                                 (CROP, CROP) if uses_builtin_geometry(spec) else None)
+
+    def model_outputs(self, name: str, scores, spec):
+        from pipeline.tasks.structured import TaskOutputs
+
+        answers = tuple(decode_encoded(r) for r in np.asarray(scores.logits))
+        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
+        return TaskOutputs(name, preds, None, None, scores.latencies_ms, answers=answers)
+
+    def answer_outputs(self, name: str, outcomes: tuple, spec):
+        from pipeline.tasks.structured import TaskOutputs
+
+        n = len(outcomes)
+        answers: list[Mask | None] = [None] * n
+        lat = np.full(n, np.nan)
+        for r in outcomes:
+            if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get("mask") is not None:
+                answers[r.index] = r.prediction.extra["mask"]
+                if r.latency_ms is not None:
+                    lat[r.index] = r.latency_ms
+        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
+        return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
+
+    def compare(self, ids, labels, stages, server_ms, ctx):
+        from pipeline.tasks.structured import RowCompare, compare_structured
+
+        tol = ctx.tolerance
+        k = len(ctx.class_labels)
+        truths = [t.mask for t in labels]
+
+        def row_compare(a: Mask, b: Mask) -> RowCompare:
+            d = compare_row(a, b)
+            return RowCompare(d.is_same(tol), {"probability": d.max_probability,
+                                                "pixels_differing": float(d.differing),
+                                                "pixel_disagreement": 1.0 - d.agreement},
+                              f"{d.differing} of {d.pixels} pixel(s) of another class; largest probability difference "
+                              f"{d.max_probability:.3g}")
+
+        def row_stats(answers):
+            out = []
+            for a, t in zip(answers, truths):
+                if a is None or a.classes.shape != t.shape:
+                    conf = confusion(np.full(t.shape, -1), t, k)  # unanswered: no pixel predicted
+                    conf = conf + np.diag(np.zeros(k, np.int64))
+                    out.append((conf, int(t.size)))
+                else:
+                    out.append((confusion(a.classes, t, k), int(t.size)))
+            return out
+
+        def stats_of(stats, idx):
+            conf = sum(stats[i][0] for i in idx)
+            total = sum(stats[i][1] for i in idx)
+            m = metrics_of(conf)
+            # pixel accuracy over every pixel of the rows, answered or not
+            return {"miou": m["miou"], "pixel_accuracy": float(np.trace(conf) / total) if total else float("nan")}
+
+        def score(answers, rows):
+            return stats_of(row_stats(answers), rows)
+
+        def per_class(answers):
+            conf = sum(s[0] for s in row_stats(answers))
+            m = metrics_of(conf)
+            return {ctx.class_labels[c]: {"iou": v, "support": int(np.asarray(conf)[c].sum())}
+                    for c, v in m["iou_per_class"].items()}
+
+        return compare_structured(ids, stages, ctx.class_labels, server_ms, row_compare=row_compare, score=score,
+                                  row_stats=row_stats, stats_of=stats_of, per_class=per_class,
+                                  output_quantity="top-class probabilities", output_key="probability",
+                                  what=self.what, tolerance=tol)
+
+    def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
+        from pipeline.evaluate.gate import Check
+        from pipeline.tasks.detection import metric_limits
+        from pipeline.tasks.structured import checks_for
+
+        def extra(t) -> list:
+            worst = t.differences.get("pixel_disagreement", 0.0)
+            return [Check("pixel class agreement", stage, 1.0 - worst, 1.0, "every pixel, every row", worst == 0,
+                          f"worst row: {worst:.4%} of its pixels of another class")]
+
+        return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics), ("iou",),
+                          f"<= {spec.max_output_diff:g} (top-class probabilities)", extra)
+
+    def row_columns(self, prefix: str, outputs) -> dict[str, Any]:
+        return {}
+
+    def report_sections(self, report: dict) -> list:
+        return []
+
+
+TASK = Segmentation()
