@@ -24,6 +24,7 @@ from pipeline.inputs.registry import resolve_reference
 from pipeline.names import Stage
 from pipeline.spec import Spec
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, archived_model_kind, inspect_archive, model_config_for
+from pipeline.tasks.registry import task_of
 from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
 
 
@@ -293,6 +294,9 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         fmt, chosen = spec.answers.format, "answers.format in the spec"
     elif handler.answer_format != "auto":
         fmt, chosen = handler.answer_format, f"the handler {handler.name}"
+    elif getattr(task_of(spec), "answer_format", None):
+        # a handler file of another task answers as that task's built-in does (boxes, masks): its task reads them
+        fmt, chosen = task_of(spec).answer_format, f"the handler {handler.name} (model.task {spec.model.task})"
     else:
         fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
     codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)

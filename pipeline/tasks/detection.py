@@ -602,6 +602,7 @@ class Detection:
     tracked = TRACKED
     what = "boxes"
     encode_outputs = staticmethod(encode_outputs)
+    answer_format = "object_detector"  # what a handler file of this task answers unless answers.format says otherwise
 
     # labels
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -609,6 +610,7 @@ class Detection:
         paths = [(path.parent / str(p)) if not Path(str(p)).is_absolute() else Path(str(p))
                  for p in df[ds.path_column]]
         sizes = _image_sizes(paths)
+        check_serving(spec, ids, sizes)
         c = spec.model.num_classes
         index = {n: i for i, n in enumerate(spec.class_labels)}
         annotations = getattr(ds, "annotations", None)
@@ -760,7 +762,8 @@ class Detection:
         return compare_structured(ids, stages, ctx.class_labels, server_ms, row_compare=row_compare, score=score,
                                   row_stats=row_stats, stats_of=stats_of, per_class=per_class,
                                   output_quantity="box scores", output_key="score", what=self.what,
-                                  tolerance=ctx.tolerance)
+                                  tolerance=ctx.tolerance,
+                                  validate=lambda a, i: check_answer(a.above(THRESHOLD), k, labels[i].size))
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check
@@ -788,9 +791,48 @@ class Detection:
         return []
 
 
-def enumerate_names(spec) -> list[tuple[str, str]]:
-    """index_to_name pairs as the built-in names boxes: the spec's class labels, index order."""
+LABEL_MAP = "index_to_name.json"  # what BaseHandler.initialize loads as self.mapping
+
+
+def enumerate_names(spec) -> list[tuple[str, Any]]:
+    """index_to_name pairs as the built-in names boxes: the archive's index_to_name.json when the spec ships
+    one (handler.extra_files), else the spec's class labels, index order."""
+    f = next((p for p in spec.handler.extra_files if Path(p).name == LABEL_MAP and Path(p).is_file()), None)
+    if f is not None:
+        try:
+            doc = json.loads(Path(f).read_text(encoding="utf-8"))
+            if isinstance(doc, dict):
+                return [(str(k), v) for k, v in doc.items()]
+        except ValueError:
+            pass  # the plan's class map check names a broken label map
     return [(str(i), n) for i, n in enumerate(spec.class_labels)]
+
+
+def check_serving(spec, ids: Sequence[str], sizes: Sequence[tuple[int, int] | None]) -> None:
+    """Refuse what the built-in object_detector cannot answer right, before any stage runs.
+
+    Raises:
+        ConfigError: duplicate label names (a box's label is its name: two classes of one name cannot be
+            told apart); images of several sizes at serving.batch_size > 1 (VisionHandler.preprocess stacks
+            a batch's images, so any batch that mixes sizes fails).
+    """
+    from pipeline.errors import ConfigError
+
+    _, problems = name_to_index(dict(enumerate_names(spec)))
+    if problems:
+        raise ConfigError(f"{LABEL_MAP}: the answers name each box's class, and {'; '.join(problems)}. Give every "
+                          "class its own name.")
+    distinct = sorted({s for s in sizes if s is not None})
+    if spec.handler.name == "object_detector" and spec.serving.batch_size > 1 and len(distinct) > 1:
+        first = {}
+        for rid, s in zip(ids, sizes):
+            first.setdefault(s, rid)
+        raise ConfigError(
+            f"serving.batch_size is {spec.serving.batch_size} but the images have {len(distinct)} sizes "
+            f"({', '.join(f'{w}x{h} (e.g. {first[(w, h)]})' for w, h in distinct[:4])}): the built-in "
+            "object_detector preprocesses with ToTensor only and stacks a batch's images (torch.stack in "
+            "VisionHandler.preprocess), so every batch mixing sizes fails. Serve at batch_size 1, give every "
+            "image one size, or use a handler that batches images of several sizes.")
 
 
 def metric_limits(gate, names: Sequence[str]) -> dict:

@@ -309,6 +309,7 @@ class Segmentation:
     tracked = TRACKED
     what = "a class per pixel"
     encode_outputs = staticmethod(encode_outputs)
+    answer_format = "image_segmenter"  # what a handler file of this task answers unless answers.format says otherwise
 
     def read_labels(self, df, spec, path: Path, ids):
         ds = spec.dataset
@@ -418,7 +419,8 @@ class Segmentation:
         return compare_structured(ids, stages, ctx.class_labels, server_ms, row_compare=row_compare, score=score,
                                   row_stats=row_stats, stats_of=stats_of, per_class=per_class,
                                   output_quantity="top-class probabilities", output_key="probability",
-                                  what=self.what, tolerance=tol)
+                                  what=self.what, tolerance=tol,
+                                  validate=lambda a, i: check_answer(a, k, truths[i].shape))
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -44,6 +44,7 @@ class TaskStageMetrics(StageMetrics):
 
     figures: dict[str, float] = field(default_factory=dict)
     per_class_figures: dict[str, dict[str, float]] = field(default_factory=dict)
+    invalid_answers: dict[str, list[str]] = field(default_factory=dict)  # row id -> problems seen alone
 
     def get(self, metric: str) -> float:
         if metric in self.figures:
@@ -118,7 +119,8 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
                        score: Callable[[list[Any], np.ndarray], dict[str, float]],
                        row_stats: Callable[[list[Any]], Any], stats_of: Callable[[Any, np.ndarray], dict[str, float]],
                        per_class: Callable[[list[Any]], dict[str, dict[str, float]]],
-                       output_quantity: str, output_key: str, what: str, tolerance: float) -> Comparison:
+                       output_quantity: str, output_key: str, what: str, tolerance: float,
+                       validate: Callable[[Any, int], list[str]] | None = None) -> Comparison:
     """Every stage scored and compared, each candidate with the baseline (tests) and with the stage before (steps).
 
     Args:
@@ -127,6 +129,8 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
         row_stats / stats_of: per-row statistics computed once per stage, and the figures of a row resample
             from them (the paired bootstrap's inner loop).
         per_class: answers -> per-class figures.
+        validate: (answer, row index) -> its problems on its own (no reference): classes in range,
+            probabilities in [0, 1], boxes inside the image.
         output_quantity, output_key: what the output-difference check compares and which difference it is.
     """
     n = len(ids)
@@ -137,6 +141,9 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
         answers = list(s.answers) if isinstance(s, TaskOutputs) else [None] * n
         metrics[s.name] = stage_metrics(s.name, n, int(answered_of(s).sum()), score(answers, all_rows),
                                         per_class(answers), s.latencies_ms, what, len(class_labels))
+        if validate is not None:
+            bad = {ids[i]: p for i, a in enumerate(answers) if a is not None and (p := validate(a, i))}
+            metrics[s.name] = replace(metrics[s.name], invalid_answers=dict(list(bad.items())[:50]))
         cached[s.name] = (answers, row_stats(answers))
     base = stages[0]
     diffs: dict[tuple[str, str], list[RowCompare | None]] = {}
@@ -217,6 +224,14 @@ def checks_for(spec, plan, cmp: Comparison | None, stage: str, base_name: str, w
     cand = cmp.stages[stage] if have else None
     base = cmp.stages[base_name] if have else None
     checks = []
+    name, limit = "answers valid on their own", "no row"
+    if cand is None:
+        checks.append(missing(name, stage, limit, why, spec))
+    else:
+        bad = cand.invalid_answers
+        first = next(iter(bad.items()), None)
+        checks.append(Check(name, stage, len(bad), 0, limit, not bad,
+                            f"{first[0]}: {'; '.join(first[1][:3])}" if first else "every answer checked alone"))
     name, limit = "identical answers", f">= {spec.min_prediction_agreement:.4f} of rows"
     if t is None:
         checks.append(missing(name, stage, limit, why, spec))
