@@ -176,3 +176,30 @@ def test_mixed_image_sizes_at_batch_size_two_refused_before_any_stage(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     out = res.stdout + res.stderr
     assert "2 sizes" in out and "64x64" in out and "96x96" in out and "torch.stack" in out
+
+
+def test_detections_that_depend_on_the_batch_caught_by_handled_at_batch_n(no_leftovers):
+    from tests.integration.test_tasks_vision import EXAMPLES
+
+    tmp = no_leftovers
+    # the example's detector, rescaling each image by the batch's mean brightness (a stand-in for the
+    # padding to the batch's largest image that moves R-CNN outputs with the batch: vision #4257)
+    source = (EXAMPLES / "shapes_detect" / "model.py").read_text()
+    patched = source.replace("heat, size, offset = self.heads(x)",
+                             "heat, size, offset = self.heads(x * (x.mean() / x.mean(dim=(1, 2, 3), keepdim=True)))")
+    assert patched != source
+    (tmp / "model.py").write_text(patched)
+    spec_path = small_spec(tmp, "shapes_detect", 4, serving__batch_size=2)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["model"]["factory"] = f"{tmp / 'model.py'}:build_model"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = run_cli("run", str(spec_path), "--until", "handled", "--reports-dir", str(tmp / "reports"),
+                  "--model-store", str(tmp / "store"), timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    rep = _report(tmp / "reports")
+    assert rep["plan"]["stages"] == ["baseline", "exported", "handled", "handled@batch2"]
+    assert not _failed(rep, "handled"), _failed(rep, "handled")  # one image at a time: the baseline's answers
+    assert "identical answers" in _failed(rep, "handled@batch2")
+    differs = [s["stage"] for s in rep["attribution"]["steps"] if s["differs"]]
+    assert differs == ["handled@batch2"], rep["attribution"]
+    assert "batch" in rep["attribution"]["summary"]
