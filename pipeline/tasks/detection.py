@@ -552,6 +552,7 @@ class Truth:
 
     boxes: Boxes
     size: tuple[int, int] | None
+    path: str | None = None  # the image, for report.html's pictures
 
     def __str__(self) -> str:  # rows.parquet's label column
         return json.dumps([{"box": [float(v) for v in b], "label": int(lab)}
@@ -642,7 +643,7 @@ class Detection:
             if problems:
                 raise DatasetError(f"{annotations}: {len(problems)} bad label(s). Fix the annotations.",
                                    details=problems[:20])
-            truths = [Truth(boxes_of[p.name], s) for p, s in zip(paths, sizes)]
+            truths = [Truth(boxes_of[p.name], s, str(p)) for p, s in zip(paths, sizes)]
             source = f"COCO annotations {Path(annotations).name}"
         else:
             col = ds.label_column
@@ -650,7 +651,8 @@ class Detection:
                 raise DatasetError(f"{path}: no boxes column {col!r} and no dataset.annotations. Give a COCO "
                                    "annotations JSON in dataset.annotations, or a column of JSON box lists in "
                                    "dataset.label_column.")
-            truths = [Truth(boxes_from_cell(v, rid, index, c, s), s) for v, rid, s in zip(df[col], ids, sizes)]
+            truths = [Truth(boxes_from_cell(v, rid, index, c, s), s, str(p))
+                      for v, rid, s, p in zip(df[col], ids, sizes, paths)]
             source = f"the JSON column {col!r}"
         labels = np.empty(len(truths), object)
         labels[:] = truths
@@ -719,7 +721,12 @@ class Detection:
         def kept(b: Boxes | None) -> Boxes | None:
             return None if b is None else b.above(THRESHOLD)
 
-        def row_compare(a: Boxes, b: Boxes) -> RowCompare:
+        def drawn(b: Boxes) -> list[list[float]]:
+            k_ = b.above(THRESHOLD)
+            return [[round(float(v), 2) for v in box] + [int(lab), round(float(s), 4)]
+                    for box, lab, s in zip(k_.boxes[:20], k_.labels[:20], k_.scores[:20])]
+
+        def row_compare(a: Boxes, b: Boxes, i: int) -> RowCompare:
             d = compare_row(a, b, tol, candidate_raw=True)
             same = d.is_same(tol)
             detail = "; ".join(d.details[:3]) or ("threshold flip(s)" if d.flips else "boxes differ")
@@ -727,7 +734,10 @@ class Detection:
                                      "missing_or_extra": float(d.missing + d.extra),
                                      "label_mismatches": float(d.label_mismatches), "threshold_flips": float(d.flips)},
                               f"boxes: {detail}", tuple(a.above(THRESHOLD).boxes.reshape(-1)[:16].round(3)),
-                              tuple(b.above(THRESHOLD).boxes.reshape(-1)[:16].round(3)))
+                              tuple(b.above(THRESHOLD).boxes.reshape(-1)[:16].round(3)),
+                              None if same else {"kind": "boxes", "image": labels[i].path, "size": labels[i].size,
+                                                 "truth": drawn(labels[i].boxes), "reference": drawn(a),
+                                                 "candidate": drawn(b), "names": list(ctx.class_labels)})
 
         def row_stats(answers):
             return [row_counts(kept(a), t, k) if a is not None else row_counts(Boxes.empty(), t, k)

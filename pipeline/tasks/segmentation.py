@@ -381,13 +381,18 @@ class Segmentation:
         k = len(ctx.class_labels)
         truths = [t.mask for t in labels]
 
-        def row_compare(a: Mask, b: Mask) -> RowCompare:
+        def row_compare(a: Mask, b: Mask, i: int) -> RowCompare:
             d = compare_row(a, b)
-            return RowCompare(d.is_same(tol), {"probability": d.max_probability,
-                                                "pixels_differing": float(d.differing),
-                                                "pixel_disagreement": 1.0 - d.agreement},
+            same = d.is_same(tol)
+            step = max(1, max(a.classes.shape) // 56)  # about 56 x 56 per mask in report.json: enough to see
+            return RowCompare(same, {"probability": d.max_probability,
+                                     "pixels_differing": float(d.differing),
+                                     "pixel_disagreement": 1.0 - d.agreement},
                               f"{d.differing} of {d.pixels} pixel(s) of another class; largest probability difference "
-                              f"{d.max_probability:.3g}")
+                              f"{d.max_probability:.3g}", picture=None if same else {
+                                  "kind": "mask", "step": step, "truth": truths[i][::step, ::step].tolist(),
+                                  "reference": a.classes[::step, ::step].tolist(),
+                                  "candidate": b.classes[::step, ::step].tolist(), "names": list(ctx.class_labels)})
 
         def row_stats(answers):
             out = []

@@ -24,6 +24,7 @@ from pipeline.evaluate.compare import (Comparison, DivergingRow, FlippedRow, Out
 from pipeline.evaluate.stats import summarize_latency
 from pipeline.names import Stage
 
+PICTURED_ROWS = 4         # per candidate stage: the worst-differing rows drawn in report.html
 BOOTSTRAP_SECONDS = 1.0   # per candidate: the paired intervals stop resampling after this
 BOOTSTRAP_RESAMPLES = 400
 NOT_CLASSIFICATION = "not a classification figure: this task answers {what} per row"
@@ -112,6 +113,14 @@ class RowCompare:
     detail: str
     reference_values: tuple[float, ...] = ()
     candidate_values: tuple[float, ...] = ()
+    picture: dict | None = None  # what report.html draws for this row (boxes on the image, both masks)
+
+
+@dataclass(frozen=True)
+class TaskDivergingRow(DivergingRow):
+    """A differing row, with what report.html draws of it (kept for the worst few rows of each stage)."""
+
+    picture: dict | None = None
 
 
 def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_labels: tuple[str, ...],
@@ -124,7 +133,7 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
     """Every stage scored and compared, each candidate with the baseline (tests) and with the stage before (steps).
 
     Args:
-        row_compare: (reference answer, candidate answer) -> RowCompare.
+        row_compare: (reference answer, candidate answer, row index) -> RowCompare.
         score: (answers, rows) -> the stage's figures on those rows (all rows: the metrics).
         row_stats / stats_of: per-row statistics computed once per stage, and the figures of a row resample
             from them (the paired bootstrap's inner loop).
@@ -150,7 +159,8 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
 
     def pair(ref: StageOutputs, cand: StageOutputs, intervals: bool) -> TaskPairedTest:
         ra, ca = cached[ref.name][0], cached[cand.name][0]
-        rows = [row_compare(a, b) if a is not None and b is not None else None for a, b in zip(ra, ca)]
+        rows = [row_compare(a, b, i) if a is not None and b is not None else None
+                for i, (a, b) in enumerate(zip(ra, ca))]
         diffs[(ref.name, cand.name)] = rows
         both = [r for r in rows if r is not None]
         not_same = sum(1 for r in both if not r.same) + sum(
@@ -189,15 +199,18 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
     for s in stages[1:]:
         rows = diffs[(base.name, s.name)]
         ra, ca = cached[base.name][0], cached[s.name][0]
+        mine = []
         for i, r in enumerate(rows):
             if r is None:
                 flipped_mask[i] |= (ra[i] is None) != (ca[i] is None)
                 continue
             if not r.same:
                 flipped_mask[i] = True
-                diverging.append(DivergingRow(ids[i], s.name, base.name, r.detail,
-                                              float(max(r.differences.values(), default=0.0)),
-                                              r.reference_values, r.candidate_values))
+                mine.append(TaskDivergingRow(ids[i], s.name, base.name, r.detail,
+                                             float(max(r.differences.values(), default=0.0)),
+                                             r.reference_values, r.candidate_values, r.picture))
+        mine.sort(key=lambda d: -d.max_abs_diff)
+        diverging += [d if k < PICTURED_ROWS else replace(d, picture=None) for k, d in enumerate(mine)]
     diverging.sort(key=lambda d: -d.max_abs_diff)
     flipped = [FlippedRow(ids[i], -1, {s.name: (None, None) for s in stages}) for i in np.nonzero(flipped_mask)[0][:50]]
     server_lat = overhead = None
