@@ -23,29 +23,8 @@ LABEL_READERS = (bare.LABEL, top1.NAME, label_scores.NAME, custom.NAME)  # forma
 BUILTIN_CHOICE = "the handler "  # how the plan words a format fixed by a built-in handler
 
 
-# Formats of the built-ins that answer other tasks: decoded by model.task's module (pipeline/tasks/).
-TASK_FORMATS = ("object_detector", "image_segmenter")
-
-
-class TaskDecoder:
-    """Answers read by the task's own ``decode`` (boxes, masks: ``Prediction.extra``)."""
-
-    carries = Carries("none", True)  # the task compares its own quantities (scores, probabilities)
-    accepts_text = False
-
-    def __init__(self, name: str, spec: Spec) -> None:
-        from pipeline.tasks.registry import task_of
-
-        self.name, self.spec, self.task = name, spec, task_of(spec)
-
-    def decode(self, doc: Any) -> Prediction:
-        return self.task.decode(doc, self.spec)
-
-
 def decoder_for(name: str, spec: Spec, class_map: ClassMap):
     c = spec.model.num_classes
-    if name in TASK_FORMATS:
-        return TaskDecoder(name, spec)
     if name == package_validate.NAME:
         return package_validate.Decoder(c)
     if name == topk.NAME:
@@ -235,6 +214,12 @@ def codec_for(spec: Spec, class_map: ClassMap, fmt: str, chosen_by: str,
               builtin_top_k: int | None = None) -> AnswerCodec:
     """The codec for a format already chosen (``fmt`` may be "auto" for a handler file)."""
     envelope = ENVELOPES[spec.answers.envelope]
+    if spec.model.task != "classification":  # the task reads its own answers (tasks/<task>.py decoder)
+        from pipeline.tasks.registry import task_of
+
+        return AnswerCodec(envelope=envelope, format=spec.model.task, decoder=task_of(spec).decoder(spec),
+                           chosen_by=f"model.task: {spec.model.task}", spec=spec, class_map=class_map,
+                           required_classes=0, required_words="nothing (a task's own answers)", settled=True)
     decoder = None if fmt == "auto" else decoder_for(fmt, spec, class_map)
     req = _requirement(spec, fmt, builtin_top_k) if fmt != "auto" else {
         "required_classes": 0, "required_words": "nothing yet"}

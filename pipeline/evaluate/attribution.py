@@ -3,6 +3,7 @@
     exported vs baseline          export problem (the artefact differs in-process)
     handled  vs exported          handler problem (the handler's pre/post-processing)
     handled@batchN vs handled     handler problem that depends on the batch
+    served@SETTING vs served      serving problem that depends on the setting (tune's points)
     served   vs handled           serving problem (the worker's environment, dynamic batching, concurrency)
 
 With ``--mar`` the exported stage is the archive's own model where the tool can load it
@@ -19,16 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.evaluate.compare import Comparison, PairedTest
-from pipeline.names import Stage
+from pipeline.names import Stage, StageName
 
-LAYERS = (
-    (Stage.EXPORTED, "export problem", "the exported model already differs from the eager model in-process"),
-    (Stage.HANDLED, "handler problem", "the handler's pre/post-processing changes the answers of the same artefact"),
-    (f"{Stage.HANDLED}@", "handler problem that depends on the batch",
-     "the handler answers differently when it gets several requests at once"),
-    (Stage.SERVED, "serving problem", "the served answers differ from the same handler run in-process: the "
-     "worker's environment, dynamic batching or concurrency"),
-)
+# keyed by (stage, what it varies: None, "batch" or "setting")
+LAYERS = {
+    (Stage.EXPORTED, None): ("export problem", "the exported model already differs from the eager model in-process"),
+    (Stage.HANDLED, None): ("handler problem",
+                            "the handler's pre/post-processing changes the answers of the same artefact"),
+    (Stage.HANDLED, "batch"): ("handler problem that depends on the batch",
+                               "the handler answers differently when it gets several requests at once"),
+    (Stage.SERVED, None): ("serving problem", "the served answers differ from the same handler run in-process: the "
+                           "worker's environment, dynamic batching or concurrency"),
+    (Stage.SERVED, "setting"): ("serving problem that depends on the setting",
+                                "the served answers change with the serving setting (workers, batch size and "
+                                "delay, threads, concurrency): dynamic batching or the worker's threads"),
+}
 
 
 FROM_MAR_MODEL = ("archive problem", "the archive's own model (--mar), loaded without its handler, differs from "
@@ -59,14 +65,20 @@ class Attribution:
     steps: tuple[Step, ...]
 
 
-def _layer(stage: str) -> tuple[str, str]:
-    for prefix, layer, why in LAYERS:
-        if stage == prefix or (prefix.endswith("@") and stage.startswith(prefix)):
-            return layer, why
-    return "unknown layer", ""
+def _layer(stage: StageName | str) -> tuple[str, str]:
+    """The layer a step of this stage blames: by the stage and whether it ran at another batch (any N)."""
+    try:
+        name = StageName.of(stage)
+    except ValueError:
+        return "unknown layer", ""
+    varies = "setting" if name.setting is not None else "batch" if name.batch is not None else None
+    return LAYERS.get((name.stage, varies), ("unknown layer", ""))
 
 
 def step_differs(t: PairedTest, tolerance: float) -> bool:
+    beyond = getattr(t, "beyond", None)  # a task whose tolerance is not one absolute number counts its rows
+    if beyond is not None:  # (tasks/values.py: regression's atol + rtol x |reference|)
+        return t.disagreeing > 0 or beyond > 0
     moved = t.output.max_abs is not None and t.output.max_abs > tolerance
     return t.disagreeing > 0 or moved
 

@@ -39,7 +39,7 @@ class StageOutputs:
     """What one stage produced per row, in dataset order.
 
     Attributes:
-        name: the stage (a ``Stage``, or a variant name such as ``handled@batch4``).
+        name: the stage (a ``Stage``, or a ``StageName`` variant such as ``handled@batch4``).
         predictions: int64 [N], -1 where the row got no answer.
         probabilities: float64 [N, C], NaN where not carried or not answered; None when the
             stage's answers carry no probabilities.
@@ -56,6 +56,9 @@ class StageOutputs:
     latencies_ms: np.ndarray | None
     logits_from: str = "logits"
     no_outputs_why: str | None = None  # why a stage whose answers carry only a class has no numbers to compare
+    # tasks other than classification (tasks/values.py): each row's decision, float [N, K], NaN where unanswered
+    # (multi-label: the labels present, 0/1; regression: the values)
+    values: np.ndarray | None = None
 
     @classmethod
     def from_scores(cls, name: str, scores) -> "StageOutputs":

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.evaluate.compare import Comparison, PairedTest, StageMetrics, class_keys
-from pipeline.names import Stage
+from pipeline.names import Stage, StageName
 from pipeline.spec import GateSpec
 from pipeline.tasks.registry import task_for
 
@@ -48,7 +48,7 @@ class GatePlan:
 
     Attributes:
         candidates: the candidate stages planned, in pipeline order (a handled variant at the
-            served batch size is named ``handled@batchN``).
+            served batch size is ``StageName(HANDLED, batch=N)``, text ``handled@batchN``).
         output_quantity: per candidate, what its outputs carry for the output-difference check
             ("logits", "probabilities"), or why there is nothing to compare ("not evaluable: ...").
         has_training_data: the leakage check is planned.
@@ -374,7 +374,7 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
         checks.append(probe_check(spec, inputs, stage))
     if stage == Stage.EXPORTED:
         checks += export_ratio_checks(spec, inputs)
-    if stage in (Stage.HANDLED, Stage.SERVED) or stage.startswith(f"{Stage.HANDLED}@"):
+    if StageName.of(stage).stage in (Stage.HANDLED, Stage.SERVED):
         checks += answered_checks(spec, inputs.answered.get(stage), stage, why)
     if stage == Stage.SERVED:
         checks += served_latency_checks(spec, cmp, inputs)

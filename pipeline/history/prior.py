@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ReportError
-from pipeline.report.schema import SCHEMA as REPORT_SCHEMA
-from pipeline.tasks.registry import task_of_report
+from pipeline.report.schema import READABLE_SCHEMAS, SCHEMA as REPORT_SCHEMA
+from pipeline.tasks.registry import task_name_of_report, task_of_report
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,13 @@ class PriorRun:
     served_p99_ms: float | None
 
 
-def load_prior_report(path: Path, model_name: str) -> PriorRun:
+def load_prior_report(path: Path, model_name: str, task: str | None = None) -> PriorRun:
     """Read a previous report.json to compare against.
 
     Args:
         path: the report.json (or its run folder).
         model_name: the spec's model name; the prior report must be of the same model.
+        task: the spec's ``model.task``; when given, the prior report must be of the same task (its metrics).
 
     Returns:
         The prior run's served metrics.
@@ -47,13 +48,16 @@ def load_prior_report(path: Path, model_name: str) -> PriorRun:
     except (OSError, ValueError) as e:
         raise ReportError(f"baseline report {path} is not readable JSON: {e}") from e
     schema = rep.get("schema") if isinstance(rep, dict) else None
-    if schema != REPORT_SCHEMA:
+    if schema not in READABLE_SCHEMAS:
         raise ReportError(
             f"baseline report {path} has schema {schema!r}, expected {REPORT_SCHEMA!r}. "
             "Use a report written by this version of package-validate, or re-run the baseline."
         )
     if rep.get("model") != model_name:
         raise ReportError(f"baseline report {path} is of model {rep.get('model')!r}, not {model_name!r}.")
+    if task is not None and task_name_of_report(rep) != task:
+        raise ReportError(f"baseline report {path} is of a {task_name_of_report(rep)} run, this spec's model.task is "
+                          f"{task}: their metrics are not the same figures. Pass a report of a {task} run.")
     if not rep.get("complete") or "served" not in (rep.get("metrics") or {}):
         raise ReportError(
             f"baseline report {path} is of a run that did not complete (status {rep.get('status')!r}); "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import ReportError
-from pipeline.tasks.registry import task_of_report
+from pipeline.tasks.registry import task_name_of_report, task_of_report
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,13 @@ _SCHEMA = (
         run_dir TEXT,
         spec_path TEXT,
         figures TEXT NOT NULL,
-        published TEXT
+        published TEXT,
+        task TEXT NOT NULL DEFAULT 'classification'
     )
     """,
     "CREATE INDEX IF NOT EXISTS runs_by_model ON runs (model, id)",
 )
-_COLUMNS = "id, started_at, model, version, status, exit_code, run_dir, spec_path, figures, published"
+_COLUMNS = "id, started_at, model, version, status, exit_code, run_dir, spec_path, figures, published, task"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class HistoryRun:
     spec_path: str | None
     figures: dict[str, float | None]
     published: str | None = None  # the published .mar, "pending" while the release is not confirmed, or None
+    task: str = "classification"  # model.task of the run (its figures are that task's)
 
 
 def _number(v: object) -> float | None:
@@ -89,6 +91,9 @@ def _open(db_path: Path) -> Iterator[sqlite3.Connection]:
                 conn.execute(stmt)
             if "published" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
                 conn.execute("ALTER TABLE runs ADD COLUMN published TEXT")  # histories written before it
+            if "task" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+                # histories written before the task seam: every run in them was a classifier's
+                conn.execute("ALTER TABLE runs ADD COLUMN task TEXT NOT NULL DEFAULT 'classification'")
             yield conn
     except (sqlite3.Error, OSError) as e:
         raise ReportError(
@@ -101,7 +106,7 @@ def _run(row: tuple, db_path: Path) -> HistoryRun:
     run_dir = row[6]
     if run_dir and not Path(run_dir).is_absolute():
         run_dir = str(db_path.parent / run_dir)
-    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], run_dir, row[7], json.loads(row[8]), row[9])
+    return HistoryRun(row[0], row[1], row[2], row[3], row[4], row[5], run_dir, row[7], json.loads(row[8]), row[9], row[10])
 
 
 def _stored_run_dir(run_dir: str | None, db_path: Path) -> str | None:
@@ -130,10 +135,10 @@ def record_run(db_path: Path, report: dict) -> int:
     """
     with _open(db_path) as conn:
         cur = conn.execute(
-            f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO runs ({_COLUMNS.split(', ', 1)[1]}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (report.get("started_at") or "", report.get("model"), report.get("version"), report["status"],
              report["exit_code"], _stored_run_dir(report.get("run_dir"), db_path), report.get("spec_path"),
-             json.dumps(_figures(report), allow_nan=False), _published(report)),
+             json.dumps(_figures(report), allow_nan=False), _published(report), task_name_of_report(report)),
         )
         return int(cur.lastrowid)
 
@@ -178,8 +183,9 @@ def load_history(db_path: Path, model: str | None = None, limit: int = 20) -> li
     return [_run(r, db_path) for r in rows]
 
 
-def last_passing(db_path: Path, model: str) -> HistoryRun | None:
-    """The newest passing run of ``model`` whose report.json still exists.
+def last_passing(db_path: Path, model: str, task: str | None = None) -> HistoryRun | None:
+    """The newest passing run of ``model`` (of ``task``, when given: a model whose task changed compares
+    only with runs of its new task, whose figures mean the same) whose report.json still exists.
 
     Args:
         db_path: the SQLite file.
@@ -194,8 +200,9 @@ def last_passing(db_path: Path, model: str) -> HistoryRun | None:
     if not db_path.is_file():
         return None
     with _open(db_path) as conn:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE model = ? AND status = 'passed' ORDER BY id DESC",
-                            (model,)).fetchall()
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE model = ? AND status = 'passed' "
+                            + ("AND task = ? " if task else "") + "ORDER BY id DESC",
+                            (model, task) if task else (model,)).fetchall()
     for row in rows:
         run = _run(row, db_path)
         if run.run_dir and (Path(run.run_dir) / "report.json").is_file():

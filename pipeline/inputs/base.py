@@ -239,9 +239,9 @@ def labels_of(values: pd.Series, spec: Spec, path: Path, ids: Sequence[str]) -> 
         if fractional.any() or values.astype(str).str.contains(r"[,;|\[]").any():
             bad = values[fractional | values.astype(str).str.contains(r"[,;|\[]")].head(5).tolist()
             raise DatasetError(
-                f"{path}: label column {spec.dataset.label_column!r} holds {bad}: regression targets and "
-                "multi-label sets are not validated here; package-validate validates single-label classifiers "
-                "(one class index or name per row)."
+                f"{path}: label column {spec.dataset.label_column!r} holds {bad}: regression targets or "
+                "multi-label sets, not one class per row (model.task: classification). Set model.task: regression "
+                "(one number per target) or model.task: multilabel (a list of labels per row)."
             )
         if names is None:
             bad = values[~numeric].head(5).tolist()

@@ -19,6 +19,7 @@ from pipeline.record import RunRecord
 from pipeline.report.text import MAX_CLASS_ROWS
 from pipeline.report.schema import REPORT_KEYS, SCHEMA, VERDICT, environment, jsonable
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR
+from pipeline.tasks.registry import task_of
 from pipeline.torchserve.childenv import withheld_names
 from pipeline.torchserve.logcap import read_cuts
 
@@ -50,7 +51,7 @@ def _plan_block(record: RunRecord) -> dict | None:
         # stage -> ids of rows whose answer named a shared name (compared by name)
         "shared_name_rows": {k: list(v) for k, v in record.comparison.shared_name_rows.items()}
         if record.comparison is not None else {},
-        "stages": [Stage.BASELINE.value, *plan.stages],
+        "stages": [Stage.BASELINE.value, *map(str, plan.stages)],
         "notes": list(plan.notes) + [n for n in (shared_name_note(plan.class_map),) if n]
         + list(getattr(codec, "notes", ())),  # the first answer's (answers/registry.py)
     }
@@ -168,7 +169,7 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
         error: the error or interruption that ended the run early, if any.
 
     Returns:
-        A dict following schema ``package-validate/report/v2`` (keys: ``schema.REPORT_KEYS``).
+        A dict following schema ``package-validate/report/v3`` (keys: ``schema.REPORT_KEYS``).
     """
     spec = record.spec
     cmp = record.comparison
@@ -203,8 +204,8 @@ def build_report(record: RunRecord, status: str, exit_code: int, error: BaseExce
     })
     if cmp is not None:
         rep["metrics"] = _metrics_block(cmp)
-        rep["paired_tests"] = {name: jsonable(t) for name, t in cmp.tests.items()}
-        rep["steps"] = {name: jsonable(t) for name, t in cmp.steps.items()}
+        rep["paired_tests"] = {str(name): jsonable(t) for name, t in cmp.tests.items()}
+        rep["steps"] = {str(name): jsonable(t) for name, t in cmp.steps.items()}
         rep["flipped_rows"] = jsonable(cmp.flipped)
         rep["flipped_total"] = cmp.flipped_total
         rep["diverging_rows"] = jsonable(cmp.diverging)
@@ -228,10 +229,10 @@ def _metrics_block(cmp) -> dict:
     """Each stage's metrics; with many classes, the confusion matrices keep only the classes with rows or
     predictions (``confusion_classes``: their indices; every other entry is 0), not 1000 x 1000 zeros."""
     c = len(cmp.labels)
-    if c <= MAX_CLASS_ROWS or not cmp.stages:
-        return {name: jsonable(m) for name, m in cmp.stages.items()}
+    if c <= MAX_CLASS_ROWS or not cmp.stages or not hasattr(next(iter(cmp.stages.values())), "confusion"):
+        return {str(name): jsonable(m) for name, m in cmp.stages.items()}
     # the full matrices never pass through jsonable (a million Python ints per stage, twice per run)
-    out = {name: jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
+    out = {str(name): jsonable(replace(m, confusion=[])) for name, m in cmp.stages.items()}
     used = np.zeros(c, bool)
     for m in cmp.stages.values():
         cm = np.asarray(m.confusion)
@@ -300,16 +301,14 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
 
     rows = record.rows
     n = len(rows)
-    labels = np.asarray(rows.labels)
-    # a task whose label is an object per row (boxes, a mask) writes its text form (tasks/<task>.py)
-    cols: dict[str, Any] = {"id": list(rows.ids), "label": labels if labels.dtype != object else [str(v) for v in labels]}
+    task = task_of(record.spec)
+    if task.name != "classification":
+        return _task_rows_frame(record, task)
+    cols: dict[str, Any] = {"id": list(rows.ids), "label": np.asarray(rows.labels)}
     for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
         if result is None:
             continue
         scores = result.scores
-        if labels.dtype == object:  # the task's outputs are not classes: only the latency is per row here
-            cols[f"{prefix}_latency_ms"] = np.asarray(scores.latencies_ms, dtype=float)
-            continue
         preds = np.asarray(scores.predictions)
         probs = np.asarray(scores.probabilities)
         cols[f"{prefix}_pred"] = pd.array([int(p) if p >= 0 else None for p in preds], dtype="Int64")
@@ -326,4 +325,42 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
         cols["served_server_ms"] = pd.array([r.server_ms for r in ordered], dtype="Float64")
         cols["served_attempts"] = pd.array([r.attempts for r in ordered], dtype="Int64")
         cols["request_id"] = pd.array([r.request_id for r in ordered], dtype="string")
+    return pd.DataFrame(cols)
+
+
+def _task_rows_frame(record: RunRecord, task) -> "pd.DataFrame":
+    """rows.parquet of a task other than classification: its label and per-stage columns
+    (``tasks/<task>.py row_columns``), with each stage's latency, status and error as for classification."""
+    import pandas as pd
+
+    rows, spec = record.rows, record.spec
+    n, names = len(rows), spec.class_labels
+    labels = np.asarray(rows.labels)
+    cols: dict[str, Any] = {"id": list(rows.ids)}
+    if labels.dtype == object:  # an object per row (detection's boxes, segmentation's mask): its text form
+        cols["label"] = [str(v) for v in labels]
+    else:
+        for k, name in enumerate(names):
+            cols[f"label_{name}"] = labels[:, k] if labels.ndim == 2 else labels
+    for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
+        if result is None:
+            continue
+        cols.update(task.row_columns(prefix, task.model_outputs(prefix, result.scores, spec), names))
+        cols[f"{prefix}_latency_ms"] = np.asarray(result.scores.latencies_ms, dtype=float)
+    answered = []
+    if record.handled is not None:
+        answered.append(("handled", record.handled.batch1))
+        if record.handled.batched is not None:
+            answered.append(("handled_batched", record.handled.batched))
+    if record.replay is not None:
+        answered.append(("served", record.replay.rows))
+    for prefix, outcomes in answered:
+        ordered = sorted(outcomes, key=lambda r: r.index)
+        if [r.index for r in ordered] != list(range(n)):
+            raise ValueError(f"{prefix} has {len(ordered)} rows for {n} dataset rows")
+        cols.update(task.row_columns(prefix, task.answer_outputs(prefix, tuple(ordered), spec), names))
+        cols[f"{prefix}_latency_ms"] = pd.array([r.latency_ms for r in ordered], dtype="Float64")
+        cols[f"{prefix}_status"] = pd.array([r.status for r in ordered], dtype="Int64")
+        cols[f"{prefix}_error_class"] = pd.array([r.error_class for r in ordered], dtype="string")
+        cols[f"{prefix}_message"] = pd.array([r.message for r in ordered], dtype="string")
     return pd.DataFrame(cols)

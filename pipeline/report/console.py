@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.report.text import fmt, metric, summary_metrics
+from pipeline.names import Stage, StageName, handled_at_batch
+from pipeline.report.text import fmt, metric
+from pipeline.tasks.registry import task_of_report
 
 MAX_FAILED_SHOWN = 12
 
@@ -49,7 +51,7 @@ def render_console(rep: dict, *, width: int = 12) -> str:
     metrics = rep.get("metrics") or {}
     if metrics:
         out.append("")
-        out += _stage_table(metrics, width)
+        out += _stage_table(metrics, width, task_of_report(rep).tracked)  # the task's figures (tasks/<task>.py)
         first = next(iter(metrics.values()))
         if first.get("classes_total") and first.get("classes_averaged") != first.get("classes_total"):
             out.append(f"macro over the {first['classes_averaged']} classes present among the "
@@ -75,11 +77,11 @@ PIPELINE = ("dataset", "baseline", "export", "archive", "handled", "serve", "rep
 def not_run(rep: dict) -> list[str]:
     """The stages of the run's plan after the one it stopped in (stage_seconds holds those that started)."""
     ran = list(rep.get("stage_seconds") or {})
-    planned = set((rep.get("plan") or {}).get("stages") or ())
+    planned = {StageName.of(s) for s in (rep.get("plan") or {}).get("stages") or ()}  # the report's text, read once
     wanted = {"dataset", "baseline"}  # compare is not listed: an error run compares its partial results
     if "exported" in planned:
         wanted.add("export")
-    if any(s.startswith("handled") for s in planned):
+    if any(s.stage == Stage.HANDLED for s in planned):
         wanted |= {"archive", "handled"}
     if "served" in planned:
         wanted |= {"serve", "replay"}
@@ -92,9 +94,11 @@ def not_run(rep: dict) -> list[str]:
 def _failed_rows(rep: dict) -> list[str]:
     """One failed row per stage and error class, with its message: what the handler raised, quoted."""
     stages = rep.get("stages") or {}
-    blocks = [("handled", (stages.get("handled") or {}).get("batch1")),
-              (f"handled@batch{(stages.get('handled') or {}).get('batch_size')}",
-               (stages.get("handled") or {}).get("batched")),
+    handled = stages.get("handled") or {}
+    batch = handled.get("batch_size")
+    blocks = [("handled", handled.get("batch1")),
+              (str(handled_at_batch(batch)) if isinstance(batch, int) and batch >= 1 else "handled@batch?",
+               handled.get("batched")),
               ("served", stages.get("replay"))]
     out = []
     for stage, block in blocks:
@@ -114,12 +118,12 @@ def _where(run_dir: str | None) -> str:
     return f"report: none could be written in {run_dir} (see the error above)"
 
 
-def _stage_table(metrics: dict, width: int) -> list[str]:
+def _stage_table(metrics: dict, width: int,
+                 figures: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")) -> list[str]:
     """The stages side by side; each column as wide as its widest cell, so no two cells run together."""
     names = list(metrics)
     rows = [("metric", names)]
-    rows += [(m, [metric(metrics[n], m) for n in names])
-             for m in summary_metrics(metrics, ("accuracy", "precision_macro", "recall_macro", "f1_macro"))]
+    rows += [(m, [metric(metrics[n], m) for n in names]) for m in figures]
     rows.append(("rows answered", [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names]))
     for k in ("p50", "p99"):
         rows.append((f"latency {k} (ms)", [fmt(metrics[n]["latency"][k], 3) if metrics[n].get("latency") else "-"

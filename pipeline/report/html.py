@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.report.text import averaged_over, shown_classes, summary_metrics  # noqa: E402
+from pipeline.report.text import averaged_over, shown_classes, task_sections  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -317,25 +317,33 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
                         e(_fmt(c["baseline"])), e(c["limit"]), e(c.get("detail") or "")])
         parts.append(_table(["result", "stage", "check", "value", "baseline", "limit", "detail"], trs))
     metrics = report.get("metrics") or {}
-    if metrics:
+    sections = task_sections(report)
+    for sec in sections or ():  # another task's sections (tasks/<task>.py), its plot inline
+        parts.append(f"<h2>{e(sec.title)}</h2>")
+        for header, rows in sec.tables:
+            parts.append(_table([e(h) for h in header], [[e(c) for c in r] for r in rows]))
+        parts += [f"<p>{e(ln)}</p>" for ln in sec.lines]
+        if sec.svg:
+            parts.append(f"<div class='plot'>{sec.svg}</div>")
+    if metrics and sections is None:
         names = list(metrics)
         parts.append("<h2>Metrics</h2>")
         parts.append(_table(["metric"] + names, [[m] + [e(metric_text(metrics[n], m)) for n in names] for m in
-                     summary_metrics(metrics, ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                               "f1_weighted"))]))
+                     ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")]))
         if averaged_over(metrics[names[0]]):
             parts.append(f"<p>{e(averaged_over(metrics[names[0]]))}.</p>")
         for stage, ids in ((report.get("plan") or {}).get("shared_name_rows") or {}).items():
             parts.append(f"<p>{e(stage)}: {len(ids)} row(s) answered a name several classes share, compared by "
                          f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
-    plots = [("Confusion matrices", _confusion_plot(report)), ("Per-class F1", _f1_plot(report)),
+    plots = [("Confusion matrices", _confusion_plot(report) if sections is None else None),
+             ("Per-class F1", _f1_plot(report) if sections is None else None),
              ("Per-class figures", _task_class_plot(report)),
              ("Rows that differ most from the baseline", _row_pictures(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:
         if uri:
             parts.append(f"<h2>{e(heading)}</h2><img alt='{e(heading)}' src='{uri}'>")
-    if report.get("flipped_rows"):
+    if report.get("flipped_rows") and sections is None:
         stages = list(report["flipped_rows"][0]["predictions"])
         parts.append(f"<h2>Rows whose prediction differs from the baseline's ({e(report['flipped_total'])})</h2>")
         parts.append(_table(["id", "label"] + stages,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.report.text import averaged_over, check_word, fmt, metric, shown_classes, summary_metrics, table, \
-    task_per_class
+from pipeline.report.text import (averaged_over, check_word, fmt, metric, section_markdown, shown_classes, table,
+                                  task_sections)
 
 SUMMARY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
 
@@ -31,16 +31,12 @@ def _metrics(rep: dict) -> list[str]:
         return []
     names = list(metrics)
     lines = ["## Metrics, stage by stage", ""]
-    rows = [[m] + [metric(metrics[n], m) for n in names] for m in summary_metrics(metrics, SUMMARY_METRICS)]
+    rows = [[m] + [metric(metrics[n], m) for n in names] for m in SUMMARY_METRICS]
     rows.append(["rows answered"] + [f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names])
     lines += table(["metric"] + names, rows) + [""]
     over = averaged_over(metrics[names[0]])
     if over:
         lines += [over[0].upper() + over[1:] + ".", ""]
-    per_task = task_per_class(metrics)
-    if per_task:  # a task's own figures; classification's are undefined by design, not listed one by one
-        return lines + ["### Per class", ""] + table(*per_task) + [""] + _shared_rows(rep) + _latency_lines(
-            rep, metrics, names)
     undefined = {f"{n}: {k}": why for n in names for k, why in (metrics[n].get("undefined") or {}).items()}
     if undefined:
         lines += ["Undefined figures (never shown as 0):", ""] + [f"- {k}: {v}" for k, v in undefined.items()] + [""]
@@ -57,11 +53,7 @@ def _metrics(rep: dict) -> list[str]:
         lines += [f"... {hidden} more class(es) without rows and never predicted (all {len(keys)} are in "
                   "report.json).", ""]
     lines += _shared_rows(rep)
-    return lines + _latency_lines(rep, metrics, names)
-
-
-def _latency_lines(rep: dict, metrics: dict, names: list[str]) -> list[str]:
-    lines = ["### Latency per row (ms)", ""]
+    lines += ["### Latency per row (ms)", ""]
     rows = []
     for n in names:
         lat = metrics[n].get("latency")
@@ -254,7 +246,12 @@ def render_markdown(rep: dict) -> str:
         lines += ["**Release pending: this report was written before the archive was published; until it is "
                   "rewritten as published, the model store holds the previous release** (archive sha256 "
                   f"`{rep['release']['archive_sha256']}`).", ""]
-    lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
+    sections = task_sections(rep)
+    if sections is None:
+        lines += _gate(rep) + _attribution(rep) + _metrics(rep) + _tests(rep) + _rows_tables(rep) + _plan(rep)
+    else:  # another task's metrics and rows (tasks/<task>.py report_sections); the diverging rows are shared
+        lines += _gate(rep) + _attribution(rep) + [ln for sec in sections for ln in section_markdown(sec)]
+        lines += _rows_tables({**rep, "flipped_rows": None}) + _plan(rep)
     lines += _export(rep) + _probes(rep) + _handled_and_replay(rep)
     sizes = rep.get("sizes_bytes")
     if sizes:

@@ -1,6 +1,6 @@
 """The report's schema name, and turning results into JSON-ready values.
 
-``report.json`` follows ``package-validate/report/v2``; its top-level keys are
+``report.json`` follows ``package-validate/report/v3``; its top-level keys are
 ``REPORT_KEYS`` (a snapshot test holds them), and every reader (the HTML and JUnit
 renderers, the history, the prior-run baseline, the CLI) reads only these keys.
 """
@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA = "package-validate/report/v2"
+from pipeline.names import StageName
+
+# v3: model.task (tasks/): the metrics, paired tests and flipped rows of a task other than classification
+# have that task's fields. A v2 report (before the task seam) is a classification report and still reads.
+SCHEMA = "package-validate/report/v3"
+READABLE_SCHEMAS = ("package-validate/report/v2", SCHEMA)
 VERDICT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "interrupted": "INTERRUPTED"}
 REPORT_KEYS = (
     "schema", "status", "verdict", "complete", "exit_code", "started_at", "run_dir", "model", "version",
@@ -29,6 +34,8 @@ REPORT_KEYS = (
 
 def jsonable(x: Any) -> Any:
     """Plain JSON values: dataclasses as dicts, paths as strings, NaN and infinity as null."""
+    if isinstance(x, StageName):
+        return str(x)
     if is_dataclass(x) and not isinstance(x, type):
         return jsonable(asdict(x))
     if isinstance(x, Enum):

@@ -29,26 +29,6 @@ def metric(m: dict, key: str, digits: int = 4) -> str:
     return fmt(figures[key] if key in figures else m.get(key), digits)
 
 
-def summary_metrics(metrics: dict, default: tuple[str, ...]) -> tuple[str, ...]:
-    """The figures a stage table shows: a task's own (detection's mAP, segmentation's mIoU: ``figures``),
-    else classification's ``default``."""
-    first = next(iter(metrics.values()), {}) if metrics else {}
-    return tuple(first.get("figures") or {}) or default
-
-
-def task_per_class(metrics: dict) -> tuple[list[str], list[list[str]]] | None:
-    """A task's per-class table (``per_class_figures``: AP, IoU, P/R/F1 at IoU 0.5), or None for classification."""
-    names = list(metrics)
-    first = metrics[names[0]] if names else {}
-    per = first.get("per_class_figures")
-    if not per:
-        return None
-    keys = [k for k in next(iter(per.values())) if k != "support"]
-    rows = [[c] + [" / ".join(fmt((metrics[n].get("per_class_figures") or {}).get(c, {}).get(k), 3) for k in keys)
-                   for n in names] for c in per]
-    return [f"class ({' / '.join(keys)})"] + names, rows
-
-
 def check_word(c: dict) -> str:
     if c["passed"]:
         return "PASS"
@@ -89,3 +69,23 @@ def averaged_over(m: dict) -> str:
         return f"macro and weighted figures average over all {total} classes (gate.metric_classes: all)"
     return (f"macro and weighted figures average over the {n} class(es) present among the eval labels, of the "
             f"model's {total} (gate.metric_classes: present; predictions of other classes count as errors)")
+
+
+def task_sections(rep: dict) -> list | None:
+    """The report sections of the run's task (``tasks.base.Section``), or None for classification, whose
+    metric, per-class, paired-test and flipped-row sections the renderers draw themselves."""
+    from pipeline.tasks.registry import task_name_of_report, task_of_report
+
+    if task_name_of_report(rep) == "classification":
+        return None
+    return task_of_report(rep).report_sections(rep)
+
+
+def section_markdown(sec: Any) -> list[str]:
+    """One task section as Markdown: heading, lines, tables (an SVG plot is for report.html)."""
+    lines = [f"## {sec.title}", ""]
+    for header, rows in sec.tables:
+        lines += table(list(header), [list(r) for r in rows]) + [""]
+    if sec.lines:
+        lines += [f"- {ln}" for ln in sec.lines] + [""]
+    return lines

@@ -21,10 +21,9 @@ from pipeline.errors import ConfigError
 from pipeline.evaluate.gate import GatePlan
 from pipeline.inputs.base import Reference
 from pipeline.inputs.registry import resolve_reference
-from pipeline.names import Stage
+from pipeline.names import Stage, StageName, handled_at_batch
 from pipeline.spec import Spec
 from pipeline.stages.archive import NOT_APPLICABLE_FROM_MAR, archived_model_kind, inspect_archive, model_config_for
-from pipeline.tasks.registry import task_of
 from pipeline.torchserve.handlers import HandlerInfo, resolve_handler
 
 
@@ -50,18 +49,14 @@ class Plan:
     reference: Reference
     class_map: ClassMap
     codec: AnswerCodec
-    stages: tuple[str, ...]
+    stages: tuple[StageName, ...]
     gate: GatePlan
     notes: tuple[str, ...] = field(default_factory=tuple)
     archive_model: str | None = None  # --mar: "script" or "eager" when the tool can load the archive's model
 
     @property
-    def batched_stage(self) -> str | None:
-        return next((s for s in self.stages if s.startswith(f"{Stage.HANDLED}@")), None)
-
-
-def handled_batch_name(batch_size: int) -> str:
-    return f"{Stage.HANDLED}@batch{batch_size}"
+    def batched_stage(self) -> StageName | None:
+        return next((s for s in self.stages if s.stage == Stage.HANDLED and s.batch is not None), None)
 
 
 def check_requirements(path: Path | None) -> list[str]:
@@ -294,22 +289,19 @@ def plan_run(spec: Spec, *, prior: bool = False, until: str | None = None, prebu
         fmt, chosen = spec.answers.format, "answers.format in the spec"
     elif handler.answer_format != "auto":
         fmt, chosen = handler.answer_format, f"the handler {handler.name}"
-    elif getattr(task_of(spec), "answer_format", None):
-        # a handler file of another task answers as that task's built-in does (boxes, masks): its task reads them
-        fmt, chosen = task_of(spec).answer_format, f"the handler {handler.name} (model.task {spec.model.task})"
     else:
         fmt, chosen = "auto", "the first answer's shape (answers.format: auto)"
     codec = codec_for(spec, class_map, fmt, chosen, handler.top_k)
     if prebuilt is not None and archive_model is None and until == "export":
         raise ConfigError(f"--mar {prebuilt} with --until export: the archive's model loads only through its "
                           "handler, so there is no export stage to stop after; use --until handled.")
-    stages = [] if prebuilt is not None and archive_model is None else [Stage.EXPORTED]
+    stages = [] if prebuilt is not None and archive_model is None else [StageName(Stage.EXPORTED)]
     if until in (None, "handled", "served"):
-        stages.append(Stage.HANDLED)
+        stages.append(StageName(Stage.HANDLED))
         if spec.serving.batch_size > 1:
-            stages.append(handled_batch_name(spec.serving.batch_size))
+            stages.append(handled_at_batch(spec.serving.batch_size))
     if until in (None, "served"):
-        stages.append(Stage.SERVED)
+        stages.append(StageName(Stage.SERVED))
     quantity = {s: "logits" if s == Stage.EXPORTED else _output_quantity(codec) for s in stages}
     gate = GatePlan(
         candidates=tuple(stages), labels=class_map.labels,

@@ -144,7 +144,9 @@ def _stages(run: _Run, stack: ExitStack) -> None:
         model = load_model(spec)
         baseline = score_baseline(spec, model, rows, plan.reference)
         run.update(baseline=baseline)
-        facts.update(reference=plan.reference.name, accuracy=float((baseline.scores.predictions == rows.labels).mean()))
+        facts.update(reference=plan.reference.name)
+        if spec.model.task == "classification":  # the other tasks' figures come with the comparison
+            facts.update(accuracy=float((baseline.scores.predictions == rows.labels).mean()))
     # Probes start from the row the baseline is surest of, so a lossless variant has no excuse to differ.
     surest = int(np.nanargmax(np.nanmax(baseline.scores.probabilities, axis=1)))
     probes = handler_probes(spec, rows, surest) if spec.handler.probes else []
@@ -299,8 +301,9 @@ def _answered_facts(outcomes: tuple[RowOutcome, ...], complete: bool, abort: str
                       abort_reason=abort)
 
 
-def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
-    """Rows answered in the warm-up and in the replay, and those whose two answers differ."""
+def warmup_differences(replay, tolerance: float, rtol: float = 0.0) -> tuple[int, tuple[str, ...]]:
+    """Rows answered in the warm-up and in the replay, and those whose two answers differ (beyond
+    ``tolerance + rtol * |steady|``: the task's tolerance, ``Task.tolerances``)."""
     checked, differing = 0, []
     for warm in replay.warmup_answers:
         steady = replay.rows[warm.index]
@@ -311,7 +314,8 @@ def warmup_differences(replay, tolerance: float) -> tuple[int, tuple[str, ...]]:
         pair = [(x, y) for x, y in ((a.logits, b.logits), (a.probabilities, b.probabilities))
                 if x is not None and y is not None]
         diff = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]))) if pair else 0.0
-        if a.index != b.index or diff > tolerance:
+        excess = float(np.nanmax(np.abs(pair[0][0] - pair[0][1]) - rtol * np.abs(pair[0][1]))) if pair else 0.0
+        if a.index != b.index or excess > tolerance:
             differing.append(f"{warm.id}: warm-up class {a.index}, steady class {b.index}, max output diff {diff:.3g}")
     return checked, tuple(differing)
 
@@ -338,7 +342,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         rp = record.replay
         answered[Stage.SERVED] = _answered_facts(rp.rows, rp.is_complete, rp.abort_reason)
     not_run = {s: "the run stopped before this stage finished" for s in plan.stages}
-    warm_checked, warm_diff = (warmup_differences(record.replay, plan.spec.gate.max_output_diff)
+    warm_checked, warm_diff = (warmup_differences(record.replay, *task_of(plan.spec).tolerances(plan.spec))
                                if record.replay is not None else (None, ()))
     return GateInputs(
         warmup_checked=warm_checked, warmup_differing=warm_diff,
@@ -476,7 +480,7 @@ def _prepare(run: _Run) -> None:
     run.update(run_dir=_make_run_dir(opts.reports_dir, spec.name))
     prior_path = opts.baseline_report
     if prior_path is None and opts.against_last_pass:
-        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name)
+        last = last_passing(opts.reports_dir / HISTORY_FILE, spec.name, spec.model.task)
         if last is None:
             raise ReportError(
                 f"--against-last-pass: no passing run of {spec.name} in {opts.reports_dir / HISTORY_FILE}. "
@@ -484,7 +488,7 @@ def _prepare(run: _Run) -> None:
             )
         prior_path = Path(last.run_dir)
     if prior_path is not None:
-        run.update(prior=load_prior_report(prior_path, spec.name))
+        run.update(prior=load_prior_report(prior_path, spec.name, spec.model.task))
     plan = plan_run(spec, prior=run.record.prior is not None, until=opts.until,
                     prebuilt=opts.prebuilt_mar)
     run.update(plan=plan)

@@ -387,7 +387,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:160] if text else ''}"
 
 
-def _logits(model, x, call=None, rows: int | None = None) -> np.ndarray:
+def _logits(model, x, call=None, rows: int | None = None, min_width: int = 2) -> np.ndarray:
     """The model's logits [rows, C] for the batch ``x`` (a tensor; with ``call``, any input structure)."""
     import torch
 
@@ -398,18 +398,19 @@ def _logits(model, x, call=None, rows: int | None = None) -> np.ndarray:
         raise TypeError(f"the model returns {type(y).__name__}, expected one logits tensor")
     if y.ndim != 2 or y.shape[0] != n:
         raise ValueError(f"output shape {list(y.shape)} for a batch of {n}, expected [batch, classes]")
-    if y.shape[1] < 2:
+    if y.shape[1] < min_width:  # 1 for a regression model (model.task)
         raise ValueError(f"output shape {list(y.shape)}: a classifier has at least 2 classes")
     return y.detach().to(torch.float32).numpy()
 
 
-def _try_shape(model, flat: np.ndarray, labels: np.ndarray | None, shape: tuple[int, ...]) -> ShapeTrial:
+def _try_shape(model, flat: np.ndarray, labels: np.ndarray | None, shape: tuple[int, ...],
+               min_width: int = 2) -> ShapeTrial:
     import torch
 
     try:
         x = torch.from_numpy(np.ascontiguousarray(flat.reshape((len(flat), *shape))))
-        width = _logits(model, x[:1]).shape[1]
-        out = _logits(model, x)
+        width = _logits(model, x[:1], min_width=min_width).shape[1]
+        out = _logits(model, x, min_width=min_width)
     except Exception as e:  # the user's model may raise anything on a wrong shape: that is the answer
         return ShapeTrial(shape, error=_first_line(e))
     acc = None if labels is None else float((out.argmax(axis=1) == labels).mean())
@@ -417,7 +418,7 @@ def _try_shape(model, flat: np.ndarray, labels: np.ndarray | None, shape: tuple[
 
 
 def fit_input_shape(model, flat: np.ndarray, labels: np.ndarray | None = None,
-                    candidates: Sequence[tuple[int, ...]] | None = None, *, what: str = "the model"
+                    candidates: Sequence[tuple[int, ...]] | None = None, *, what: str = "the model", min_width: int = 2
                     ) -> tuple[ShapeTrial, tuple[ShapeTrial, ...]]:
     """The input shape the model runs on: each candidate tried on one row, then on a batch.
 
@@ -437,7 +438,7 @@ def fit_input_shape(model, flat: np.ndarray, labels: np.ndarray | None = None,
         ConfigError: no candidate runs; every candidate is listed with the model's error.
     """
     n = flat.shape[1]
-    trials = tuple(_try_shape(model, flat, labels, s) for s in (candidates or shape_candidates(n)))
+    trials = tuple(_try_shape(model, flat, labels, s, min_width) for s in (candidates or shape_candidates(n)))
     fitting = [t for t in trials if t.fits]
     if not fitting:
         raise ConfigError(
@@ -450,6 +451,35 @@ def fit_input_shape(model, flat: np.ndarray, labels: np.ndarray | None = None,
 
 
 # ---------------------------------------------------------------- labels and classes
+
+
+def label_task(values: pd.Series) -> tuple[str, str]:
+    """The task a label column suggests, and why: fractional numbers -> regression, lists of labels ("[0, 2]",
+    "cat;dog") -> multilabel, else classification (an integer column stays classification: say
+    ``model.task: regression`` for integer targets)."""
+    text = values.dropna().astype(str).str.strip()
+    if len(text) and (text.str.startswith("[") | text.str.contains(r"[;|]")).mean() >= 0.5:
+        return "multilabel", "the label column holds lists of labels"
+    as_num = pd.to_numeric(values, errors="coerce")
+    if len(as_num) and as_num.notna().all() and (as_num % 1 != 0).any():
+        return "regression", "the label column holds fractional numbers"
+    return "classification", ""
+
+
+def _task_labels(f: "_Facts", values: pd.Series) -> bool:
+    """Set ``f.task`` from the label column; True when it is classification (class indices or names to read)."""
+    f.task, f.task_why = label_task(values)
+    if f.task == "classification":
+        return True
+    f.decisions.append(f"model.task {f.task}: {f.task_why} (set model.task yourself if that is wrong)")
+    if f.task != "classification":
+        f.todos.append(f"{f.task}: the built-in and package-validate's tensor handlers answer classes; serve the "
+                       "model through your own handler (--handler file.py) answering "
+                       + ("per-label scores or {label: score}" if f.task == "multilabel" else "its value(s)"))
+    if f.task == "multilabel":
+        f.todos.append("multilabel: model.class_names lists the labels in the model's output order; "
+                       "model.threshold (0.5) is the score a label needs to be present")
+    return False
 
 
 def _label_values(values: pd.Series) -> tuple[np.ndarray | None, list[str] | None]:
@@ -604,6 +634,8 @@ class _Facts:
     handler_config: Path | None = None  # its model-config.yaml
     requirements: Path | None = None
     answer: AnswerCheck | None = None  # the handler's answer to one row, in-process
+    task: str = "classification"  # model.task, from the label column (label_task)
+    task_why: str = ""
     created: list[Path] = field(default_factory=list)  # files init created: removed if it fails
     decisions: list[str] = field(default_factory=list)
     todos: list[str] = field(default_factory=list)
@@ -625,6 +657,8 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     d.key("model")
     d.key("factory", _ref_in_spec(f.factory, spec_dir), "built with no arguments, then the weights loaded", 2)
     d.key("weights", _rel(f.weights, spec_dir), "a torch.save'd state_dict, loaded strictly", 2)
+    if f.task != "classification":
+        d.key("task", f.task, f.task_why, 2)
     d.key("num_classes", f.num_classes, f.classes_why, 2)
     if f.class_names is not None:
         d.key("class_names", f.class_names, f.class_names_why, 2)
@@ -649,7 +683,8 @@ def _render(f: _Facts, out: Path, when: str) -> str:
     if g is not None:
         if g.id_column is not None:
             d.key("id_column", g.id_column, "unique per row: every row is accounted for by id", 2)
-        d.key("label_column", g.label_column, "class names" if f.label_names else "class indices", 2)
+        d.key("label_column", g.label_column, {"regression": "the regression target", "multilabel": "lists of labels"}.get(
+            f.task, "class names" if f.label_names else "class indices"), 2)
         if f.kind == "json" and g.feature_columns:
             d.key("feature_columns", list(g.feature_columns), "each record's fields, in table order", 2)
         if g.json_column is not None:
@@ -728,6 +763,12 @@ def _render(f: _Facts, out: Path, when: str) -> str:
                   f"are reported, but do not gate: {whose} never calls .convert(\"RGB\") nor "
                   "applies the EXIF orientation, so such probes fail by its design, not your model's.", 2)
         d.key("probes", False, "reported, not gated (see above)", 2)
+    if f.task != "classification":
+        from pipeline.tasks.registry import task_for
+
+        d.comment(f"metrics: by default {', '.join(task_for(f.task).default_metrics)} {{max_drop: 0.01}} "
+                  f"(model.task {f.task}; a loss's rise)", 2)
+        return d.text()
     acc = "" if f.accuracy is None else f"; the eager model scores accuracy {f.accuracy:.4f} on these rows"
     d.comment(f"metrics: by default all 7 metrics {{max_drop: 0.01}}. Optional: a floor{acc}:", 2)
     d.key("metrics", {"accuracy": {"min": 0.9, "max_drop": 0.01}}, None, 2, commented=True)
@@ -755,6 +796,9 @@ def _load_model(f: _Facts, base: Path):
 
 def _classes(f: _Facts, width: int, labels: np.ndarray | None, names: list[str] | None, source: str) -> None:
     f.num_classes = width
+    if f.task != "classification":  # regression: one output per target; multilabel: one per label
+        f.classes_why = f"the model's output width on one row ({'targets' if f.task == 'regression' else 'labels'})"
+        return
     if names is not None:
         if len(names) != width:
             raise DatasetError(
@@ -792,13 +836,15 @@ def _infer_tensor(f: _Facts, cfg: InitConfig, df: pd.DataFrame, g: TableGuess, m
     spec = _probe_spec(f, ds, f.data.parent)
     ids = tuple(df[g.id_column].astype(str))
     flat, _ = features_of(df.drop(columns=[g.label_column]), spec, f.data, ids)
-    labels, names = _label_values(df[g.label_column])
-    idx = _indices(df[g.label_column], names)[:SHAPE_ROWS]
+    classes = _task_labels(f, df[g.label_column])
+    labels, names = _label_values(df[g.label_column]) if classes else (None, None)
+    idx = _indices(df[g.label_column], names)[:SHAPE_ROWS] if classes else None
     candidates = [cfg.input_shape] if cfg.input_shape is not None else None
     if cfg.input_shape is not None and math.prod(cfg.input_shape) != flat.shape[1]:
         raise ConfigError(f"--input-shape {list(cfg.input_shape)} holds {math.prod(cfg.input_shape)} values but the "
                           f"table has {flat.shape[1]} feature columns.")
-    best, trials = fit_input_shape(model, flat[:SHAPE_ROWS], idx, candidates, what=f"the model of {cfg.factory}")
+    best, trials = fit_input_shape(model, flat[:SHAPE_ROWS], idx, candidates, what=f"the model of {cfg.factory}",
+                                   min_width=2 if classes else 1)
     _classes(f, best.width, labels, names, str(f.data))
     f.input_shape = best.shape
     others = [t for t in trials if t is not best]
@@ -1153,7 +1199,8 @@ def _confirm(spec: Spec, model, f: _Facts) -> None:
     x = as_input(reference.fn(worker_view(data.rows.body(0), data.rows.content_type)))
     collate = import_callable(spec.model.collate, "model.collate") if spec.model.collate else None
     batch = batch_of([x], collate) if collate is not None else map_leaves(lambda t: t.unsqueeze(0), x)
-    width = _logits(model, batch, call=call_model, rows=1).shape[1]
+    width = _logits(model, batch, call=call_model, rows=1,
+                    min_width=2 if spec.model.task == "classification" else 1).shape[1]
     if width != spec.model.num_classes:
         raise ModelError(f"init inferred {spec.model.num_classes} classes but the model gives {width} outputs on "
                          f"row {data.rows.ids[0]} through {reference.name}.")

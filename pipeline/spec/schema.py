@@ -73,8 +73,13 @@ class ModelSpec(_Frozen):
                     "detection or segmentation; the module of pipeline/tasks/ that reads the labels, decodes "
                     "the answers, compares and gates them",
     )
-    num_classes: int = Field(ge=2)
+    num_classes: int = Field(
+        ge=1, description="classification: the classes (at least 2); multilabel: the labels; regression: the "
+                          "model's outputs (one per target)")
     class_names: tuple[str, ...] | None = None
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1,
+        description="multilabel: a label is present when its score (the sigmoid of its logit) is at least this")
     preprocess: str | None = Field(
         default=None,
         description="reference preprocessing: 'file.py:function' taking what the worker hands the handler "
@@ -137,6 +142,11 @@ class DatasetSpec(_Frozen):
     )
     path: Path = Field(description="CSV or Parquet manifest; for kind image also an ImageFolder-style folder")
     label_column: str = "label"
+    label_columns: tuple[str, ...] = Field(
+        default=(),
+        description="multilabel: one 0/1 column per label; regression: one numeric column per target (model order); "
+                    "instead of label_column",
+    )
     id_column: str = "id"
     feature_columns: tuple[str, ...] | None = Field(
         default=None, description="tensor: the numeric columns; json: the named fields of each record"
@@ -371,11 +381,6 @@ class MetricThreshold(_Frozen):
     max_relative_drop: float | None = Field(default=None, ge=0, le=1)
 
 
-# Figures the detection and segmentation tasks gate besides their macro precision/recall/F1
-# (pipeline/tasks/<task>.py gated_metrics: each task gates its own and ignores the others').
-TASK_METRICS = ("map", "map_50", "miou", "pixel_accuracy")
-
-
 def _default_metric_thresholds() -> dict[str, MetricThreshold]:
     return {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in GATED_METRICS}
 
@@ -387,6 +392,11 @@ class GateSpec(_Frozen):
     max_output_diff: float = Field(
         default=DEFAULT_OUTPUT_ATOL, gt=0,
         description="largest allowed |candidate - baseline| of any logit or probability, every stage",
+    )
+    value_rtol: float = Field(
+        default=1e-5, ge=0,
+        description="regression: a value is the baseline's when within max_output_diff + value_rtol * |baseline| "
+                    "(float32 values carry about 7 digits)",
     )
     min_prediction_agreement: float = Field(default=1.0, ge=0, le=1)
     require_identical_confusion: bool = True
@@ -415,14 +425,6 @@ class GateSpec(_Frozen):
         description="classes the macro and weighted metrics average over: those present among the eval labels "
                     "(sklearn's labels=), or all of the model's (a class without rows then makes them undefined)",
     )
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, v: dict[str, MetricThreshold]) -> dict[str, MetricThreshold]:
-        unknown = sorted(set(v) - set(GATED_METRICS) - set(TASK_METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(GATED_METRICS) + list(TASK_METRICS)}")
-        return v
 
     @model_validator(mode="after")
     def _positive_class_needed(self) -> "GateSpec":
@@ -457,6 +459,26 @@ class Spec(_Frozen):
     @classmethod
     def _handler_str(cls, v: Any) -> Any:
         return _handler_shorthand(v)
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> "Spec":
+        """The task's own rules: classification needs two classes; gate.metrics names the task's metrics
+        (``tasks/<task>.py``), and a task other than classification gates its own by default."""
+        from pipeline.tasks.registry import task_for
+
+        task = self.model.task
+        if task == "classification" and self.model.num_classes < 2:
+            raise ValueError(f"model.num_classes is {self.model.num_classes}: a classifier has at least 2 classes "
+                             "(a model with one output is task: regression)")
+        allowed = task_for(task).gated_metrics
+        unknown = sorted(set(self.gate.metrics) - set(allowed))
+        if unknown and "metrics" not in self.gate.model_fields_set and task != "classification":
+            defaults = {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in task_for(task).default_metrics}
+            object.__setattr__(self, "gate", self.gate.model_copy(update={"metrics": defaults}))
+        elif unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(allowed)}"
+                             + (f" (model.task: {task})" if task != "classification" else ""))
+        return self
 
     @model_validator(mode="after")
     def _positive_class_in_range(self) -> "Spec":

@@ -24,6 +24,8 @@ What a task module owns, and where each piece is asked for:
    ``Prediction.extra``; ``Prediction.index`` is then 0 (the row was answered).
    ``check_answer`` checks one decoded answer on its own, without a reference (classes in range,
    probabilities within [0, 1], boxes inside the image) and returns the problems it saw.
+   ``tolerances`` gives (absolute, relative) tolerances of the numbers compared, for the checks
+   outside the task (the served warm-up answers against the steady ones).
 
 3. **Stage outputs** (``model_outputs`` for in-process stages from ``model.forward.Scores``;
    ``answer_outputs`` for stages that answered over a handler, from ``RowOutcome`` s): one
@@ -124,6 +126,8 @@ class Task(Protocol):
     def decode(self, doc: Any, spec: "Spec") -> "Prediction | None": ...
 
     def check_answer(self, pred: "Prediction", spec: "Spec") -> list[str]: ...
+
+    def tolerances(self, spec: "Spec") -> tuple[float, float]: ...
 
     def model_outputs(self, name: str, scores: Any, spec: "Spec") -> "StageOutputs": ...
 

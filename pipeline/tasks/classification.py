@@ -36,6 +36,9 @@ class Classification:
     def decode(self, doc: Any, spec) -> None:
         return None  # the answers/ formats decode classification answers
 
+    def tolerances(self, spec) -> tuple[float, float]:
+        return spec.gate.max_output_diff, 0.0
+
     def check_answer(self, pred, spec) -> list[str]:
         return []  # the formats refuse a class out of range while decoding
 

@@ -603,7 +603,6 @@ class Detection:
     tracked = TRACKED
     what = "boxes"
     encode_outputs = staticmethod(encode_outputs)
-    answer_format = "object_detector"  # what a handler file of this task answers unless answers.format says otherwise
 
     # labels
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -706,7 +705,16 @@ class Detection:
         return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
 
     # comparison
-    def tolerances(self, spec) -> Tolerances:
+    def decoder(self, spec):
+        from pipeline.tasks.structured import decoder_for
+
+        return decoder_for(self, spec, "boxes with labels and scores")
+
+    def tolerances(self, spec) -> tuple[float, float]:
+        """The seam's (absolute, relative) output tolerance: the box scores' (``box_tolerances`` has the rest)."""
+        return spec.gate.max_output_diff, 0.0
+
+    def box_tolerances(self, spec) -> Tolerances:
         g = spec.gate
         return Tolerances(score=g.max_output_diff, coord_px=getattr(g, "max_box_diff_px", None) or COORD_TOL_PX,
                           flip_band=getattr(g, "threshold_band", None) or FLIP_BAND)
@@ -714,7 +722,7 @@ class Detection:
     def compare(self, ids, labels, stages, server_ms, ctx):
         from pipeline.tasks.structured import RowCompare, compare_structured
 
-        tol = self.tolerances(ctx.spec) if ctx.spec is not None else Tolerances()
+        tol = self.box_tolerances(ctx.spec) if ctx.spec is not None else Tolerances()
         truths = [t.boxes for t in labels]
         k = len(ctx.class_labels)
 
@@ -792,13 +800,16 @@ class Detection:
         return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics),
                           ("ap", "precision", "recall", "f1"), f"<= {spec.max_output_diff:g} (box scores)", extra)
 
-    def row_columns(self, prefix: str, outputs) -> dict[str, Any]:
+    def row_columns(self, prefix: str, outputs, names: tuple[str, ...] = ()) -> dict[str, Any]:
         answers = getattr(outputs, "answers", ())
         return {f"{prefix}_boxes": [json.dumps(a.above(THRESHOLD).to_json()) if a is not None else None
                                     for a in answers]}
 
     def report_sections(self, report: dict) -> list:
-        return []
+        from pipeline.tasks.structured import sections
+
+        return sections(report, self.gated_metrics, "Per class at IoU 0.5 (AP is over IoU .5:.95)",
+                        (THRESHOLD_NOTE, GEOMETRY_NOTE))
 
 
 LABEL_MAP = "index_to_name.json"  # what BaseHandler.initialize loads as self.mapping

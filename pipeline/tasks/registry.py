@@ -17,6 +17,8 @@ DEFAULT_TASK = "classification"
 # task name -> module path; each module exposes TASK, an object following ``tasks.base.Task``
 TASKS: dict[str, str] = {
     "classification": "pipeline.tasks.classification",
+    "multilabel": "pipeline.tasks.multilabel",
+    "regression": "pipeline.tasks.regression",
     "detection": "pipeline.tasks.detection",
     "segmentation": "pipeline.tasks.segmentation",
 }

@@ -24,6 +24,7 @@ Pure functions over numpy arrays; the Task wiring sits at the end of the module.
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,6 @@ class Segmentation:
     tracked = TRACKED
     what = "a class per pixel"
     encode_outputs = staticmethod(encode_outputs)
-    answer_format = "image_segmenter"  # what a handler file of this task answers unless answers.format says otherwise
 
     def read_labels(self, df, spec, path: Path, ids):
         ds = spec.dataset
@@ -338,6 +338,15 @@ class Segmentation:
 
     def label_counts(self, labels, spec):
         return None
+
+    def decoder(self, spec):
+        from pipeline.tasks.structured import decoder_for
+
+        return decoder_for(self, spec, "a class and its probability per pixel")
+
+    def tolerances(self, spec) -> tuple[float, float]:
+        """The seam's (absolute, relative) output tolerance: the top-class probabilities'."""
+        return spec.gate.max_output_diff, 0.0
 
     def decode(self, doc: Any, spec):
         from pipeline.answers.base import AnswerError, Prediction
@@ -440,11 +449,17 @@ class Segmentation:
         return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics), ("iou",),
                           f"<= {spec.max_output_diff:g} (top-class probabilities)", extra)
 
-    def row_columns(self, prefix: str, outputs) -> dict[str, Any]:
-        return {}
+    def row_columns(self, prefix: str, outputs, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        answers = getattr(outputs, "answers", ())
+        return {f"{prefix}_classes": [json.dumps(np.unique(a.classes).tolist()) if a is not None else None
+                                      for a in answers]}
 
     def report_sections(self, report: dict) -> list:
-        return []
+        from pipeline.tasks.structured import sections
+
+        geometry = GEOMETRY_NOTE if (report.get("spec") or {}).get("handler", {}).get("name") == "image_segmenter" \
+            else "masks compared in each image's own frame"
+        return sections(report, self.gated_metrics, "Per class", (geometry,))
 
 
 TASK = Segmentation()

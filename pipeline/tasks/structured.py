@@ -43,6 +43,11 @@ class TaskOutputs(StageOutputs):
 class TaskStageMetrics(StageMetrics):
     """A stage's task figures (``figures``: mAP, mIoU, ...) in the shape of classification's metrics."""
 
+    # the detection and segmentation figures, flat as every task's (history and the renderers read them so)
+    map: float = float("nan")
+    map_50: float = float("nan")
+    miou: float = float("nan")
+    pixel_accuracy: float = float("nan")
     figures: dict[str, float] = field(default_factory=dict)
     per_class_figures: dict[str, dict[str, float]] = field(default_factory=dict)
     invalid_answers: dict[str, list[str]] = field(default_factory=dict)  # row id -> problems seen alone
@@ -64,6 +69,19 @@ class TaskPairedTest(PairedTest):
     resamples: int = 0
 
 
+def decoder_for(task, spec, words: str):
+    """The answer codec's decoder for a task: the JSON document (or what ``answers.decode`` returned) -> the
+    task's ``decode``; the values tasks' decoder (tasks/values.py) with this task's parsing."""
+    from pipeline.tasks import values as V
+
+    fn = ref = None
+    if spec.answers.decode:
+        from pipeline.usercode import import_callable
+
+        fn, ref = import_callable(spec.answers.decode, "answers.decode"), spec.answers.decode.rsplit("/", 1)[-1]
+    return V.TaskDecoder(task.name, lambda doc: task.decode(doc, spec), V.Carried("none", False, words), fn, ref or "")
+
+
 def stage_metrics(stage: str, n: int, answered: int, figures: dict[str, float],
                   per_class: dict[str, dict[str, float]], latencies_ms, what: str, n_classes: int) -> TaskStageMetrics:
     """A stage's figures; the classification ones are NaN and said to be undefined (so no renderer prints 0)."""
@@ -71,8 +89,11 @@ def stage_metrics(stage: str, n: int, answered: int, figures: dict[str, float],
     undefined = {m: why for m in CLASS_FIGURES if m not in figures}
     undefined.update({m: "undefined (0/0)" for m, v in figures.items() if v is None or not math.isfinite(v)})
     nan = float("nan")
+    flat = {k: (float(v) if v is not None else nan) for k, v in figures.items()
+            if k in ("map", "map_50", "miou", "pixel_accuracy", "precision_macro", "recall_macro", "f1_macro")}
     return TaskStageMetrics(
-        stage=stage, rows=n, answered=answered, accuracy=nan, precision_macro=nan, recall_macro=nan, f1_macro=nan,
+        stage=stage, rows=n, answered=answered, accuracy=nan, **{"precision_macro": nan, "recall_macro": nan,
+                                                                 "f1_macro": nan, **flat},
         precision_weighted=nan, recall_weighted=nan, f1_weighted=nan, per_class={}, confusion=[],
         failed_by_class=[], latency=summarize_latency(latencies_ms) if latencies_ms is not None else None,
         undefined=undefined, classes_total=0, figures=dict(figures), per_class_figures=per_class)
@@ -223,6 +244,49 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
     return Comparison(labels=class_labels, stages=metrics, tests=tests, steps=steps, flipped=tuple(flipped),
                       flipped_total=int(flipped_mask.sum()), served_server_latency=server_lat,
                       served_overhead_latency=overhead, diverging=tuple(diverging[:100]))
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "undefined"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def sections(report: dict, figures: tuple[str, ...], per_title: str, notes: tuple[str, ...] = ()) -> list:
+    """The stage-by-stage figures, the per-class table, the paired intervals and the rows that differ most,
+    from report.json alone (report.html adds the per-class bars and the pictures of those rows)."""
+    from pipeline.tasks.base import Section
+
+    metrics = report.get("metrics") or {}
+    if not metrics:
+        return []
+    names = list(metrics)
+    rows = tuple((m, *(_num((metrics[n].get("figures") or {}).get(m)) for n in names)) for m in figures)
+    rows += (("rows answered", *(f"{metrics[n]['answered']}/{metrics[n]['rows']}" for n in names)),)
+    out = [Section("Metrics, stage by stage", notes, ((("metric", *names), rows),))]
+    per = metrics[names[0]].get("per_class_figures") or {}
+    if per:
+        keys = [k for k in next(iter(per.values())) if k != "support"]
+        per_rows = tuple((c, str(per[c].get("support", "")),
+                          *(" / ".join(_num((metrics[n].get("per_class_figures") or {}).get(c, {}).get(k), 3)
+                                       for k in keys) for n in names)) for c in per)
+        out.append(Section(f"{per_title} ({' / '.join(keys)})", (), (((("class", "truth", *names)), per_rows),)))
+    t_rows = []
+    for cand, t in (report.get("paired_tests") or {}).items():
+        for m, d in (t.get("deltas") or {}).items():
+            lo, hi = (t.get("delta_cis") or {}).get(m) or (None, None)
+            t_rows.append((cand, m, _num(d), f"[{_num(lo)}, {_num(hi)}]" if lo is not None else "-",
+                           str(t.get("resamples"))))
+    if t_rows:
+        out.append(Section("Paired bootstrap: each figure's change against the baseline, by row", (),
+                           ((("candidate", "figure", "change", "95% CI", "resamples"), tuple(t_rows)),)))
+    div = report.get("diverging_rows") or []
+    if div:
+        out.append(Section(f"Rows whose answer differs from the baseline's ({report.get('flipped_total')})", (),
+                           ((("id", "stage", "against", "what differs", "largest difference"),
+                             tuple((d["id"], d["stage"], d["reference"], d["quantity"], _num(d["max_abs_diff"], 6))
+                                   for d in div[:20])),)))
+    return out
 
 
 def checks_for(spec, plan, cmp: Comparison | None, stage: str, base_name: str, why: str,

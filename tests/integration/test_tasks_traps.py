@@ -104,7 +104,7 @@ def _failed(rep: dict, stage: str) -> set[str]:
 @pytest.mark.parametrize("trap", sorted(DETECTION_TRAPS))
 def test_detection_trap_blamed_on_the_handler(no_leftovers, trap):
     rep = _run_trap(no_leftovers, "shapes_detect", 4, DETECTION_TRAPS[trap])
-    assert rep["plan"]["answers"]["format"] == "object_detector"
+    assert rep["plan"]["answers"]["format"] == "detection"
     assert rep["attribution"]["layer"] == "handler problem", rep["attribution"]
     assert "exported" not in {s["stage"] for s in rep["attribution"]["steps"] if s["differs"]}
     failed = _failed(rep, "handled")

@@ -91,7 +91,7 @@ def test_segmentation_through_builtin_image_segmenter(no_leftovers):
     assert "VERDICT: PASS" in res.stdout
     rep = _report(tmp / "reports")
     assert rep["plan"]["reference"]["name"] == "builtin:image_segmenter"
-    assert rep["plan"]["answers"]["format"] == "image_segmenter"
+    assert rep["plan"]["answers"]["format"] == "segmentation"
     served, base = rep["metrics"]["served"]["figures"], rep["metrics"]["baseline"]["figures"]
     assert served == base and base["miou"] > 0.8
     checks = _checks(rep, "served")

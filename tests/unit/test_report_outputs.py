@@ -54,7 +54,7 @@ def written(state):
 def test_report_json_is_versioned_and_strict_json(written):
     rep, paths = written
     data = json.loads(paths["json"].read_text())
-    assert data["schema"] == "package-validate/report/v2" and data["verdict"] == "FAIL"
+    assert data["schema"] == "package-validate/report/v3" and data["verdict"] == "FAIL"
     assert data["stages"]["replay"]["errors"] == {"handler_error": 1}
     assert "NaN" not in paths["json"].read_text()
 
@@ -150,7 +150,7 @@ def test_reports_still_written_when_rows_cannot_be_serialized(written, tmp_path)
 
 
 def test_a_run_that_failed_before_any_stage_still_renders(tmp_path):
-    rep = {"schema": "package-validate/report/v2", "status": "error", "verdict": "ERROR", "complete": False,
+    rep = {"schema": "package-validate/report/v3", "status": "error", "verdict": "ERROR", "complete": False,
            "exit_code": 2, "model": "tiny", "error": {"type": "DatasetError", "message": "data.csv: no rows",
                                                       "details": []}}
     paths = write_reports(tmp_path, rep, None)

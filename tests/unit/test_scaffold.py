@@ -270,3 +270,37 @@ def test_an_index_pandas_wrote_is_the_id_or_ignored_never_a_feature():
     assert g.id_column == "Unnamed: 0" and g.feature_columns == ("a",)
     g = guess_table(df.assign(id=["x", "y", "z"]), Path("."))
     assert g.id_column == "id" and g.feature_columns == ("a",) and not g.features_are_default
+
+
+# ---------------------------------------------------------------- the task, from the labels
+
+
+def test_init_infers_the_task_from_the_label_column():
+    from pipeline.scaffold import label_task
+
+    assert label_task(pd.Series([0, 1, 2, 1]))[0] == "classification"
+    assert label_task(pd.Series([1.0, 2.0]))[0] == "classification", "integers stay classes unless the spec says"
+    assert label_task(pd.Series(["cat", "dog"]))[0] == "classification"
+    assert label_task(pd.Series([151.5, 75.0, 200.25]))[0] == "regression"
+    assert label_task(pd.Series(["[0, 2]", "[1]", "[]"]))[0] == "multilabel"
+    assert label_task(pd.Series(["cat;dog", "dog", "bird;cat"]))[0] == "multilabel"
+
+
+def test_init_writes_task_regression_for_a_table_of_fractional_targets(tmp_path):
+    root = tmp_path / "p"
+    make_project(root)
+    (root / "spec.yaml").unlink()
+    (root / "reg_model.py").write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+                                       "    return torch.nn.Linear(4, 1)\n")
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(4, 1).state_dict(), root / "reg.pt")
+    df = pd.read_csv(root / "data.csv")
+    df["label"] = df["f0"] * 2.5 + 0.25  # fractional targets
+    df.to_csv(root / "data.csv", index=False)
+    result, text = _init(root, factory="reg_model.py:build", weights=Path("reg.pt"), data=Path("data.csv"))
+    spec = load_spec(result.spec_path)
+    assert spec.model.task == "regression" and spec.model.num_classes == 1
+    assert "task: regression" in text and "accuracy" not in text.split("gate:")[1]
+    assert set(spec.gate.metrics) == {"mae", "rmse", "r2"}
+    assert any("model.task regression" in d for d in result.decisions)
+    assert any("your own handler" in t for t in result.todos)
