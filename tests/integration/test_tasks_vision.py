@@ -65,7 +65,7 @@ def test_detection_through_builtin_object_detector(no_leftovers):
     plan = rep["plan"]
     assert plan["handler"]["name"] == "object_detector" and plan["handler"]["origin"] == "builtin"
     assert plan["reference"]["name"] == "builtin:object_detector"
-    assert plan["answers"]["format"] == "object_detector"
+    assert plan["answers"]["format"] == "detection"  # the task decodes the built-in's answers
     assert plan["stages"] == ["baseline", "exported", "handled", "served"]
     served, base = rep["metrics"]["served"]["figures"], rep["metrics"]["baseline"]["figures"]
     assert served == base and base["map_50"] > 0.8 and 0 < base["map"] < base["map_50"]
