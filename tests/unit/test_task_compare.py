@@ -91,3 +91,14 @@ def test_segmentation_comparison_and_mask_pictures():
     report = {"diverging_rows": [{"id": "a", "stage": "handled", "reference": "baseline", "picture": pic}]}
     assert html._row_pictures(report).startswith("data:image/png;base64,")
     assert html._row_pictures({"diverging_rows": []}) is None
+
+
+def test_a_task_report_keeps_its_latency_plots():
+    import pandas as pd
+
+    # a task's sections come first, with their tables: the per-row frame must survive them
+    rep = {"spec": {"model": {"task": "detection"}}, "diverging_rows": [],
+           "metrics": {"baseline": {"figures": {"map": 1.0}, "answered": 2, "rows": 2}}}
+    rows = pd.DataFrame({"id": ["a", "b"], "baseline_latency_ms": [1.0, 2.0], "handled_latency_ms": [3.0, 4.0]})
+    page = html.render_html(rep, rows)
+    assert "Metrics, stage by stage" in page and "<img alt='Latency distributions'" in page
