@@ -338,19 +338,24 @@ def warmup_check(inputs: GateInputs) -> Check:
                  "; ".join(inputs.warmup_differing[:5]))
 
 
-def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs) -> list[Check]:
+def prior_checks(spec: GateSpec, cmp: Comparison | None, inputs: GateInputs,
+                 lower_is_better: frozenset[str] = frozenset()) -> list[Check]:
+    """Each served metric against an earlier run's; for a loss (``lower_is_better``, the task's) its rise."""
     out = []
     served = cmp.stages.get(Stage.SERVED) if cmp else None
     for metric, th in spec.metrics.items():
         if th.max_drop is None:
             continue
-        name, limit = f"{metric} drop vs {inputs.prior_label}", f"drop <= {th.max_drop:.4f}"
+        low = metric in lower_is_better
+        word = "rise" if low else "drop"
+        name, limit = f"{metric} {word} vs {inputs.prior_label}", f"{word} <= {th.max_drop:.4f}"
         b = (inputs.prior_metrics or {}).get(metric)
         v = served.get(metric) if served else None
         if is_bad(b) or is_bad(v):
             out.append(missing(name, Stage.SERVED, limit, "the served metric or the earlier run's is missing", spec))
             continue
-        out.append(Check(name, Stage.SERVED, v, b, limit, at_most(b - v, th.max_drop), f"drop {b - v:+.4f}"))
+        worse = v - b if low else b - v
+        out.append(Check(name, Stage.SERVED, v, b, limit, at_most(worse, th.max_drop), f"{word} {worse:+.4f}"))
     return out
 
 
@@ -381,7 +386,7 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
         if plan.warmup:
             checks.append(warmup_check(inputs))
         if plan.has_prior:
-            checks += prior_checks(spec, cmp, inputs)
+            checks += prior_checks(spec, cmp, inputs, task_for(plan.task).lower_is_better)
     return checks
 
 

@@ -320,7 +320,7 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     sections = task_sections(report)
     for sec in sections or ():  # another task's sections (tasks/<task>.py), its plot inline
         parts.append(f"<h2>{e(sec.title)}</h2>")
-        for header, body in sec.tables:  # not `rows`: the per-row frame is read again below, for the latency plots
+        for header, body in sec.tables:  # (not "rows": the per-row table the latency plots read)
             parts.append(_table([e(h) for h in header], [[e(c) for c in r] for r in body]))
         parts += [f"<p>{e(ln)}</p>" for ln in sec.lines]
         if sec.svg:

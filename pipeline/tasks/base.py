@@ -22,8 +22,11 @@ What a task module owns, and where each piece is asked for:
    a fixed-length vector (per-label scores, regressed values) in ``Prediction.logits`` (their
    "raw" outputs, compared as they are), or a per-row variable-length object (boxes, a mask) in
    ``Prediction.extra``; ``Prediction.index`` is then 0 (the row was answered).
-   ``check_answer`` checks one decoded answer on its own, without a reference (classes in range,
-   probabilities within [0, 1], boxes inside the image) and returns the problems it saw.
+   ``decoder`` gives the answer codec (``answers.registry.codec_for``) an object with ``decode(doc)``
+   and ``carries`` for the run (``answers.decode``, when set, applied first; classification: None).
+   ``decode`` also checks the answer on its own, without a reference (classes in range, scores
+   within [0, 1], values finite, boxes inside the image), raising ``AnswerError``: the row is then
+   ``bad_response`` with that reason, counted by the error-rate check.
    ``tolerances`` gives (absolute, relative) tolerances of the numbers compared, for the checks
    outside the task (the served warm-up answers against the steady ones).
 
@@ -53,7 +56,8 @@ What a task module owns, and where each piece is asked for:
    baseline, each gated metric within its limits, the output difference); the gate adds the checks
    every task shares (probes, answered rows, export ratios, latency, warm-up, prior run, leakage).
    ``gated_metrics`` names the metrics ``gate.metrics`` may list, and ``default_metrics`` those gated
-   when the spec lists none (the seeds: each within 1 point of the baseline).
+   when the spec lists none (the seeds: each within 1 point of the baseline); ``lower_is_better`` the
+   losses among them, whose rise (not drop) the limits bound, also against a prior run.
 
 7. **rows.parquet** (``row_columns``): the task's columns of one stage's outputs (``<stage>_pred``,
    ``<stage>_prob`` for classification; per-label or per-target columns for the others).
@@ -117,6 +121,7 @@ class Task(Protocol):
     gated_metrics: tuple[str, ...]
     default_metrics: tuple[str, ...]
     tracked: tuple[str, ...]
+    lower_is_better: frozenset[str]  # the gated metrics that are losses (a rise is the worsening)
 
     def read_labels(self, df: "pd.DataFrame", spec: "Spec", path: Path,
                     ids: Sequence[str]) -> tuple[np.ndarray, list[str]]: ...
@@ -125,7 +130,7 @@ class Task(Protocol):
 
     def decode(self, doc: Any, spec: "Spec") -> "Prediction | None": ...
 
-    def check_answer(self, pred: "Prediction", spec: "Spec") -> list[str]: ...
+    def decoder(self, spec: "Spec") -> Any: ...
 
     def tolerances(self, spec: "Spec") -> tuple[float, float]: ...
 

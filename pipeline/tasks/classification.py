@@ -24,6 +24,7 @@ class Classification:
     gated_metrics = GATED_METRICS
     default_metrics = GATED_METRICS
     tracked = TRACKED
+    lower_is_better = frozenset()  # losses: their rise is what the gate limits
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         from pipeline.inputs.base import labels_of
@@ -36,11 +37,11 @@ class Classification:
     def decode(self, doc: Any, spec) -> None:
         return None  # the answers/ formats decode classification answers
 
+    def decoder(self, spec) -> None:
+        return None  # answers.registry.codec_for builds the format's decoder
+
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, 0.0
-
-    def check_answer(self, pred, spec) -> list[str]:
-        return []  # the formats refuse a class out of range while decoding
 
     def model_outputs(self, name: str, scores, spec):
         from pipeline.evaluate.compare import StageOutputs

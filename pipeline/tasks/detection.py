@@ -785,7 +785,7 @@ class Detection:
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check
-        from pipeline.tasks.structured import checks_for
+        from pipeline.tasks.structured import checks_for, metric_limits
 
         def extra(t) -> list:
             coord = t.differences.get("coordinate_px", 0.0)
@@ -854,14 +854,6 @@ def check_serving(spec, ids: Sequence[str], sizes: Sequence[tuple[int, int] | No
             "object_detector preprocesses with ToTensor only and stacks a batch's images (torch.stack in "
             "VisionHandler.preprocess), so every batch mixing sizes fails. Serve at batch_size 1, give every "
             "image one size, or use a handler that batches images of several sizes.")
-
-
-def metric_limits(gate, names: Sequence[str]) -> dict:
-    """The spec's limits for this task's figures, or the seeds' (each within 1 point of the baseline)."""
-    from pipeline.spec import MetricThreshold
-
-    mine = {m: th for m, th in gate.metrics.items() if m in names}
-    return mine or {m: MetricThreshold(max_drop=0.01) for m in names}
 
 
 TASK = Detection()

@@ -267,6 +267,7 @@ class Multilabel:
     gated_metrics = GATED
     default_metrics = DEFAULT
     tracked = TRACKED
+    lower_is_better = LOWER  # losses: their rise is what the gate limits
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)
@@ -288,14 +289,6 @@ class Multilabel:
 
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, 0.0
-
-    def check_answer(self, pred: Prediction, spec) -> list[str]:
-        p = pred.probabilities
-        if p is None:
-            return []
-        carried = p[np.isfinite(p)]
-        return [f"scores outside [0, 1]: {carried[(carried < 0) | (carried > 1)][:4].tolist()}"] if (
-            (carried < 0) | (carried > 1)).any() else []
 
     def model_outputs(self, name: str, scores, spec) -> StageOutputs:
         logits = np.asarray(scores.logits, np.float64)

@@ -192,6 +192,7 @@ class Regression:
     gated_metrics = GATED
     default_metrics = DEFAULT
     tracked = TRACKED
+    lower_is_better = LOWER  # losses: their rise is what the gate limits
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)
@@ -213,10 +214,6 @@ class Regression:
 
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, spec.gate.value_rtol
-
-    def check_answer(self, pred: Prediction, spec) -> list[str]:
-        v = pred.logits
-        return [] if v is None or np.isfinite(v).all() else ["values that are not finite numbers"]
 
     def model_outputs(self, name: str, scores, spec) -> StageOutputs:
         out = np.asarray(scores.logits, np.float64)

@@ -438,8 +438,7 @@ class Segmentation:
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check
-        from pipeline.tasks.detection import metric_limits
-        from pipeline.tasks.structured import checks_for
+        from pipeline.tasks.structured import checks_for, metric_limits
 
         def extra(t) -> list:
             worst = t.differences.get("pixel_disagreement", 0.0)

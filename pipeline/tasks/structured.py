@@ -289,6 +289,14 @@ def sections(report: dict, figures: tuple[str, ...], per_title: str, notes: tupl
     return out
 
 
+def metric_limits(gate, names: Sequence[str]) -> dict:
+    """The spec's limits for this task's figures, or the seeds' (each within 1 point of the baseline)."""
+    from pipeline.spec import MetricThreshold
+
+    mine = {m: th for m, th in gate.metrics.items() if m in names}
+    return mine or {m: MetricThreshold(max_drop=0.01) for m in names}
+
+
 def checks_for(spec, plan, cmp: Comparison | None, stage: str, base_name: str, why: str,
                metrics: dict[str, Any], per_class_keys: tuple[str, ...], output_limit_words: str,
                extra: Callable[[TaskPairedTest], list] | None = None) -> list:

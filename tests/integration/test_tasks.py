@@ -180,3 +180,4 @@ def test_diabetes_records_regression_served_end_to_end(no_leftovers):
     assert (rows["served_value_progression"] - rows["baseline_value_progression"]).abs().max() < 1e-2
     html = (run_dir / "report.html").read_text()
     assert "<svg" in html and "residual (prediction - truth)" in html
+    assert "<h2>Latency distributions</h2>" in html, "the per-row latencies reach the plots"

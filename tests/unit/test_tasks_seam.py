@@ -39,7 +39,7 @@ def test_a_report_before_the_seam_is_classification_and_one_with_a_task_is_that_
 
 
 def test_every_registered_task_follows_the_protocol():
-    needed = ("read_labels", "label_counts", "decode", "check_answer", "tolerances", "model_outputs", "answer_outputs",
+    needed = ("read_labels", "label_counts", "decode", "decoder", "tolerances", "model_outputs", "answer_outputs",
               "compare", "stage_checks", "row_columns", "report_sections")
     for name in registry.TASKS:
         task = registry.task_for(name)

@@ -395,6 +395,8 @@ def test_report_sections_render_from_report_json_with_a_residual_plot(rg_case):
     assert "Rows whose answer differs from the baseline's (20)" in md and "accuracy" not in md
     html = render_html(rep, None)
     assert "<svg" in html and "residual (prediction - truth)" in html and "Confusion" not in html
+    rows = pd.DataFrame({"baseline_latency_ms": np.linspace(0.1, 1.0, N), "handled_latency_ms": np.full(N, 2.0)})
+    assert "<h2>Latency distributions</h2>" in render_html(rep, rows), "a task's tables leave the rows to the plots"
 
 
 # --- history and the prior run -------------------------------------------------------------------------
@@ -457,3 +459,28 @@ def test_served_warm_up_answers_are_compared_with_the_tasks_tolerance():
     assert warmup_differences(replay, *task_for("classification").tolerances(spec))[1], "absolute only: differs"
     far = SimpleNamespace(rows=steady, warmup_answers=answered(task, spec, [300.1]))
     assert warmup_differences(far, *task.tolerances(spec))[1]
+
+
+def test_a_loss_against_an_earlier_run_is_limited_in_its_rise(rg_case):
+    out, y, exact = rg_case
+    spec = rg_spec(metrics={"mae": {"max_drop": 0.01}, "r2": {"max_drop": 0.01}})
+    task = task_for("regression")
+    stages = [task.model_outputs("baseline", scores(out), spec),
+              task.answer_outputs("served", answered(task, spec, [float(v) for v in exact[:, 0]]), spec)]
+    cmp = task.compare(IDS, y, stages, None, CompareContext(spec.class_labels, spec.gate.max_output_diff, spec=spec))
+    mae, r2 = cmp.stages["served"].mae, cmp.stages["served"].r2
+    plan = GatePlan(candidates=("served",), labels=spec.class_labels, task="regression", has_prior=True)
+    for prior, ok in (({"mae": mae - 0.5, "r2": r2}, False), ({"mae": mae + 0.5, "r2": r2}, True)):
+        inputs = GateInputs(answered={"served": StageFacts(0.0, {}, True)}, prior_metrics=prior, prior_label="run of t")
+        c = check(evaluate_gate(spec.gate, plan, cmp, inputs), "mae rise vs run of t", "served")
+        assert c.passed is ok and c.detail == f"rise {mae - prior['mae']:+.4f}"
+    assert check(evaluate_gate(spec.gate, plan, cmp, inputs), "r2 drop vs run of t", "served").passed
+
+
+def test_answers_decode_of_a_task_returns_what_the_task_reads_and_its_errors_are_the_rows():
+    spec = ml_spec()
+    dec = V.TaskDecoder("multilabel", lambda doc: multilabel.parse_answer(doc, spec), V.Carried("some", False, "x"),
+                        fn=lambda doc: np.asarray(doc["out"]["scores"]), ref="mine.py:read")
+    assert dec.decode({"out": {"scores": [0.9, 0.1, 0.8]}}).extra["values"].tolist() == [1, 0, 1]
+    with pytest.raises(AnswerError, match=r"answers.decode mine.py:read raised KeyError: 'out'"):
+        dec.decode({"scores": [0.9, 0.1, 0.8]})
