@@ -185,7 +185,7 @@ def _from_manifest(spec: Spec, path: Path, training: bool
     if ds.id_column not in df.columns:
         df = df.assign(**{ds.id_column: df[ds.path_column].astype(str)})
     ids = check_ids(df, spec, path)
-    if ds.label_column not in df.columns:
+    if ds.label_column not in df.columns and (training or ds.annotations is None):
         if not training:
             raise DatasetError(
                 f"{path}: label_column {ds.label_column!r} not found. Columns found: {list(df.columns)[:40]}. "
@@ -290,6 +290,28 @@ def builtin_reference() -> Reference:
         "ToTensor, Normalize(ImageNet mean/std)",
         image_classifier,
     )
+
+
+def object_detector_reference() -> Reference:
+    """TorchServe 0.12's ``ObjectDetector.image_processing``: ToTensor only (the image's own size)."""
+    from pipeline.compat import import_torchvision
+
+    import_torchvision()
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.ToTensor()])
+    return Reference("builtin:object_detector",
+                     "TorchServe 0.12 object_detector: PIL open (no RGB conversion), ToTensor (no resize)",
+                     lambda view: vision_handler_input(view, transform))
+
+
+def image_segmenter_reference() -> Reference:
+    """TorchServe 0.12's ``ImageSegmenter.image_processing``: the image classifier's transforms."""
+    transform = image_classifier_transforms()
+    return Reference("builtin:image_segmenter",
+                     "TorchServe 0.12 image_segmenter: PIL open (no RGB conversion), Resize(256), CenterCrop(224), "
+                     "ToTensor, Normalize(ImageNet mean/std)",
+                     lambda view: vision_handler_input(view, transform))
 
 
 def default_reference(spec: Spec) -> Reference | None:

@@ -19,6 +19,8 @@ from pipeline.usercode import import_callable
 KINDS: dict[str, ModuleType] = {m.NAME: m for m in (tensor, image, text, records)}
 BUILTIN_REFERENCES = {
     "image_classifier": lambda spec: image.builtin_reference(),
+    "object_detector": lambda spec: image.object_detector_reference(),
+    "image_segmenter": lambda spec: image.image_segmenter_reference(),
     "tensor": tensor.default_reference,
     "records": records.default_reference,
 }

@@ -12,6 +12,7 @@ import torch
 from pipeline.modelinput import Collate, batch_of, call_model
 
 Forward = Callable[..., torch.Tensor]
+Encode = Callable[[Any, int], np.ndarray]  # a task's model output for n rows -> float32 [n, D] (tasks/*.py)
 
 
 class OutputError(TypeError):
@@ -51,8 +52,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def output_rows(y: torch.Tensor, n: int) -> np.ndarray:
-    """A model output as float32 [n, C]; TypeError for outputs that are not one tensor."""
+def output_rows(y: torch.Tensor, n: int, encode: Encode | None = None) -> np.ndarray:
+    """A model output as float32 [n, C]; TypeError for outputs that are not one tensor. ``encode``: the
+    task's encoding of another output (detection's list of dicts, segmentation's {"out": ...}) as rows."""
+    if encode is not None:
+        return encode(y, n)
     if isinstance(y, (tuple, list)):
         raise OutputError(f"the model returns a {type(y).__name__} of {len(y)} outputs; "
                         "package-validate validates models that return one logits tensor")
@@ -62,7 +66,7 @@ def output_rows(y: torch.Tensor, n: int) -> np.ndarray:
 
 
 def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], Any]], n_rows: int,
-                 warmup: int = 5) -> Scores:
+                 warmup: int = 5, encode: Encode | None = None) -> Scores:
     """Run ``forward`` on each row at batch 1, timing each call with a monotonic clock.
 
     Args:
@@ -89,7 +93,7 @@ def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], Any]], n_ro
                 t0 = time.perf_counter_ns()
                 y = call_model(forward, row)
                 lat[i] = (time.perf_counter_ns() - t0) / 1e6
-                out = output_rows(y, 1)
+                out = output_rows(y, 1, encode)
                 if logits is None:
                     logits = np.full((n_rows, out.shape[1]), np.nan, np.float32)
                 logits[i] = out[0]
@@ -98,8 +102,8 @@ def score_chunks(forward: Forward, chunks: Iterable[tuple[list[int], Any]], n_ro
     return Scores(logits=logits, latencies_ms=lat)
 
 
-def run_batched(forward: Forward, rows: Sequence | np.ndarray, batch_size: int, collate: Collate | None = None
-                ) -> np.ndarray:
+def run_batched(forward: Forward, rows: Sequence | np.ndarray, batch_size: int, collate: Collate | None = None,
+                encode: Encode | None = None) -> np.ndarray:
     """Outputs of ``forward`` on ``rows`` (per-row structures, or one array [N, ...]) fed ``batch_size`` at a time,
     each batch stacked or built by ``collate``."""
     if isinstance(rows, np.ndarray):
@@ -108,5 +112,5 @@ def run_batched(forward: Forward, rows: Sequence | np.ndarray, batch_size: int, 
     with torch.inference_mode():
         for i in range(0, len(rows), batch_size):
             part = rows[i : i + batch_size]
-            outs.append(output_rows(call_model(forward, batch_of(part, collate)), len(part)))
+            outs.append(output_rows(call_model(forward, batch_of(part, collate)), len(part), encode))
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, 0), np.float32)

@@ -352,8 +352,11 @@ def _task_rows_frame(record: RunRecord, task) -> "pd.DataFrame":
     n, names = len(rows), spec.class_labels
     labels = np.asarray(rows.labels)
     cols: dict[str, Any] = {"id": list(rows.ids)}
-    for k, name in enumerate(names):
-        cols[f"label_{name}"] = labels[:, k] if labels.ndim == 2 else labels
+    if labels.dtype == object:  # an object per row (detection's boxes, segmentation's mask): its text form
+        cols["label"] = [str(v) for v in labels]
+    else:
+        for k, name in enumerate(names):
+            cols[f"label_{name}"] = labels[:, k] if labels.ndim == 2 else labels
     for prefix, result in ((Stage.BASELINE, record.baseline), (Stage.EXPORTED, record.exported)):
         if result is None:
             continue

@@ -53,7 +53,7 @@ def _fmt(v: Any) -> str:
 
 def _confusion_plot(rep: dict) -> str | None:
     metrics = rep.get("metrics") or {}
-    if not metrics:
+    if not metrics or any(not m.get("confusion") for m in metrics.values()):  # a task without classes per row
         return None
     names = list(metrics)
     shown, hidden = shown_classes(metrics)  # a 1000-class matrix is unreadable: the classes with rows or predicted
@@ -80,9 +80,93 @@ def _confusion_plot(rep: dict) -> str | None:
     return _png(fig)
 
 
+def _task_class_plot(rep: dict) -> str | None:
+    """A task's per-class figure by stage: AP@[.5:.95] for detection, IoU for segmentation."""
+    metrics = rep.get("metrics") or {}
+    names = list(metrics)
+    per = (metrics[names[0]].get("per_class_figures") if names else None) or {}
+    key = next((k for k in ("ap", "iou") if per and k in next(iter(per.values()))), None)
+    if key is None:
+        return None
+    labels = list(per)
+    x = np.arange(len(labels))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.5 * len(labels) * len(names) + 2)), 3.6))
+    for k, n in enumerate(names):
+        vals = [(metrics[n].get("per_class_figures") or {}).get(c, {}).get(key) for c in labels]
+        ax.bar(x + k * width, [np.nan if v is None else v for v in vals], width, label=n, color=STAGE_COLORS.get(n))
+    ax.set_xticks(x + width * (len(names) - 1) / 2, labels)
+    ax.set_ylim(0, 1.03)
+    ax.set_ylabel({"ap": "AP@[.5:.95]", "iou": "IoU"}[key])
+    ax.set_title(f"Per-class {'AP' if key == 'ap' else 'IoU'} by stage")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def _draw_boxes(ax, boxes: list, color: str, style: str, names: list) -> None:
+    from matplotlib.patches import Rectangle
+
+    for x1, y1, x2, y2, label, score in boxes:
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linestyle=style, linewidth=1.4))
+        name = names[label] if 0 <= label < len(names) else str(label)
+        ax.text(x1, y1 - 0.5, f"{name} {score:.2f}" if score < 1 else name, color=color, fontsize=6, va="bottom")
+
+
+def _row_pictures(rep: dict) -> str | None:
+    """The worst-differing rows of each stage: the image with the ground truth, baseline and candidate boxes,
+    or the ground truth, baseline and candidate masks side by side."""
+    shown = [d for d in rep.get("diverging_rows") or [] if d.get("picture")]
+    if not shown:
+        return None
+    shown = shown[:6]
+    is_mask = shown[0]["picture"]["kind"] == "mask"
+    cols = 3 if is_mask else 1
+    fig, axes = plt.subplots(len(shown), cols, figsize=(3.2 * cols + (1.5 if not is_mask else 0), 3.2 * len(shown)),
+                             squeeze=False)
+    for row, d in zip(axes, shown):
+        p = d["picture"]
+        title = f"{d['id']}: {d['reference']} vs {d['stage']}"
+        if is_mask:
+            k = max(len(p["names"]) - 1, 1)
+            for ax, key, words in zip(row, ("truth", "reference", "candidate"),
+                                      ("ground truth", d["reference"], d["stage"])):
+                grid = np.asarray(p[key], float)
+                ax.imshow(grid, cmap="tab10", vmin=0, vmax=max(9, k), interpolation="nearest")
+                odd = np.shape(p[key]) != np.shape(p["reference"])
+                ax.set_title(f"{d['id']}: {words}" + (f" (another shape: {grid.shape[1]}x{grid.shape[0]})"
+                                                       if odd else ""), fontsize=8)
+                ax.axis("off")
+            continue
+        ax = row[0]
+        try:
+            from PIL import Image
+
+            ax.imshow(np.asarray(Image.open(p["image"]).convert("RGB")))
+        except Exception:  # the image moved since the run: the boxes alone, on the image's frame
+            w, h = p.get("size") or (100, 100)
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+        _draw_boxes(ax, p["truth"], "white", ":", p["names"])
+        _draw_boxes(ax, p["reference"], "lime", "-", p["names"])
+        _draw_boxes(ax, p["candidate"], "red", "--", p["names"])
+        ax.set_title(title + "\nwhite: truth, green: " + d["reference"] + ", red: " + d["stage"], fontsize=8)
+        ax.axis("off")
+    if is_mask:
+        from matplotlib.patches import Patch
+
+        cmap = plt.get_cmap("tab10")
+        names = shown[0]["picture"]["names"]
+        fig.legend(handles=[Patch(color=cmap(i / max(9, len(names) - 1)), label=n) for i, n in enumerate(names)],
+                   loc="upper center", ncol=min(len(names), 6), fontsize=8)
+        fig.suptitle(f"one pixel in {shown[0]['picture'].get('step', 1)} shown along each axis", y=0.005, fontsize=7)
+    fig.tight_layout(rect=(0, 0.01, 1, 0.97) if is_mask else None)
+    return _png(fig)
+
+
 def _f1_plot(rep: dict) -> str | None:
     metrics = rep.get("metrics") or {}
-    if not metrics:
+    if not metrics or any(not m.get("per_class") for m in metrics.values()):
         return None
     names = list(metrics)
     shown, _ = shown_classes(metrics)
@@ -307,6 +391,8 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
                          f"name: {e(', '.join(ids[:10]))}{e(' ...' if len(ids) > 10 else '')}</p>")
     plots = [("Confusion matrices", _confusion_plot(report) if sections is None else None),
              ("Per-class F1", _f1_plot(report) if sections is None else None),
+             ("Per-class figures", _task_class_plot(report)),
+             ("Rows that differ most from the baseline", _row_pictures(report)),
              ("Latency distributions", _latency_plot(rows)), ("Served latency split", _split_plot(rows))]
     for heading, uri in plots:
         if uri:

@@ -25,7 +25,8 @@ def metric(m: dict, key: str, digits: int = 4) -> str:
     """A stage metric, or 'undefined' when it cannot be computed (0/0)."""
     if key in (m.get("undefined") or {}):
         return "undefined"
-    return fmt(m.get(key), digits)
+    figures = m.get("figures") or {}
+    return fmt(figures[key] if key in figures else m.get(key), digits)
 
 
 def check_word(c: dict) -> str:

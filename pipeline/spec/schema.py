@@ -160,6 +160,9 @@ class DatasetSpec(_Frozen):
         default=None, description="kind json: a column holding each row's JSON document (else feature_columns)"
     )
     train_path: Path | None = Field(default=None, description="training rows, for the leakage check")
+    annotations: Path | None = Field(
+        default=None, description="model.task detection: a COCO annotations JSON with the rows' boxes, joined on "
+                                  "the image file name (else label_column holds a JSON list of boxes per row)")
     chunk_rows: int = Field(default=256, ge=1, le=65536, description="rows held in memory at once")
 
     @field_validator("input_shape")
@@ -623,6 +626,7 @@ def parse_spec(data: Any, *, base_dir: Path, source: str = "spec") -> Spec:
     dataset = spec.dataset.model_copy(update={
         "path": _resolve(base_dir, spec.dataset.path),
         "train_path": _resolve(base_dir, spec.dataset.train_path),
+        "annotations": _resolve(base_dir, spec.dataset.annotations),
     })
     replay = spec.replay.model_copy(update={"ca_file": _resolve(base_dir, spec.replay.ca_file)})
     answers = spec.answers.model_copy(update={"decode": _resolve_ref(base_dir, spec.answers.decode)})

@@ -64,6 +64,13 @@ def preprocess_failure(spec: Spec, reference: Reference, facts: StreamFacts, tot
     )
 
 
+def output_encoder(spec: Spec):
+    """The task's encoding of model outputs that are not one logits tensor (detection, segmentation), or None."""
+    from pipeline.tasks.registry import task_of
+
+    return getattr(task_of(spec), "encode_outputs", None)
+
+
 def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Reference) -> BaselineResult:
     """Score every row with the eager model, one row at a time.
 
@@ -85,7 +92,7 @@ def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Referenc
     collate = load_collate(spec)
     try:
         scores = score_chunks(model, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts,
-                                                      collate=collate), len(rows))
+                                                      collate=collate), len(rows), encode=output_encoder(spec))
     except OutputError as e:
         raise ModelError(f"{e}.") from e
     except Exception as e:
@@ -105,7 +112,7 @@ def score_baseline(spec: Spec, model: nn.Module, rows: Rows, reference: Referenc
     if spec.dataset.input_shape is not None and facts.shape != tuple(spec.dataset.input_shape):
         raise DatasetError(f"the reference preprocessing gives inputs of shape {list(facts.shape)} but "
                            f"dataset.input_shape is {list(spec.dataset.input_shape)}. Fix one of them.")
-    if scores.logits.shape[1] != spec.model.num_classes:
+    if output_encoder(spec) is None and scores.logits.shape[1] != spec.model.num_classes:
         raise ModelError(
             f"the eager model returns {scores.logits.shape[1]} outputs per row but model.num_classes is "
             f"{spec.model.num_classes}. Fix model.num_classes."

@@ -33,7 +33,7 @@ from pipeline.model.forward import Forward, Scores, run_batched, score_chunks
 from pipeline.model.loading import model_file_for_eager
 from pipeline.modelinput import Structure, call_model, dynamic_dims, example_inputs, leaves, probe_rows, stack
 from pipeline.spec import Spec
-from pipeline.stages.baseline import BaselineResult
+from pipeline.stages.baseline import BaselineResult, output_encoder
 from pipeline.usercode import import_module_ref
 
 log = logging.getLogger(__name__)
@@ -268,13 +268,13 @@ def _run_probes(spec: Spec, eager: Forward, exported: Forward, base: BaselineRes
                                        "rows are fed one at a time"))
             return
         try:
-            ref = run_batched(eager, x, batch, collate)
+            ref = run_batched(eager, x, batch, collate, output_encoder(spec))
         except Exception as e:  # the eager model itself rejects this input: nothing to compare
             results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), True,
                                        f"skipped, the eager model fails too: {type(e).__name__}"))
             return
         try:
-            got = run_batched(exported, x, batch, collate)
+            got = run_batched(exported, x, batch, collate, output_encoder(spec))
         except Exception as e:
             results.append(ProbeResult(name, len(x), batch, float("nan"), float("nan"), False, _first_line(e)))
             return
@@ -361,7 +361,8 @@ def score_exported(spec: Spec, forward: Forward, rows: Rows, reference: Referenc
     """The artefact's outputs on every row, streamed through the reference preprocessing again."""
     facts = StreamFacts()
     return score_chunks(forward, reference_chunks(rows, reference, spec.dataset.chunk_rows, facts,
-                                                  keep_range=False, collate=collate), len(rows))
+                                                  keep_range=False, collate=collate), len(rows),
+                        encode=output_encoder(spec))
 
 
 def _try_optimize(spec: Spec, path: Path, eager_scores: Scores, rows: Rows, base: BaselineResult

@@ -19,6 +19,8 @@ TASKS: dict[str, str] = {
     "classification": "pipeline.tasks.classification",
     "multilabel": "pipeline.tasks.multilabel",
     "regression": "pipeline.tasks.regression",
+    "detection": "pipeline.tasks.detection",
+    "segmentation": "pipeline.tasks.segmentation",
 }
 
 

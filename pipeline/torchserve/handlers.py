@@ -70,11 +70,16 @@ BUILTIN_HANDLERS = {
                              default_reference="builtin:image_classifier", loads_pt2=False, needs_torchvision=True),
     "text_classifier": dict(answer_format="topk", input_kinds=("text",), loads_pt2=False,
                             first_request_only=True, needs_torchvision=True),
+    # model.task detection / segmentation (pipeline/tasks/): the task decodes their answers
+    "object_detector": dict(answer_format="object_detector", input_kinds=("image",),
+                            default_reference="builtin:object_detector", loads_pt2=False, needs_torchvision=True),
+    "image_segmenter": dict(answer_format="image_segmenter", input_kinds=("image",),
+                            default_reference="builtin:image_segmenter", loads_pt2=False, needs_torchvision=True),
 }
+# the task each of these built-ins answers for (a spec naming one with another model.task is refused)
+BUILTIN_TASKS = {"object_detector": "detection", "image_segmenter": "segmentation"}
 # Built-ins this tool does not validate, and why.
 REFUSED_BUILTINS = {
-    "object_detector": "detection is not a classification task; package-validate validates classifiers",
-    "image_segmenter": "segmentation is not a classification task; package-validate validates classifiers",
     "base_handler": "its preprocess is torch.as_tensor on the list of request dicts, so it serves no "
                     "request as is; subclass it in a handler file and name that file",
     "vision_handler": "it is an abstract base class; name image_classifier or your subclass's file",
@@ -113,6 +118,10 @@ def resolve_handler(spec: Spec) -> HandlerInfo:
         path = PROJECT_HANDLERS_DIR / f"{name}.py"
         return HandlerInfo(name=name, origin="project", archiver_ref=str(path), path=path, **PROJECT_HANDLERS[name])
     if name in BUILTIN_HANDLERS:
+        task = BUILTIN_TASKS.get(name)
+        if task is not None and spec.model.task != task:
+            raise ConfigError(f"handler {name!r} answers {task} (model.task: {task}), but model.task is "
+                              f"{spec.model.task!r}. Set model.task: {task}, or name a handler for {spec.model.task}.")
         return HandlerInfo(name=name, origin="builtin", archiver_ref=name, path=None, **BUILTIN_HANDLERS[name])
     if name in REFUSED_BUILTINS:
         raise ConfigError(f"handler {name!r}: not validated here: {REFUSED_BUILTINS[name]}.")

@@ -122,8 +122,9 @@ def test_a_tuple_for_a_model_of_one_input_names_what_ran_and_how_to_fix_it(tmp_p
 
 @pytest.mark.parametrize("handler, words", [
     ("no_such_handler", "neither a handler of this project"),
-    ("object_detector", "detection is not a classification task"),
-    ("image_segmenter", "segmentation is not a classification task"),
+    # validated now, for their own task: a classification spec naming one is told which task to set
+    ("object_detector", r"answers detection \(model.task: detection\), but model.task is 'classification'"),
+    ("image_segmenter", r"answers segmentation \(model.task: segmentation\)"),
 ])
 def test_unknown_or_unvalidated_handlers_are_refused(tmp_path, handler, words):
     spec = _edit(make_project(tmp_path), handler=handler)
