@@ -371,6 +371,18 @@ def resolve_shared_names(stage: StageOutputs, reference: np.ndarray, shared: dic
     return StageOutputs(stage.name, pred, probs, stage.logits, stage.latencies_ms), mask
 
 
+
+def served_split(stages, server_ms: np.ndarray | None) -> tuple:
+    """The served stage's server-side latency and the client's overhead over it, over the rows both timed
+    (None, None without a served stage or server times). Every task's comparison reports this split."""
+    served = next((s for s in stages if s.name == Stage.SERVED), None)
+    if served is None or server_ms is None or served.latencies_ms is None:
+        return None, None
+    ok = np.isfinite(server_ms) & np.isfinite(served.latencies_ms)
+    if not ok.any():
+        return None, None
+    return summarize_latency(server_ms[ok]), summarize_latency(served.latencies_ms[ok] - server_ms[ok])
+
 def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str, ...],
                    stages: list[StageOutputs], server_ms: np.ndarray | None = None,
                    tolerance: float = 1e-5, metric_classes: str = "present",
@@ -424,13 +436,7 @@ def compare_stages(ids: tuple[str, ...], y: np.ndarray, class_labels: tuple[str,
 
     flipped = [FlippedRow(ids[i], int(y[i]), {s.name: pick(s, i) for s in stages})
                for i in np.nonzero(flipped_mask)[0][:MAX_FLIPPED_LISTED]]
-    server_lat = overhead = None
-    served = next((s for s in stages if s.name == Stage.SERVED), None)
-    if served is not None and server_ms is not None and served.latencies_ms is not None:
-        ok = np.isfinite(server_ms) & np.isfinite(served.latencies_ms)
-        if ok.any():
-            server_lat = summarize_latency(server_ms[ok])
-            overhead = summarize_latency(served.latencies_ms[ok] - server_ms[ok])
+    server_lat, overhead = served_split(stages, server_ms)
     diverging = [row for s in stages[1:] for row in _diverging(ids, base, s, tolerance)]
     return Comparison(
         labels=class_labels, stages=metrics, tests=tests, steps=steps, flipped=tuple(flipped),

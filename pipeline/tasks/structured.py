@@ -20,9 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pipeline.evaluate.compare import (Comparison, DivergingRow, FlippedRow, OutputDiff, PairedTest, StageMetrics,
-                                       StageOutputs)
+                                       StageOutputs, served_split)
 from pipeline.evaluate.stats import summarize_latency
-from pipeline.names import Stage
 
 PICTURED_ROWS = 4         # per candidate stage: the worst-differing rows drawn in report.html
 BOOTSTRAP_SECONDS = 1.0   # per candidate: the paired intervals stop resampling after this
@@ -234,13 +233,7 @@ def compare_structured(ids: Sequence[str], stages: list[StageOutputs], class_lab
         diverging += [d if k < PICTURED_ROWS else replace(d, picture=None) for k, d in enumerate(mine)]
     diverging.sort(key=lambda d: -d.max_abs_diff)
     flipped = [FlippedRow(ids[i], -1, {s.name: (None, None) for s in stages}) for i in np.nonzero(flipped_mask)[0][:50]]
-    server_lat = overhead = None
-    served = next((s for s in stages if s.name == Stage.SERVED), None)
-    if served is not None and server_ms is not None and served.latencies_ms is not None:
-        ok = np.isfinite(server_ms) & np.isfinite(served.latencies_ms)
-        if ok.any():
-            server_lat = summarize_latency(server_ms[ok])
-            overhead = summarize_latency(served.latencies_ms[ok] - server_ms[ok])
+    server_lat, overhead = served_split(stages, server_ms)
     return Comparison(labels=class_labels, stages=metrics, tests=tests, steps=steps, flipped=tuple(flipped),
                       flipped_total=int(flipped_mask.sum()), served_server_latency=server_lat,
                       served_overhead_latency=overhead, diverging=tuple(diverging[:100]))

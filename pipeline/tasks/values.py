@@ -17,10 +17,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.answers.base import AnswerError, parse_json
-from pipeline.evaluate.compare import DivergingRow, OutputDiff, StageOutputs
+from pipeline.evaluate.compare import DivergingRow, OutputDiff, StageOutputs, served_split
 from pipeline.evaluate.gate import Check, at_least, at_most, is_bad, missing
-from pipeline.evaluate.stats import LatencySummary, summarize_latency
-from pipeline.names import Stage
+from pipeline.evaluate.stats import LatencySummary
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SECONDS = 2.0  # per candidate: the resampling stops there, and the report says how many were drawn
@@ -205,13 +204,7 @@ def value_comparison(task, ids: tuple[str, ...], labels: np.ndarray, stages: lis
         for i in over[np.argsort(-per_row[over])][:MAX_DIVERGING_LISTED]:
             diverging.append(DivergingRow(ids[i], s.name, base.name, quantity, float(per_row[i]),
                                           tuple(map(float, a[i])), tuple(map(float, b[i]))))
-    server_lat = overhead = None
-    served = next((s for s in stages if s.name == Stage.SERVED), None)
-    if served is not None and server_ms is not None and served.latencies_ms is not None:
-        ok = np.isfinite(server_ms) & np.isfinite(served.latencies_ms)
-        if ok.any():
-            server_lat = summarize_latency(server_ms[ok])
-            overhead = summarize_latency(served.latencies_ms[ok] - server_ms[ok])
+    server_lat, overhead = served_split(stages, server_ms)
     notes = {s.name: note(s) for s in stages[1:]} if note is not None else {}
     return ValueComparison(task.name, ctx.class_labels, metrics, tests, steps, flipped, int(flipped_mask.sum()),
                            server_lat, overhead, tuple(diverging), notes={k: v for k, v in notes.items() if v})
