@@ -335,12 +335,20 @@ def _rows_frame(record: RunRecord) -> "pd.DataFrame":
             _stage_columns("handled_batched", record.handled.batched, cols, n)
     if record.replay is not None:
         _stage_columns("served", record.replay.rows, cols, n)
-        ordered = sorted(record.replay.rows, key=lambda r: r.index)
-        cols["served_server_ms"] = pd.array([r.server_ms for r in ordered], dtype="Float64")
-        cols["served_handler_ms"] = pd.array([r.handler_ms for r in ordered], dtype="Float64")
-        cols["served_attempts"] = pd.array([r.attempts for r in ordered], dtype="Int64")
-        cols["request_id"] = pd.array([r.request_id for r in ordered], dtype="string")
+        _served_columns(record.replay.rows, cols)
     return pd.DataFrame(cols)
+
+
+def _served_columns(outcomes, cols: dict) -> None:
+    """The served rows' server and handler times, attempts and request ids (every task: the report's
+    "Where the time goes" plot reads them)."""
+    import pandas as pd
+
+    ordered = sorted(outcomes, key=lambda r: r.index)
+    cols["served_server_ms"] = pd.array([r.server_ms for r in ordered], dtype="Float64")
+    cols["served_handler_ms"] = pd.array([r.handler_ms for r in ordered], dtype="Float64")
+    cols["served_attempts"] = pd.array([r.attempts for r in ordered], dtype="Int64")
+    cols["request_id"] = pd.array([r.request_id for r in ordered], dtype="string")
 
 
 def _task_rows_frame(record: RunRecord, task) -> "pd.DataFrame":
@@ -378,4 +386,6 @@ def _task_rows_frame(record: RunRecord, task) -> "pd.DataFrame":
         cols[f"{prefix}_status"] = pd.array([r.status for r in ordered], dtype="Int64")
         cols[f"{prefix}_error_class"] = pd.array([r.error_class for r in ordered], dtype="string")
         cols[f"{prefix}_message"] = pd.array([r.message for r in ordered], dtype="string")
+    if record.replay is not None:
+        _served_columns(record.replay.rows, cols)
     return pd.DataFrame(cols)

@@ -80,6 +80,12 @@ def test_detection_through_builtin_object_detector(no_leftovers):
     assert set(per_class) == {"red_box", "green_disc", "blue_box"}
     html = next((tmp / "reports").glob("*/report.html")).read_text()
     assert "Per-class figures" in html and "map_50" in html
+    # where the served time goes: every row's server and handler times reach rows.parquet and the stacked plot
+    import pandas as pd
+
+    frame = pd.read_parquet(next((tmp / "reports").glob("*/rows.parquet")))
+    assert frame["served_server_ms"].notna().all() and frame["served_handler_ms"].notna().all()
+    assert "alt='Where the time goes'" in html
 
 
 def test_segmentation_through_builtin_image_segmenter(no_leftovers):
