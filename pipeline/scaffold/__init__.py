@@ -764,10 +764,12 @@ def _render(f: _Facts, out: Path, when: str) -> str:
                   "applies the EXIF orientation, so such probes fail by its design, not your model's.", 2)
         d.key("probes", False, "reported, not gated (see above)", 2)
     if f.task != "classification":
+        from pipeline.spec.schema import default_thresholds
         from pipeline.tasks.registry import task_for
 
-        d.comment(f"metrics: by default {', '.join(task_for(f.task).default_metrics)} {{max_drop: 0.01}} "
-                  f"(model.task {f.task}; a loss's rise)", 2)
+        limits = ", ".join(f"{m} {{{', '.join(f'{k}: {v:g}' for k, v in th.model_dump(exclude_none=True).items())}}}"
+                           for m, th in default_thresholds(task_for(f.task)).items())
+        d.comment(f"metrics: by default {limits} (model.task {f.task}; a loss's rise)", 2)
         return d.text()
     acc = "" if f.accuracy is None else f"; the eager model scores accuracy {f.accuracy:.4f} on these rows"
     d.comment(f"metrics: by default all 7 metrics {{max_drop: 0.01}}. Optional: a floor{acc}:", 2)

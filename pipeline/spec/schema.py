@@ -418,12 +418,22 @@ class MetricThreshold(_Frozen):
     """Limits on one metric of a candidate (exported, handled or served) against the baseline."""
 
     min: float | None = Field(default=None, ge=0, le=1)
-    max_drop: float | None = Field(default=None, ge=0, le=1, description="absolute, e.g. 0.01 = 1 point")
+    max_drop: float | None = Field(default=None, ge=0,
+                                   description="absolute, e.g. 0.01 = 1 point (a loss: its rise, in the target's units)")
     max_relative_drop: float | None = Field(default=None, ge=0, le=1)
 
 
 def _default_metric_thresholds() -> dict[str, MetricThreshold]:
     return {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in GATED_METRICS}
+
+
+def default_thresholds(task) -> dict[str, MetricThreshold]:
+    """The seeds' "within 1 point of the baseline" for a task's default metrics: 0.01 for a score in [0, 1];
+    for a loss in the target's units (MAE, RMSE), a rise of at most 1% of the baseline's (an absolute 0.01
+    would be loose for targets near 0.001 and below float32's noise for targets near 1e6)."""
+    units = getattr(task, "in_target_units", frozenset())
+    return {m: MetricThreshold(max_relative_drop=DEFAULT_MAX_METRIC_DROP) if m in units
+            else MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in task.default_metrics}
 
 
 class GateSpec(_Frozen):
@@ -514,14 +524,21 @@ class Spec(_Frozen):
         if task == "classification" and self.model.num_classes < 2:
             raise ValueError(f"model.num_classes is {self.model.num_classes}: a classifier has at least 2 classes "
                              "(a model with one output is task: regression)")
-        allowed = task_for(task).gated_metrics
+        t = task_for(task)
+        allowed = t.gated_metrics
         unknown = sorted(set(self.gate.metrics) - set(allowed))
         if unknown and "metrics" not in self.gate.model_fields_set and task != "classification":
-            defaults = {m: MetricThreshold(max_drop=DEFAULT_MAX_METRIC_DROP) for m in task_for(task).default_metrics}
-            object.__setattr__(self, "gate", self.gate.model_copy(update={"metrics": defaults}))
+            object.__setattr__(self, "gate", self.gate.model_copy(update={"metrics": default_thresholds(t)}))
         elif unknown:
             raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(allowed)}"
                              + (f" (model.task: {task})" if task != "classification" else ""))
+        for metric, th in self.gate.metrics.items():
+            if metric in t.lower_is_better and th.min is not None:
+                raise ValueError(f"gate.metrics.{metric}.min: {metric} is a loss (lower is better), a floor does not "
+                                 f"bound it; limit its rise with max_drop (in the target's units) or max_relative_drop")
+            if metric not in getattr(t, "in_target_units", ()) and th.max_drop is not None and th.max_drop > 1:
+                raise ValueError(f"gate.metrics.{metric}.max_drop is {th.max_drop:g}: {metric} lies in [0, 1], so a "
+                                 "drop above 1 bounds nothing (0.01 = 1 point)")
         return self
 
     @model_validator(mode="after")

@@ -122,6 +122,8 @@ class Task(Protocol):
     default_metrics: tuple[str, ...]
     tracked: tuple[str, ...]
     lower_is_better: frozenset[str]  # the gated metrics that are losses (a rise is the worsening)
+    # optional ``in_target_units``: the losses measured in the target's units (regression's MAE and RMSE);
+    # their default limit is relative (spec.schema.default_thresholds) and their max_drop may exceed 1
 
     def read_labels(self, df: "pd.DataFrame", spec: "Spec", path: Path,
                     ids: Sequence[str]) -> tuple[np.ndarray, list[str]]: ...

@@ -302,7 +302,7 @@ def test_regression_an_unanswered_row_makes_its_metrics_undefined_not_better(rg_
     cmp, gate, _ = run("regression", rg_spec(), y, out, [float(v) for v in exact[:, 0]], fail=(0,))
     assert math.isnan(cmp.stages["handled"].mae) and "1 of 20 row(s) got no answer" in cmp.stages["handled"].undefined[
         "mae"]
-    c = check(gate, "mae rise")
+    c = check(gate, "mae relative rise")  # the default limit of a loss in the target's units
     assert not c.passed and c.detail.startswith("not evaluable: 1 of 20")
 
 
@@ -363,6 +363,24 @@ def test_the_default_gate_metrics_are_the_tasks_and_another_tasks_metric_is_refu
         rg_spec(metrics={"accuracy": {"max_drop": 0.01}})
     with pytest.raises(ConfigError, match="a classifier has at least 2 classes"):
         spec_for(1)
+
+
+def test_a_loss_in_target_units_is_limited_relatively_by_default_and_may_take_a_max_drop_above_one():
+    from pipeline.errors import ConfigError
+
+    m = rg_spec().gate.metrics
+    assert (m["mae"].max_relative_drop, m["mae"].max_drop) == (0.01, None)
+    assert (m["rmse"].max_relative_drop, m["rmse"].max_drop) == (0.01, None)
+    assert (m["r2"].max_drop, m["r2"].max_relative_drop) == (0.01, None)  # a score: 1 point
+    h = ml_spec().gate.metrics["hamming_loss"]  # a loss in [0, 1]: 1 point, as a score
+    assert (h.max_drop, h.max_relative_drop) == (0.01, None)
+    assert rg_spec(metrics={"mae": {"max_drop": 2.5}}).gate.metrics["mae"].max_drop == 2.5
+    with pytest.raises(ConfigError, match=r"gate.metrics.r2.max_drop is 2.5: r2 lies in \[0, 1\]"):
+        rg_spec(metrics={"r2": {"max_drop": 2.5}})
+    with pytest.raises(ConfigError, match=r"gate.metrics.mae.min: mae is a loss .*max_relative_drop"):
+        rg_spec(metrics={"mae": {"min": 0.5}})
+    with pytest.raises(ConfigError, match=r"hamming_loss is a loss"):
+        ml_spec(metrics={"hamming_loss": {"min": 0.1}})
 
 
 def test_rows_parquet_columns_of_each_task(ml_case, rg_case):
