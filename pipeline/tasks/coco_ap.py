@@ -153,7 +153,8 @@ def _class_ap(weights: np.ndarray, image: np.ndarray, hits: np.ndarray, npos: np
 
     COCO samples the precision, made monotone from the right, at the first detection whose recall
     reaches each recall threshold; so a detection's envelope counts once for every threshold its
-    recall passes first, and searching the 101 thresholds by each detection's recall finds them.
+    recall passes first. Recall is tp / npos with tp a whole number up to npos, so the thresholds
+    each value passes are looked up in a table of the npos + 1 values (COCO's own division).
     """
     _, rec = thresholds()
     w = weights[:, image]                                           # [B, Dc]
@@ -161,9 +162,11 @@ def _class_ap(weights: np.ndarray, image: np.ndarray, hits: np.ndarray, npos: np
     seen = np.cumsum(w, axis=1)[:, None, :]
     precision = tp / (seen + np.spacing(1))                         # COCO's tp / (tp + fp + eps)
     envelope = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tp / npos[:, None, None]
-    passed = np.searchsorted(rec, np.nan_to_num(recall, nan=-1.0), side="right")  # thresholds <= recall
+    sizes = npos + 1
+    at = np.cumsum(sizes) - sizes                                   # each resample's table starts here
+    hits_so_far = np.arange(sizes.sum()) - np.repeat(at, sizes)
+    table = np.searchsorted(rec, hits_so_far / np.repeat(np.maximum(npos, 1), sizes), side="right")
+    passed = table[at[:, None, None] + tp]                          # thresholds <= recall, per detection
     first = np.diff(passed, axis=2, prepend=0)                      # thresholds this detection reaches first
     return (envelope * first).sum(axis=2) / len(rec)
 
