@@ -34,9 +34,11 @@ def thresholds() -> tuple[np.ndarray, np.ndarray]:
     """The IoU thresholds [10] and recall thresholds [101] exactly as torchmetrics builds them (float32 linspaces)."""
     import torch
 
-    iou = torch.linspace(0.5, 0.95, round((0.95 - 0.5) / 0.05) + 1).tolist()
-    rec = torch.linspace(0.0, 1.00, round(1.00 / 0.01) + 1).tolist()
-    return np.array(iou, np.float64), np.array(rec, np.float64)
+    iou = np.array(torch.linspace(0.5, 0.95, round((0.95 - 0.5) / 0.05) + 1).tolist(), np.float64)
+    rec = np.array(torch.linspace(0.0, 1.00, round(1.00 / 0.01) + 1).tolist(), np.float64)
+    iou.setflags(write=False)  # cached: shared by every call
+    rec.setflags(write=False)
+    return iou, rec
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,8 @@ def _class_ap(weights: np.ndarray, image: np.ndarray, hits: np.ndarray, npos: np
     envelope = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
     sizes = npos + 1
     at = np.cumsum(sizes) - sizes                                   # each resample's table starts here
-    hits_so_far = np.arange(sizes.sum()) - np.repeat(at, sizes)
-    table = np.searchsorted(rec, hits_so_far / np.repeat(np.maximum(npos, 1), sizes), side="right")
+    tp_values = np.arange(sizes.sum()) - np.repeat(at, sizes)     # 0 .. npos, each resample's in turn
+    table = np.searchsorted(rec, tp_values / np.repeat(np.maximum(npos, 1), sizes), side="right")
     passed = table[at[:, None, None] + tp]                          # thresholds <= recall, per detection
     first = np.diff(passed, axis=2, prepend=0)                      # thresholds this detection reaches first
     return (envelope * first).sum(axis=2) / len(rec)
