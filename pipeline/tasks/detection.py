@@ -21,7 +21,9 @@ Pure functions over numpy arrays; the Task wiring sits at the end of the module.
 - Metrics: mAP@[.5:.95], mAP@.5 and per-class AP from torchmetrics' MeanAveragePrecision
   (backend faster_coco_eval), and per-class precision, recall and F1 at IoU 0.5 from a
   COCO-style greedy matching (by score, each ground-truth box matched once) whose per-row
-  counts make paired intervals a sum over resampled rows.
+  counts make paired intervals a sum over resampled rows. mAP's paired intervals come from
+  tasks/coco_ap.py (COCO's matches once per stage; a resample only reweights images), equal to
+  torchmetrics' figure on every resample.
 """
 
 from __future__ import annotations
@@ -720,6 +722,7 @@ class Detection:
                           flip_band=getattr(g, "threshold_band", None) or FLIP_BAND)
 
     def compare(self, ids, labels, stages, server_ms, ctx):
+        from pipeline.tasks import coco_ap
         from pipeline.tasks.structured import RowCompare, compare_structured
 
         tol = self.box_tolerances(ctx.spec) if ctx.spec is not None else Tolerances()
@@ -759,15 +762,18 @@ class Detection:
             return {f"{q}_macro": float(np.nanmean(m[q])) if np.isfinite(m[q]).any() else float("nan")
                     for q in ("precision", "recall", "f1")}
 
+        def scored(answers) -> list[Boxes]:
+            return [kept(a) if a is not None else Boxes.empty() for a in answers]
+
         def score(answers, rows):
-            preds = [kept(a) if a is not None else Boxes.empty() for a in answers]
+            preds = scored(answers)
             figs = mean_average_precision(preds, truths) if len(preds) else {"map": float("nan"), "map_50": float("nan")}
             out = {"map": figs["map"], "map_50": figs["map_50"]}
             out.update(stats_of(row_stats(answers), rows))
             return out
 
         def per_class(answers):
-            preds = [kept(a) if a is not None else Boxes.empty() for a in answers]
+            preds = scored(answers)
             ap = mean_average_precision(preds, truths)["ap_per_class"] if len(preds) else {}
             counts = row_stats(answers)
             tp, fp, fn = (sum(getattr(c, f) for c in counts) for f in ("tp", "fp", "fn"))
@@ -777,8 +783,16 @@ class Detection:
                                           "support": int(tp[c] + fn[c])}
                     for c in range(k) if tp[c] + fp[c] + fn[c] > 0 or c in ap}
 
+        def resampled_stats(answers):  # the paired intervals' inputs, once per stage: counts and COCO's matches
+            return row_stats(answers), coco_ap.match_stage(scored(answers), truths)
+
+        def resampled(stats, idx):
+            counts, matches = stats
+            ap = coco_ap.average_precision(matches, np.bincount(idx, minlength=len(truths))[None])
+            return {**stats_of(counts, idx), "map": float(ap["map"][0]), "map_50": float(ap["map_50"][0])}
+
         return compare_structured(ids, stages, ctx.class_labels, server_ms, row_compare=row_compare, score=score,
-                                  row_stats=row_stats, stats_of=stats_of, per_class=per_class,
+                                  row_stats=resampled_stats, stats_of=resampled, per_class=per_class,
                                   output_quantity="box scores", output_key="score", what=self.what,
                                   tolerance=ctx.tolerance,
                                   validate=lambda a, i: check_answer(a.above(THRESHOLD), k, labels[i].size))
