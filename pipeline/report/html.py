@@ -426,8 +426,8 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         def cell(p):
             if p is None:
                 return "-"
-            cls = "ok" if p["passed"] else "bad"
-            return f"<span class='{cls}'>{e(p['outcome'])}</span> {e(p['message'] if p['outcome'] != 'same' else '')}"
+            cls = ("warn" if p.get("warning") else "ok") if p["passed"] else "bad"
+            return f"<span class='{cls}'>{e(p['outcome'])}</span> {e(p['message'])}"
 
         parts.append("<h2>Handler input probes</h2>" + _table(
             ["probe", "expect", "handled", "served"],

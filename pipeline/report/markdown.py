@@ -194,8 +194,10 @@ def _probes(rep: dict) -> list[str]:
         for p in probes.get(stage) or []:
             by_name.setdefault(p["probe"], {"expect": p["expect"]})[stage] = p
     lines = ["## Handler input probes (variants real clients send)", "",
-             "same: must get the original row's class; answer: any answer or a clean 4xx refusal; "
-             "refuse: must be refused. Crashed = the handler raised, died or timed out.", ""]
+             "same: must get the original row's class (boxes: the same objects; masks: nearly the same pixels); "
+             "answer: any answer or a clean 4xx refusal; refuse: must be refused. Crashed = the handler raised, died "
+             "or timed out. Stored frame = the answer fits the EXIF-rotated image only in its stored pixels' frame: "
+             "the handler ignores EXIF.", ""]
     rows = []
     for name, entry in by_name.items():
         cells = []
@@ -204,8 +206,8 @@ def _probes(rep: dict) -> list[str]:
             if p is None:
                 cells.append("-")
                 continue
-            word = p["outcome"] + ("" if p["passed"] else " (FAIL)")
-            cells.append(word + (f": {p['message']}" if p["message"] and p["outcome"] != "same" else ""))
+            word = p["outcome"] + ("" if p["passed"] else " (FAIL)") + (" (WARN)" if p.get("warning") else "")
+            cells.append(word + (f": {p['message']}" if p["message"] else ""))
         rows.append([name, entry["expect"], *cells])
     return lines + table(["probe", "expect", "handled", "served"], rows) + [""]
 
