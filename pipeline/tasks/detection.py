@@ -617,7 +617,9 @@ class Detection:
     default_metrics = gated_metrics
     tracked = TRACKED
     what = "boxes"
+    labels_word = "box labels"  # what the report's "What ran" calls the class map
     encode_outputs = staticmethod(encode_outputs)
+    outputs_by_name = True  # KServe v2 answers: every output, by name (answers.envelopes.KServeV2.unwrap_outputs)
 
     # labels
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
