@@ -69,14 +69,38 @@ def outcome_of(row: RowOutcome, original: int | None) -> str:
 
 
 def probe_difference(codec: Any) -> Difference | None:
-    """The run's task's comparison of a probe's answer with the original row's (None: classes are compared)."""
+    """The run's task's comparison of a probe's answer with the original row's (None: classes are compared):
+    its own ``probe_difference``, else its values (``Prediction.logits``: scores, regressed values) within the
+    task's output tolerances."""
     spec = getattr(codec, "spec", None)
     task_name = getattr(getattr(spec, "model", None), "task", None)
     if not task_name or task_name == "classification":
         return None
     from pipeline.tasks.registry import task_for
 
-    return getattr(task_for(task_name), "probe_difference", None)
+    task = task_for(task_name)
+    own = getattr(task, "probe_difference", None)
+    if own is not None:
+        return own
+    atol, rtol = task.tolerances(spec)
+    return lambda original, answered, orientation, size: values_difference(original, answered, atol, rtol)
+
+
+def values_difference(original: Any, answered: Any, atol: float, rtol: float) -> str:
+    """'' when two answers' values (``Prediction.logits``) agree within the tolerances, else how far apart."""
+    import numpy as np
+
+    a, b = getattr(original, "logits", None), getattr(answered, "logits", None)
+    if a is None and b is None:
+        return ""  # nothing but the answer itself to compare
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return f"values {None if b is None else np.round(b, 4).tolist()[:6]}, the original row gets " \
+               f"{None if a is None else np.round(a, 4).tolist()[:6]}"
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if np.all(np.abs(a - b) <= atol + rtol * np.abs(a)):
+        return ""
+    return (f"values {np.round(b, 4).tolist()[:6]}, the original row gets {np.round(a, 4).tolist()[:6]} (max "
+            f"difference {float(np.max(np.abs(a - b))):.3g}, tolerance {atol:g})")
 
 
 def judge(probe: HandlerProbe, stage: str, row: RowOutcome | None, original: int | None,

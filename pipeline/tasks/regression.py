@@ -193,6 +193,7 @@ class Regression:
     default_metrics = DEFAULT
     tracked = TRACKED
     lower_is_better = LOWER  # losses: their rise is what the gate limits
+    labels_word = "targets"  # what the report's "What ran" calls model.class_names
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)

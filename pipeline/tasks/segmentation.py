@@ -327,6 +327,7 @@ class Segmentation:
     default_metrics = gated_metrics
     tracked = TRACKED
     what = "a class per pixel"
+    labels_word = "pixel classes"  # what the report's "What ran" calls the class map
     encode_outputs = staticmethod(encode_outputs)
 
     def read_labels(self, df, spec, path: Path, ids):

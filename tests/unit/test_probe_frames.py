@@ -168,3 +168,23 @@ def test_other_probes_of_a_task_compare_answers_not_the_placeholder_class():
     assert _judge(UPRIGHT, probe=HandlerProbe("4x4", b"x", "image/png", ANSWER, 0)).passed
     lost = _judge(UPRIGHT, reference=None)
     assert (lost.outcome, lost.passed) == ("different", False) and "got no answer" in lost.message
+
+
+# --- tasks of values (regression, multi-label): the numbers, within the task's tolerance ----------------------
+
+
+def test_a_values_task_compares_a_probes_values_within_its_tolerance():
+    from pipeline.stages.probing import probe_difference, values_difference
+    from tests.unit._support import codec
+
+    diff = probe_difference(codec(1, model={"task": "regression"}, gate={"max_output_diff": 0.01}))
+    same, near, far = (Prediction(0, logits=np.array([v])) for v in (3.0, 3.009, 3.5))
+    assert diff(same, near, 1, None) == ""
+    assert diff(same, far, 1, None) == "values [3.5], the original row gets [3.0] (max difference 0.5, tolerance 0.01)"
+    assert "the original row gets [3.0]" in values_difference(same, Prediction(0), 0.1, 0.0)
+    assert values_difference(Prediction(0), Prediction(0), 0.1, 0.0) == ""
+    assert values_difference(same, Prediction(0, logits=np.array([3.0, 1.0])), 0.1, 0.0).startswith("values [3.0, 1.0]")
+    got = judge(HandlerProbe("an extra field", b"{}", "application/json", SAME, 0), "handled",
+                RowOutcome(-1, "p", True, 200, far, 1.0, None, None, None, None, 1), 0, same, diff)
+    assert (got.outcome, got.passed) == ("different", False) and got.message.startswith("values [3.5]")
+    assert probe_difference(codec(2)) is None, "classification compares classes"
