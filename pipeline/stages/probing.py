@@ -134,10 +134,13 @@ def _task_outcome(probe: HandlerProbe, row: RowOutcome, reference: Any, differen
     """(outcome, message, warning) of an answered probe, compared by the task (in both frames for EXIF)."""
     if reference is None:
         return "different", "the original row got no answer in this stage to compare with", ""
-    upright = difference(reference, row.prediction, 1, probe.upright_size)
-    if not probe.orientation or probe.orientation == 1:
-        return ("same", "", "") if not upright else ("different", upright, "")
-    stored = difference(reference, row.prediction, probe.orientation, probe.upright_size)
+    try:
+        upright = difference(reference, row.prediction, 1, probe.upright_size)
+        if not probe.orientation or probe.orientation == 1:
+            return ("same", "", "") if not upright else ("different", upright, "")
+        stored = difference(reference, row.prediction, probe.orientation, probe.upright_size)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # an answer the task cannot line up
+        return "different", f"cannot be compared with the original row's answer: {type(e).__name__}: {e}", ""
     if not upright and not stored:
         return "same", ("the answer is the same in both frames (the picture looks alike turned): whether the "
                         "handler honours EXIF cannot be told from this row"), ""
