@@ -83,7 +83,12 @@ def probe_difference(codec: Any) -> Difference | None:
     if own is not None:
         return own
     atol, rtol = task.tolerances(spec)
-    return lambda original, answered, orientation, size: values_difference(original, answered, atol, rtol)
+
+    def values(original: Any, answered: Any, orientation: int, size: Any) -> str:
+        return values_difference(original, answered, atol, rtol)
+
+    values.in_frames = False  # a value has no frame: an EXIF-rotated probe is compared as it is
+    return values
 
 
 def values_difference(original: Any, answered: Any, atol: float, rtol: float) -> str:
@@ -136,7 +141,7 @@ def _task_outcome(probe: HandlerProbe, row: RowOutcome, reference: Any, differen
         return "different", "the original row got no answer in this stage to compare with", ""
     try:
         upright = difference(reference, row.prediction, 1, probe.upright_size)
-        if not probe.orientation or probe.orientation == 1:
+        if not probe.orientation or probe.orientation == 1 or not getattr(difference, "in_frames", True):
             return ("same", "", "") if not upright else ("different", upright, "")
         stored = difference(reference, row.prediction, probe.orientation, probe.upright_size)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # an answer the task cannot line up

@@ -188,6 +188,8 @@ def test_a_values_task_compares_a_probes_values_within_its_tolerance():
                 RowOutcome(-1, "p", True, 200, far, 1.0, None, None, None, None, 1), 0, same, diff)
     assert (got.outcome, got.passed) == ("different", False) and got.message.startswith("values [3.5]")
     assert probe_difference(codec(2)) is None, "classification compares classes"
+    rotated = judge(EXIF, "handled", RowOutcome(-1, "p", True, 200, far, 1.0, None, None, None, None, 1), 0, same, diff)
+    assert rotated.outcome == "different" and rotated.message.startswith("values [3.5]"), "a value has no frame"
 
 
 def test_an_answer_the_task_cannot_line_up_fails_saying_why_instead_of_stopping_the_stage():
