@@ -6,7 +6,11 @@
                                                                            -> {"outputs": [{"data": [...]}]}
 
 X is the body base64-encoded for bytes (what TorchServe's vision handler decodes), the text
-for text, the parsed document for JSON. In v2, a ``{"features": [...]}`` document travels as
+for text, the parsed document for JSON. A task that reads its answer by output name (detection:
+``boxes``, ``labels``, ``scores``, as KServe and Triton runtimes name them) gets every output
+(``unwrap_outputs``): several named outputs become ``{name: data}``, and one output's data is
+kept as the list it is (TorchServe's built-in object_detector sends its boxes as one BYTES
+output: one box is still a list of one, no box an empty list). In v2, a ``{"features": [...]}`` document travels as
 an FP32 tensor, anything else as BYTES. TorchServe's KServe envelopes use only the first
 request of a server-side batch, so one row travels per request.
 """
@@ -52,6 +56,9 @@ class Plain:
     def unwrap(self, body: bytes) -> Any:
         return parse_json(body)
 
+    def unwrap_outputs(self, body: bytes) -> Any:
+        return self.unwrap(body)
+
 
 class KServeV1:
     name = "kserve_v1"
@@ -70,6 +77,9 @@ class KServeV1:
         if not isinstance(preds, list) or not preds:
             raise AnswerError(f"a KServe v1 answer needs a non-empty 'predictions' list, got {str(doc)[:120]!r}")
         return _maybe_json(preds[0])
+
+    def unwrap_outputs(self, body: bytes) -> Any:
+        return self.unwrap(body)  # a prediction is one object already: {"boxes": ..., "labels": ..., "scores": ...}
 
 
 class KServeV2:
@@ -90,11 +100,35 @@ class KServeV2:
             tensor = {"name": "input-0", "shape": [1], "datatype": "BYTES", "data": [value]}
         return json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode(), JSON
 
-    def unwrap(self, body: bytes) -> Any:
+    def _outputs(self, body: bytes) -> list:
         doc = parse_json(body)
         outputs = doc.get("outputs") if isinstance(doc, dict) else None
         if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
             raise AnswerError(f"a KServe v2 answer needs a non-empty 'outputs' list, got {str(doc)[:120]!r}")
+        return outputs
+
+    def unwrap_outputs(self, body: bytes) -> Any:
+        """Every output of the answer: ``{name: data}`` (flat, as sent) for several, one output's data list as is,
+        or the JSON document a single BYTES value holds; AnswerError for unnamed or twice-named outputs."""
+        outputs = self._outputs(body)
+        if len(outputs) == 1:
+            data = outputs[0].get("data")
+            if not isinstance(data, list):
+                raise AnswerError(f"a KServe v2 output needs a 'data' list, got {str(outputs[0])[:120]!r}")
+            return _maybe_json(data[0]) if len(data) == 1 and isinstance(data[0], (str, bytes)) else data
+        named: dict[str, Any] = {}
+        for out in outputs:
+            name = out.get("name") if isinstance(out, dict) else None
+            if not isinstance(name, str) or not isinstance(out.get("data"), list):
+                raise AnswerError(f"each output of a KServe v2 answer needs a 'name' and a 'data' list, got "
+                                  f"{str(out)[:120]!r}")
+            if name in named:
+                raise AnswerError(f"the KServe v2 answer names two outputs {name!r}: each needs its own name")
+            named[name] = out["data"]
+        return named
+
+    def unwrap(self, body: bytes) -> Any:
+        outputs = self._outputs(body)
         data = outputs[0].get("data")
         if not isinstance(data, list) or not data:
             raise AnswerError(f"a KServe v2 output needs a non-empty 'data' list, got {str(outputs[0])[:120]!r}")

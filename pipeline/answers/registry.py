@@ -79,6 +79,8 @@ class AnswerCodec:
         notes: warnings for the report, once the first answer settled the codec (classes compared,
             an ambiguous label set).
         settled: the first decodable answer has been seen.
+        outputs_by_name: the task reads a tensor answer's outputs by name (detection's boxes, labels,
+            scores): the envelope hands it every output (``envelopes.KServeV2.unwrap_outputs``).
     """
 
     envelope: Any
@@ -91,6 +93,7 @@ class AnswerCodec:
     class_map: ClassMap
     notes: tuple[str, ...] = ()
     settled: bool = False
+    outputs_by_name: bool = False
 
     @property
     def carries(self) -> Carries | None:
@@ -104,7 +107,7 @@ class AnswerCodec:
         """The answer after the envelope: parsed JSON, or (``text_ok``, no envelope) the raw text, which
         is how TorchServe sends a handler's ``str`` answer."""
         try:
-            return self.envelope.unwrap(body)
+            return self.envelope.unwrap_outputs(body) if self.outputs_by_name else self.envelope.unwrap(body)
         except NotJSON as e:
             if text_ok and self.envelope.name == "none":
                 return e.text
@@ -217,9 +220,11 @@ def codec_for(spec: Spec, class_map: ClassMap, fmt: str, chosen_by: str,
     if spec.model.task != "classification":  # the task reads its own answers (tasks/<task>.py decoder)
         from pipeline.tasks.registry import task_of
 
-        return AnswerCodec(envelope=envelope, format=spec.model.task, decoder=task_of(spec).decoder(spec),
+        task = task_of(spec)
+        return AnswerCodec(envelope=envelope, format=spec.model.task, decoder=task.decoder(spec),
                            chosen_by=f"model.task: {spec.model.task}", spec=spec, class_map=class_map,
-                           required_classes=0, required_words="nothing (a task's own answers)", settled=True)
+                           required_classes=0, required_words="nothing (a task's own answers)", settled=True,
+                           outputs_by_name=bool(getattr(task, "outputs_by_name", False)))
     decoder = None if fmt == "auto" else decoder_for(fmt, spec, class_map)
     req = _requirement(spec, fmt, builtin_top_k) if fmt != "auto" else {
         "required_classes": 0, "required_words": "nothing yet"}

@@ -93,6 +93,7 @@ class GateInputs:
     export_latency_untimed: str = ""  # why the export ran but latency was not timed
     failed_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> failed probe lines
     probes_run: tuple[str, ...] = ()  # stages whose probes ran
+    warned_probes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> passed probes' warnings
     answered: dict[str, StageFacts] = field(default_factory=dict)  # handled, served
     eager_p50_ms: float | None = None
     leaked_ids: tuple[str, ...] | None = None  # None: no training data checked
@@ -288,6 +289,13 @@ def probe_check(spec: GateSpec, inputs: GateInputs, stage: str) -> Check:
                  is_gating=spec.probes)
 
 
+def probe_warning_check(inputs: GateInputs, stage: str) -> Check:
+    """A WARN (never gating) for probes a correct handler passes that still surprise a client (EXIF ignored)."""
+    warned = inputs.warned_probes.get(stage, ())
+    return Check("probe warnings", stage, f"{len(warned)} warning(s)", None, "none", not warned, "; ".join(warned[:4]),
+                 is_gating=False)
+
+
 def export_ratio_checks(spec: GateSpec, inputs: GateInputs) -> list[Check]:
     """The seeds' size and in-process speed checks: always reported, gated only when a limit is set."""
     out = []
@@ -399,6 +407,8 @@ def stage_checks(spec: GateSpec, plan: GatePlan, cmp: Comparison | None, inputs:
     checks: list[Check] = task_for(plan.task).stage_checks(spec, plan, cmp, stage, base_name, labels, why)
     if stage in plan.probes:
         checks.append(probe_check(spec, inputs, stage))
+        if inputs.warned_probes.get(stage):
+            checks.append(probe_warning_check(inputs, stage))
     if stage == Stage.EXPORTED:
         checks += export_ratio_checks(spec, inputs)
     if StageName.of(stage).stage in (Stage.HANDLED, Stage.SERVED):

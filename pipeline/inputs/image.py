@@ -324,14 +324,16 @@ def _encode(im, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _exif_rotated(rgb) -> bytes:
-    """A JPEG whose pixels are stored rotated, with EXIF orientation 6 saying how to show it upright
+def _exif_rotated(rgb, orientation: int = 6) -> bytes:
+    """A JPEG whose pixels are stored turned, with the EXIF orientation saying how to show it upright
     (what phone cameras write): a handler that honours EXIF sees the original."""
     from PIL import Image
 
+    from pipeline.inputs.orientation import ORIENTATION_TAG, stored_image
+
     exif = Image.Exif()
-    exif[0x0112] = 6
-    return _encode(rgb.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+    exif[ORIENTATION_TAG] = orientation
+    return _encode(stored_image(rgb, orientation), "JPEG", quality=95, exif=exif.tobytes())
 
 
 def _noise_png(min_bytes: int) -> bytes:
@@ -373,8 +375,9 @@ def handler_probes(rows: Rows, spec: Spec, index: int = 0) -> list:
         HandlerProbe("RGBA PNG", _encode(rgb.convert("RGBA"), "PNG"), ct, SAME, index),
         HandlerProbe("palette (mode P) PNG", _encode(palette, "PNG"), ct, SAME if exact_palette else ANSWER, index),
         HandlerProbe("CMYK JPEG", _encode(rgb.convert("CMYK"), "JPEG", quality=95), ct, SAME, index),
-        HandlerProbe("EXIF-rotated JPEG (orientation 6)", _exif_rotated(rgb), ct, SAME, index,
-                     note="shown upright by any viewer; a handler that ignores EXIF sees it rotated"),
+        HandlerProbe("EXIF-rotated JPEG (orientation 6)", _exif_rotated(rgb, 6), ct, SAME, index,
+                     note="shown upright by any viewer; a handler that ignores EXIF sees it rotated",
+                     orientation=6, upright_size=rgb.size),
         HandlerProbe("re-encoded JPEG (quality 90)", _encode(rgb, "JPEG", quality=90), ct, SAME, index),
         HandlerProbe("very small image (4x4)", _encode(rgb.resize((4, 4)), "PNG"), ct, ANSWER, index),
         HandlerProbe("very large image (4000x4000)", _encode(rgb.resize((4000, 4000), Image.Resampling.NEAREST),

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.evaluate.latency import LABELS, ROW_LABELS, STACKED, stacked_rows  # noqa: E402
-from pipeline.report.text import averaged_over, shown_classes, task_sections  # noqa: E402
+from pipeline.report.text import (PROBE_LEGEND, answers_line, averaged_over, differing_rows_header,  # noqa: E402
+                                  labels_word, shown_classes, task_sections)
 from pipeline.report.tsconfig import html_section  # noqa: E402
 from pipeline.report.text import metric as metric_text  # noqa: E402
 
@@ -359,7 +360,7 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
     attribution = report.get("attribution")
     if attribution:
         parts.append(f"<p><b>Attribution</b>: {e(attribution['summary'])}</p>")
-        parts.append(_table(["stage", "against", "result", "rows with another prediction", "max output diff"],
+        parts.append(_table(["stage", "against", "result", differing_rows_header(report), "max output diff"],
                             [[e(s["stage"]), e(s["reference"]), e("differs" if s["differs"] else "same"),
                               e(s["disagreeing"]), e(_fmt(s["max_output_diff"]))] for s in attribution["steps"]]))
     if gate:
@@ -413,7 +414,11 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         a = plan["answers"]
         facts = [("handler", plan["handler"]["display"]),
                  ("reference preprocessing", f"{plan['reference']['name']}: {plan['reference']['description']}"),
-                 ("answers", f"{a['format']} ({a['chosen_by']}), envelope {a['envelope']}, carrying {a['carries']}"),
+                 ("answers", answers_line(report, a).replace("`", "")),
+                 (labels_word(report), f"{len(plan['class_labels'])} from {plan['class_map_source']}: "
+                                       + ", ".join(map(str, plan["class_labels"][:10]))
+                                       + (f" ... {len(plan['class_labels']) - 10} more"
+                                          if len(plan["class_labels"]) > 10 else "")),
                  ("stages", ", ".join(plan["stages"]))]
         parts.append("<h2>What ran</h2>" + _table(["what", "value"], [[e(k), e(v)] for k, v in facts]))
     probes = report.get("probes")
@@ -426,10 +431,10 @@ def render_html(report: dict, rows: "pd.DataFrame | None" = None) -> str:
         def cell(p):
             if p is None:
                 return "-"
-            cls = "ok" if p["passed"] else "bad"
-            return f"<span class='{cls}'>{e(p['outcome'])}</span> {e(p['message'] if p['outcome'] != 'same' else '')}"
+            cls = ("warn" if p.get("warning") else "ok") if p["passed"] else "bad"
+            return f"<span class='{cls}'>{e(p['outcome'])}</span> {e(p['message'])}"
 
-        parts.append("<h2>Handler input probes</h2>" + _table(
+        parts.append("<h2>Handler input probes</h2>" + f"<p>{e(PROBE_LEGEND)}</p>" + _table(
             ["probe", "expect", "handled", "served"],
             [[e(n), e(v["expect"]), cell(v.get("handled")), cell(v.get("served"))] for n, v in by_name.items()]))
     parts.append(html_section(report, e, _table))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pipeline.evaluate.latency import LABELS, ROW_LABELS
-from pipeline.report.text import (averaged_over, check_word, fmt, metric, section_markdown, shown_classes, table,
+from pipeline.report.text import (PROBE_LEGEND, answers_line, averaged_over, check_word, differing_rows_header, fmt,
+                                  labels_word, metric, section_markdown, shown_classes, table,
                                   task_sections)
 from pipeline.report.tsconfig import markdown_section
 
@@ -88,7 +89,7 @@ def _attribution(rep: dict) -> list[str]:
     lines = ["## Where the answers part from the baseline", "", f"**{a['summary']}**", ""]
     rows = [[s["stage"], s["reference"], "differs" if s["differs"] else "same", str(s["disagreeing"]),
              fmt(s["max_output_diff"]), s["quantity"] or "-", s["layer"] if s["differs"] else ""] for s in a["steps"]]
-    return lines + table(["stage", "against", "result", "rows with another prediction", "max output diff",
+    return lines + table(["stage", "against", "result", differing_rows_header(rep), "max output diff",
                           "compared", "blame"], rows) + [""]
 
 
@@ -135,9 +136,9 @@ def _plan(rep: dict) -> list[str]:
              f"- handler: {plan['handler']['display']}",
              f"- reference preprocessing of the baseline: `{plan['reference']['name']}` "
              f"({plan['reference']['description']})",
-             f"- answers: format `{a['format']}` (chosen by {a['chosen_by']}), envelope `{a['envelope']}`, "
-             f"carrying {a['carries']}; each must carry {a['required_classes']} class(es) ({a['required_words']})",
-             f"- classes: {len(plan['class_labels'])} from {plan['class_map_source']} {plan['class_labels'][:10]}"
+             f"- answers: {answers_line(rep, a)}",
+             f"- {labels_word(rep)}: {len(plan['class_labels'])} from {plan['class_map_source']} "
+             f"{plan['class_labels'][:10]}"
              + (f" ... {len(plan['class_labels']) - 10} more" if len(plan['class_labels']) > 10 else ""),
              f"- stages: {', '.join(plan['stages'])}"]
     if ds:
@@ -193,9 +194,7 @@ def _probes(rep: dict) -> list[str]:
     for stage in ("handled", "served"):
         for p in probes.get(stage) or []:
             by_name.setdefault(p["probe"], {"expect": p["expect"]})[stage] = p
-    lines = ["## Handler input probes (variants real clients send)", "",
-             "same: must get the original row's class; answer: any answer or a clean 4xx refusal; "
-             "refuse: must be refused. Crashed = the handler raised, died or timed out.", ""]
+    lines = ["## Handler input probes (variants real clients send)", "", PROBE_LEGEND, ""]
     rows = []
     for name, entry in by_name.items():
         cells = []
@@ -204,8 +203,8 @@ def _probes(rep: dict) -> list[str]:
             if p is None:
                 cells.append("-")
                 continue
-            word = p["outcome"] + ("" if p["passed"] else " (FAIL)")
-            cells.append(word + (f": {p['message']}" if p["message"] and p["outcome"] != "same" else ""))
+            word = p["outcome"] + ("" if p["passed"] else " (FAIL)") + (" (WARN)" if p.get("warning") else "")
+            cells.append(word + (f": {p['message']}" if p["message"] else ""))
         rows.append([name, entry["expect"], *cells])
     return lines + table(["probe", "expect", "handled", "served"], rows) + [""]
 

@@ -81,6 +81,41 @@ def task_sections(rep: dict) -> list | None:
     return task_of_report(rep).report_sections(rep)
 
 
+def labels_word(rep: dict) -> str:
+    """What the run's label set names, in the task's words (``labels_word`` of ``tasks/<task>.py``): classes,
+    box labels, pixel classes, targets, labels."""
+    from pipeline.tasks.registry import task_of_report
+
+    return getattr(task_of_report(rep), "labels_word", "classes")
+
+
+def differing_rows_header(rep: dict) -> str:
+    """The attribution table's count of rows whose answer moved: a class for classification, any answer else."""
+    from pipeline.tasks.registry import task_name_of_report
+
+    return "rows with another prediction" if task_name_of_report(rep) == "classification" else \
+        "rows whose answer differs"
+
+
+PROBE_LEGEND = ("same: must get the original row's answer (its class; for detection the same objects, for "
+                "segmentation nearly the same pixels, for values the same numbers within the output tolerance); "
+                "answer: any answer or a clean 4xx refusal; refuse: must be refused. Crashed = the handler raised, died "
+                "or timed out. Stored frame = the answer fits the EXIF-rotated image only in its stored pixels' frame: "
+                "the handler ignores EXIF (a WARN).")
+
+
+def answers_line(rep: dict, a: dict) -> str:
+    """The plan's answers: format, what chose it, envelope, what answers carry; and, for classification, how many
+    classes each must carry (a task's own answers carry no classes to count)."""
+    from pipeline.tasks.registry import task_name_of_report
+
+    line = (f"format `{a['format']}` (chosen by {a['chosen_by']}), envelope `{a['envelope']}`, carrying "
+            f"{a['carries']}")
+    if task_name_of_report(rep) == "classification":
+        line += f"; each must carry {a['required_classes']} class(es) ({a['required_words']})"
+    return line
+
+
 def section_markdown(sec: Any) -> list[str]:
     """One task section as Markdown: heading, lines, tables (an SVG plot is for report.html)."""
     lines = [f"## {sec.title}", ""]

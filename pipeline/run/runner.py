@@ -334,7 +334,7 @@ def warmup_differences(replay, tolerance: float, rtol: float = 0.0) -> tuple[int
 
 def _gate_inputs(record: RunRecord) -> GateInputs:
     ex, base, plan = record.exported, record.baseline, record.plan
-    failed, probes_run = {}, []
+    failed, warned, probes_run = {}, {}, []
     if ex is not None and plan.spec.export.probe:
         probes_run.append(Stage.EXPORTED)
         failed[Stage.EXPORTED] = tuple(
@@ -345,6 +345,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         if outcomes:
             probes_run.append(stage)
             failed[stage] = tuple(p.line() for p in outcomes if not p.passed)
+            warned[stage] = tuple(f"{p.probe}: {p.warning}" for p in outcomes if p.passed and p.warning)
     answered = {}
     if record.handled is not None:
         answered[Stage.HANDLED] = _answered_facts(record.handled.batch1, True, None)
@@ -361,7 +362,7 @@ def _gate_inputs(record: RunRecord) -> GateInputs:
         export_size_ratio=ex.size_bytes / base.weights_size_bytes if ex and base.weights_size_bytes else None,
         export_latency_ratio=next((t.ratio for t in ex.timings if t.batch_size == 1), None) if ex else None,
         export_latency_untimed=getattr(ex, "untimed_reason", "") if ex is not None else "",
-        failed_probes=failed, probes_run=tuple(probes_run), answered=answered,
+        failed_probes=failed, warned_probes=warned, probes_run=tuple(probes_run), answered=answered,
         eager_p50_ms=float(np.nanmedian(base.scores.latencies_ms)),
         leaked_ids=record.dataset.leaked_ids if record.dataset else None,
         prior_metrics=record.prior.metrics if record.prior else None,

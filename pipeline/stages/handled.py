@@ -34,7 +34,7 @@ from pipeline.errors import HandledError, UserCodeError
 from pipeline.evaluate.compare import StageOutputs
 from pipeline.inputs.base import Rows
 from pipeline.stages.outcomes import RowOutcome, failed, interpret
-from pipeline.stages.probing import ProbeOutcome, judge
+from pipeline.stages.probing import ProbeOutcome, judge, probe_difference
 from pipeline.torchserve.inprocess import PHASES_ENV, read_message, send_message
 from pipeline.torchserve.childenv import child_env
 from pipeline.torchserve.logcap import LogCap
@@ -309,6 +309,7 @@ def _run_variant(proc: HandlerProcess, rows: Rows, codec: AnswerCodec, batch: in
 def _run_probes(proc: HandlerProcess, probes, codec: AnswerCodec, batch1: list[RowOutcome]
                 ) -> tuple[ProbeOutcome, ...]:
     out, broken = [], ""
+    difference = probe_difference(codec)
     for probe in probes:
         original = batch1[probe.source_index].predicted
         if "handled" not in probe.stages or broken:
@@ -324,7 +325,7 @@ def _run_probes(proc: HandlerProcess, probes, codec: AnswerCodec, batch1: list[R
             continue
         status, _ct, body = answers[0]
         row = with_cause(interpret(-1, probe.name, status, body, codec, latency=ms), getattr(proc, "last_cause", None))
-        out.append(judge(probe, "handled", row, original))
+        out.append(judge(probe, "handled", row, original, batch1[probe.source_index].prediction, difference))
     return tuple(out)
 
 

@@ -410,7 +410,7 @@ def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], code
     Returns:
         One ``stages.probing.ProbeOutcome`` per probe.
     """
-    from pipeline.stages.probing import judge
+    from pipeline.stages.probing import judge, probe_difference
 
     async def go() -> list:
         target = Target.from_url(cfg.url)
@@ -419,8 +419,10 @@ def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], code
             headers["Authorization"] = f"Bearer {cfg.token}"
         tls = tls_context(cfg.ca_file) if target.tls else None
         out = []
+        difference = probe_difference(codec)
         for probe in probes:
-            original = served[probe.source_index].predicted if probe.source_index < len(served) else None
+            source = served[probe.source_index] if probe.source_index < len(served) else None
+            original = source.predicted if source is not None else None
             if "served" not in probe.stages:
                 out.append(judge(probe, "served", None, original))
                 continue
@@ -434,7 +436,8 @@ def probe_served(cfg: ReplayConfig, probes, served: tuple[RowOutcome, ...], code
                 conn.close()
             row = interpret(-1, probe.name, 200, res.body, codec, latency=res.latency_ms) if isinstance(
                 res, _Answer) else res
-            out.append(judge(probe, "served", row, original))
+            out.append(judge(probe, "served", row, original, source.prediction if source is not None else None,
+                             difference))
         return out
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -469,6 +469,21 @@ def compare_row(reference: Boxes, candidate: Boxes, tol: Tolerances = Tolerances
                    min((p[2] for p in pairs), default=1.0), tuple(details[:10]))
 
 
+PROBE_TOLERANCES = Tolerances(score=math.inf, coord_px=math.inf)  # a probe re-encodes: the same objects suffice
+
+
+def probe_difference(original: Boxes, answered: Boxes, orientation: int = 1,
+                     upright_size: tuple[int, int] | None = None) -> str:
+    """'' when ``answered`` finds the objects of ``original`` (one to one at IoU >= 0.5, same labels), read after
+    turning it back from the frame of pixels stored under EXIF ``orientation`` (1: as is); else what differs."""
+    from pipeline.inputs.orientation import upright_boxes
+
+    if orientation != 1 and upright_size is not None:
+        answered = Boxes(upright_boxes(answered.boxes, orientation, upright_size), answered.labels, answered.scores)
+    d = compare_row(original, answered, PROBE_TOLERANCES)
+    return "" if d.is_same(PROBE_TOLERANCES) else "; ".join(d.details[:3]) or "boxes differ"
+
+
 # ---------------------------------------------------------------------------------------- metrics
 
 
@@ -604,7 +619,9 @@ class Detection:
     default_metrics = gated_metrics
     tracked = TRACKED
     what = "boxes"
+    labels_word = "box labels"  # what the report's "What ran" calls the class map
     encode_outputs = staticmethod(encode_outputs)
+    outputs_by_name = True  # KServe v2 answers: every output, by name (answers.envelopes.KServeV2.unwrap_outputs)
 
     # labels
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -679,6 +696,10 @@ class Detection:
 
             raise AnswerError(str(e)) from e
         return Prediction(index=0, extra={"boxes": b})
+
+    def probe_difference(self, original, answered, orientation: int = 1, upright_size=None) -> str:
+        """'' when a handler probe's boxes are the original row's objects, else what differs (stages.probing)."""
+        return probe_difference(original.extra["boxes"], answered.extra["boxes"], orientation, upright_size)
 
     def check_answer(self, pred, spec) -> list[str]:
         b = (pred.extra or {}).get("boxes")

@@ -268,6 +268,7 @@ class Multilabel:
     default_metrics = DEFAULT
     tracked = TRACKED
     lower_is_better = LOWER  # losses: their rise is what the gate limits
+    labels_word = "labels"  # what the report's "What ran" calls model.class_names
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)

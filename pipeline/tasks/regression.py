@@ -194,6 +194,7 @@ class Regression:
     tracked = TRACKED
     lower_is_better = LOWER  # losses: their rise is what the gate limits
     in_target_units = LOWER  # MAE and RMSE: gated by default on their relative rise (spec.default_thresholds)
+    labels_word = "targets"  # what the report's "What ran" calls model.class_names
 
     def read_labels(self, df, spec, path: Path, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         return read_labels(df, spec, path, ids)

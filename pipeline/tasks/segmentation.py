@@ -227,6 +227,24 @@ def compare_row(reference: Mask, candidate: Mask) -> RowDiff:
     return RowDiff(int(same.size), int((~same).sum()), diff)
 
 
+PROBE_AGREEMENT = 0.98  # a probe re-encodes (JPEG): edges may move a pixel, the mask may not
+
+
+def probe_difference(original: Mask, answered: Mask, orientation: int = 1) -> str:
+    """'' when at least PROBE_AGREEMENT of the pixels of ``answered`` (turned back from the frame of pixels stored
+    under EXIF ``orientation``; 1: as is) have the class of ``original``'s; else the agreement. The built-in's
+    Resize and CenterCrop commute with a quarter turn (to a pixel), so its mask turns as the picture does."""
+    from pipeline.inputs.orientation import upright_grid
+
+    got = answered.classes if orientation == 1 else upright_grid(answered.classes, orientation)
+    if got.shape != original.classes.shape:
+        return f"a {got.shape[1]}x{got.shape[0]} mask, the original row's is {original.classes.shape[1]}x" \
+               f"{original.classes.shape[0]}"
+    agree = float((got == original.classes).mean())
+    return "" if agree >= PROBE_AGREEMENT else f"{agree:.1%} of the pixels have the original row's class " \
+                                                f"(at least {PROBE_AGREEMENT:.0%} expected)"
+
+
 def confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """Pixel confusion matrix [truth, prediction] (int64 K x K) of one row; shapes must agree."""
     if pred.shape != truth.shape:
@@ -309,6 +327,7 @@ class Segmentation:
     default_metrics = gated_metrics
     tracked = TRACKED
     what = "a class per pixel"
+    labels_word = "pixel classes"  # what the report's "What ran" calls the class map
     encode_outputs = staticmethod(encode_outputs)
 
     def read_labels(self, df, spec, path: Path, ids):
@@ -356,6 +375,10 @@ class Segmentation:
         except SegmentationAnswerError as e:
             raise AnswerError(str(e)) from e
         return Prediction(index=0, extra={"mask": m})
+
+    def probe_difference(self, original, answered, orientation: int = 1, upright_size=None) -> str:
+        """'' when a handler probe's mask is nearly the original row's, else how far apart (stages.probing)."""
+        return probe_difference(original.extra["mask"], answered.extra["mask"], orientation)
 
     def check_answer(self, pred, spec) -> list[str]:
         m = (pred.extra or {}).get("mask")

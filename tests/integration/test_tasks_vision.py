@@ -80,6 +80,13 @@ def test_detection_through_builtin_object_detector(no_leftovers):
     assert set(per_class) == {"red_box", "green_disc", "blue_box"}
     html = next((tmp / "reports").glob("*/report.html")).read_text()
     assert "Per-class figures" in html and "map_50" in html
+    # the built-in ignores EXIF: the rotated probe's boxes fit only in the stored frame, a WARN that never gates
+    for stage in ("handled", "served"):
+        exif = next(p for p in rep["probes"][stage] if p["probe"].startswith("EXIF-rotated"))
+        assert (exif["outcome"], exif["passed"]) == ("stored frame", True), exif
+        assert "exif_transpose" in exif["warning"] and "phone photos" in exif["warning"]
+        warn = _checks(rep, stage)["probe warnings"]
+        assert not warn["passed"] and not warn["is_gating"] and warn["detail"].startswith("EXIF-rotated")
     # where the served time goes: every row's server and handler times reach rows.parquet and the stacked plot
     import pandas as pd
 
@@ -104,3 +111,25 @@ def test_segmentation_through_builtin_image_segmenter(no_leftovers):
     assert checks["pixel class agreement"]["value"] == 1.0
     assert checks["max abs output difference"]["value"] <= 1e-5
     assert any("CenterCrop(224)" in n for n in rep["dataset"]["notes"]), rep["dataset"]["notes"]
+    # the built-in ignores EXIF: the mask of the rotated probe agrees with the original's only turned back
+    exif = [p for stage in ("handled", "served") for p in rep["probes"][stage] if p["probe"].startswith("EXIF-rotated")]
+    assert [(p["outcome"], p["passed"]) for p in exif] == [("stored frame", True)] * 2, exif
+    assert "% of the pixels" in exif[0]["warning"]
+
+
+def test_detection_answers_in_kserve_v2_decode_without_user_code(no_leftovers):
+    """The built-in object_detector under kservev2 sends its boxes as one BYTES output: an image with one box (or
+    none) must read as one box (or none), not as a bad answer. In-process: the handled stage alone."""
+    tmp = no_leftovers
+    spec = small_spec(tmp, "shapes_detect", 12)
+    doc = yaml.safe_load(spec.read_text())
+    doc["answers"] = {"envelope": "kserve_v2"}
+    doc["handler"]["probes"] = False
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = run_cli("run", str(spec), "--until", "handled", "--reports-dir", str(tmp / "reports"), timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = _report(tmp / "reports")
+    boxes_per_row = [len(json.loads(b)) for b in pd.read_parquet(next((tmp / "reports").glob("*/rows.parquet")))[
+        "handled_boxes"]]
+    assert 1 in boxes_per_row, "a row with one box: the case the first output's unwrapping broke"
+    assert rep["metrics"]["handled"]["answered"] == 12 and _checks(rep, "handled")["identical answers"]["passed"]

@@ -406,6 +406,59 @@ def test_kserve_v2_rejects_an_answer_without_outputs(body, why):
         V2.unwrap(body)
 
 
+def test_kserve_v2_hands_a_task_every_output_by_name_and_one_outputs_list_as_it_is():
+    named = {"outputs": [{"name": "boxes", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 2, 2]},
+                         {"name": "labels", "shape": [1], "datatype": "INT64", "data": [1]},
+                         {"name": "scores", "shape": [1], "datatype": "FP32", "data": [0.9]}]}
+    assert V2.unwrap_outputs(json.dumps(named).encode()) == {"boxes": [0, 0, 2, 2], "labels": [1], "scores": [0.9]}
+    assert V2.unwrap(json.dumps(named).encode()) == [0, 0, 2, 2], "other formats still read the first output"
+    # TorchServe's built-in object_detector under kservev2: its boxes as one BYTES output, one box or none
+    assert V2.unwrap_outputs(b'{"outputs": [{"name": "input-0", "data": [{"a": [0, 0, 1, 1], "score": 0.9}]}]}') == [
+        {"a": [0, 0, 1, 1], "score": 0.9}]
+    assert V2.unwrap_outputs(b'{"outputs": [{"name": "input-0", "data": []}]}') == []
+    assert V2.unwrap_outputs(b'{"outputs": [{"data": ["{\\"boxes\\": []}"]}]}') == {"boxes": []}
+    assert V2.unwrap_outputs(b'{"outputs": [{"data": [0.5]}]}') == [0.5]
+    assert envelopes.KServeV1().unwrap_outputs(b'{"predictions": [{"boxes": []}]}') == {"boxes": []}
+    assert envelopes.Plain().unwrap_outputs(b'{"boxes": []}') == {"boxes": []}
+
+
+@pytest.mark.parametrize("body, why", [
+    (b'{"outputs": [{"name": "boxes", "data": [1]}, {"name": "boxes", "data": [2]}]}', "two outputs 'boxes'"),
+    (b'{"outputs": [{"name": "boxes", "data": [1]}, {"data": [2]}]}', "needs a 'name' and a 'data' list"),
+    (b'{"outputs": [{"name": "boxes", "data": [1]}, {"name": "labels", "data": 2}]}', "a 'data' list"),
+    (b'{"outputs": [{"name": "boxes", "data": [1]}, {"name": 3, "data": [2]}]}', "needs a 'name'"),
+    (b'{"outputs": [{"name": "boxes", "data": "x"}]}', "a KServe v2 output needs a 'data' list"),
+    (b'{"outputs": []}', "non-empty 'outputs' list"),
+])
+def test_kserve_v2_outputs_a_task_cannot_read_by_name_are_refused_naming_why(body, why):
+    with pytest.raises(AnswerError, match=why):
+        V2.unwrap_outputs(body)
+
+
+DETECT = {"model": {"task": "detection", "class_names": ["background", "red_box", "green_disc"]}}
+
+
+@pytest.mark.parametrize("envelope, body, boxes, labels", [
+    ("kserve_v2", {"outputs": [{"name": "scores", "data": [0.9, 0.6]}, {"name": "labels", "data": [2, 1]},
+                               {"name": "boxes", "shape": [2, 4], "data": [0, 0, 2, 2, 1, 1, 3, 3]}]},
+     [[0, 0, 2, 2], [1, 1, 3, 3]], [2, 1]),
+    ("kserve_v2", {"outputs": [{"name": "input-0", "datatype": "BYTES",
+                                "data": [{"green_disc": [1, 2, 3, 4], "score": 0.8}]}]}, [[1, 2, 3, 4]], [2]),
+    ("kserve_v2", {"outputs": [{"name": "input-0", "datatype": "BYTES", "data": []}]}, [], []),
+    ("kserve_v1", {"predictions": [{"boxes": [[0, 0, 2, 2]], "labels": [1], "scores": [0.7]}]}, [[0, 0, 2, 2]], [1]),
+])
+def test_a_detection_codec_reads_named_outputs_and_the_builtins_one_or_no_box_without_user_code(
+        envelope, body, boxes, labels):
+    c = codec(3, **DETECT, answers={"envelope": envelope})
+    assert c.outputs_by_name
+    got = c.decode(json.dumps(body).encode()).extra["boxes"]
+    assert got.boxes.reshape(-1, 4).tolist() == boxes and got.labels.tolist() == labels
+
+
+def test_a_classification_codec_reads_the_first_output_as_before():
+    assert not codec(3, answers={"envelope": "kserve_v2"}).outputs_by_name
+
+
 # --- registry: the codec, format auto, the top_k requirement -------------------------------------------------------
 
 def test_decoder_for_every_format_and_none_other():

@@ -101,6 +101,14 @@ def test_failed_probes_of_each_stage_are_handed_over_and_passed_ones_are_not():
     assert Stage.EXPORTED not in _gate_inputs(_record(batch1=(_ok(0),), probe=False)).probes_run
 
 
+def test_warnings_of_passed_probes_are_handed_over_and_those_of_failed_ones_are_not():
+    warned = ProbeOutcome("EXIF", "same", "served", "stored frame", 200, 0, 0, "ignores EXIF", True, "ignores EXIF")
+    failed_too = ProbeOutcome("RGBA", "same", "served", "different", 200, 0, 0, "moved", False, "moved")
+    good = ProbeOutcome("RGBA PNG", "same", "handled", "same", 200, 1, 1, "", True)
+    g = _gate_inputs(_record(batch1=(_ok(0),), handled_probes=(good,), served_probes=(warned, failed_too)))
+    assert g.warned_probes == {Stage.HANDLED: (), Stage.SERVED: ("EXIF: ignores EXIF",)}
+
+
 # --- warm-up ------------------------------------------------------------------------------------------
 
 STEADY = (_ok(0, 2, (0.0, 1.0, 2.0)), _ok(1, 0, (5.0, 1.0, 2.0)), _ok(2, 1, (0.0, 3.0, 2.0)), _ok(3, 2, (0.0, 0.0, 9.0)))

@@ -318,6 +318,20 @@ def test_probes_that_did_not_run_fail():
     assert not _probes(GateInputs(), probes=False).is_gating
 
 
+def test_probe_warnings_are_a_warn_that_never_gates_and_absent_without_any():
+    y, base = truth_and_baseline()
+    cmp = comparison(y, [outputs("baseline", base), outputs("exported", base)])
+    lines = tuple(f"EXIF {i}: ignores EXIF" for i in range(6))
+    res = evaluate_gate(_spec(), gate_plan("exported", probes=("exported",)), cmp,
+                        GateInputs(probes_run=("exported",), warned_probes={"exported": lines}))
+    c = check(res, "probe warnings", "exported")
+    assert (c.passed, c.is_gating, c.value, c.limit) == (False, False, "6 warning(s)", "none")
+    assert c.detail == "; ".join(lines[:4]) and res.passed
+    quiet = evaluate_gate(_spec(), gate_plan("exported", probes=("exported",)), cmp,
+                          GateInputs(probes_run=("exported",), warned_probes={"exported": ()}))
+    assert ("exported", "probe warnings") not in quiet.names()
+
+
 def test_probes_are_checked_only_where_planned():
     y, base = truth_and_baseline()
     cmp = comparison(y, [outputs("baseline", base), outputs("exported", base)])
