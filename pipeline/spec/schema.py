@@ -533,7 +533,7 @@ class Spec(_Frozen):
             raise ValueError(f"unknown metric(s) {unknown}; allowed: {list(allowed)}"
                              + (f" (model.task: {task})" if task != "classification" else ""))
         for metric, th in self.gate.metrics.items():
-            if metric in t.lower_is_better and th.min is not None:
+            if metric in getattr(t, "lower_is_better", ()) and th.min is not None:
                 raise ValueError(f"gate.metrics.{metric}.min: {metric} is a loss (lower is better), a floor does not "
                                  f"bound it; limit its rise with max_drop (in the target's units) or max_relative_drop")
             if metric not in getattr(t, "in_target_units", ()) and th.max_drop is not None and th.max_drop > 1:
