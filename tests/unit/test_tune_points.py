@@ -98,3 +98,16 @@ def test_the_open_loop_search_keeps_the_highest_rate_that_holds_the_objective():
     assert [t["holds"] for t in out["tried"]] == [True, True, True, False]
     no_objective = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=None)
     assert no_objective["objective_p99_ms"] == 20.0 and no_objective["highest_rate"] == 90.0
+
+
+def test_tune_refuses_a_task_whose_answers_it_cannot_compare_and_says_why():
+    import pytest
+
+    from pipeline.errors import ConfigError
+    from pipeline.tune.session import _refuse_other_tasks
+    from tests.unit._support import spec_for
+
+    with pytest.raises(ConfigError, match="model.task is 'regression'.*package-validate run") as e:
+        _refuse_other_tasks(spec_for(1, model={"task": "regression"}))
+    assert e.value.exit_code == 2
+    _refuse_other_tasks(spec_for(3))  # classification: tuned
