@@ -30,7 +30,7 @@ def _row(m: Measurement, res=None) -> dict:
             "max_batch_delay_ms": s.max_batch_delay_ms, "concurrency": s.concurrency,
             "threads": s.threads, "throughput_rps": round(m.throughput_rps, 1), "p50_ms": round(m.p50_ms, 2),
             "p99_ms": round(m.p99_ms, 2), "of_limit": _of_limit(res, m) if res is not None else None,
-            "stable": m.stable, "windows": m.windows,
+            "stable": m.stable, "windows": m.windows, "window_figures": [list(f) for f in m.window_figures],
             "formed_batches": {str(k): v for k, v in m.formed.items()}, "answers": m.answers, "detail": m.detail,
             "seconds": round(m.seconds, 1), "apply_s": round(m.apply_s, 2)}
 
@@ -223,7 +223,7 @@ def _summary_table(res, s: dict) -> str:
         facts.append(("grid", f"{s['grid_points']} points, {s['grid_measuring_s']} s"))
     if "head_to_head" in s:
         h = s["head_to_head"]
-        facts.append(("head-to-head", f"{h['rounds']} interleaved rounds of {', '.join(h['contenders'])}, "
+        facts.append(("head-to-head", f"{h['rounds']} interleaved round{'s' if h['rounds'] > 1 else ''} of {', '.join(h['contenders'])}, "
                                       f"{h['seconds']} s"))
     if "in_process_limit_rows_per_s" in s:
         facts.append(("in-process limit", ", ".join(f"batch {b}: {r} rows/s" for b, r in

@@ -163,11 +163,13 @@ class Tuner:
         self.say: Callable[[str], None] = lambda line: None
 
     def measure(self, setting: Setting, phase: str, *, rate: float | None = None,
-                max_windows: int | None = None) -> Measurement:
-        """Serve ``setting`` afresh, replay windows of every row until two agree (or ``max_windows``), check every answer."""
+                max_windows: int | None = None, fresh: bool = True) -> Measurement:
+        """Serve ``setting`` (afresh, or as it is when it already serves it and not ``fresh``), replay windows of
+        every row until two agree (or ``max_windows``), check every answer."""
         t0 = time.monotonic()
-        server, apply_s = self.server.apply(setting)
-        self.apply_s.append((self.server.last, apply_s))
+        server, apply_s = self.server.apply(setting, fresh)
+        if self.server.last != "kept":
+            self.apply_s.append((self.server.last, apply_s))
         spec = setting.apply(self.spec)
         metrics_log = server.log_dir / "model_metrics.log" if server.log_dir else None
         cfg = replay_config(spec, server.inference_url, server.inference_token, self.codec, metrics_log,
@@ -196,7 +198,8 @@ class Tuner:
         thr, p50, p99 = summary(windows)
         answers, detail = check.verdict(self.spec.gate.max_output_diff)
         m = Measurement(setting, thr, p50, p99, is_stable, answers, formed_batches(windows), detail,
-                        time.monotonic() - t0, apply_s, phase, len(windows))
+                        time.monotonic() - t0, apply_s, phase, len(windows),
+                        tuple((round(w.throughput_rps, 1), round(w.p99_ms, 2)) for w in windows))
         line = (f"{phase:<17} {setting.key:<18} {thr:8.0f} req/s  p99 {p99:7.1f} ms  "
                 f"{'stable' if is_stable else 'UNSTABLE'} ({len(windows)} windows)  formed {m.formed}  answers {answers}"
                 + ("" if answers == "same" else f" ({detail})"))
@@ -227,7 +230,7 @@ def _rate_search(tuner: Tuner, rec: Measurement, p99_ms: float | None) -> dict:
     tried, best = [], None
     for f in RATE_FRACTIONS:
         r = round(f * rec.throughput_rps, 1)
-        m = tuner.measure(rec.setting, "rate", rate=r)
+        m = tuner.measure(rec.setting, "rate", rate=r, fresh=False)  # one setting: applied once, for the first rate
         holds = m.answers == "same" and m.p99_ms <= limit
         tried.append({"rate": r, "throughput_rps": m.throughput_rps, "p99_ms": m.p99_ms, "holds": holds,
                       "answers": m.answers})

@@ -63,7 +63,8 @@ class HeadToHead:
             return None, "not measured"
         if ca is cb:
             return 1.0, f"the {a} is the {b} (the same setting): measured once per round, the ratio is 1 by construction"
-        return ca.throughput_rps / cb.throughput_rps, f"medians over {len(ca.rounds)} interleaved rounds"
+        n = len(ca.rounds)
+        return ca.throughput_rps / cb.throughput_rps, f"medians over {n} interleaved round{'s' if n > 1 else ''}"
 
 
 Measure = Callable[[Setting, str], Measurement]

@@ -32,7 +32,7 @@ def _tune(tmp, defect, handle_extra, tune=None, args=()):
 
 def test_a_handler_that_mixes_rows_in_a_batch_is_marked_at_every_batched_point_and_batch_1_is_recommended(
         no_leftovers):
-    res, doc, run_dir = _tune(no_leftovers, "mixes_rows_in_batches", "import time; time.sleep(0.01)")
+    res, doc, run_dir = _tune(no_leftovers, "mixes_rows_in_batches", "import time; time.sleep(0.01)", args=("--rate",))
     assert res.returncode == 0, res.stdout + res.stderr
     batched = [p for p in doc["guided"] if max(map(int, p["formed_batches"]), default=1) > 1]
     assert batched, doc["guided"]  # batches of more than one formed somewhere
@@ -42,6 +42,11 @@ def test_a_handler_that_mixes_rows_in_a_batch_is_marked_at_every_batched_point_a
     assert doc["confirmed"]["answers"] == "same" and doc["confirmed"]["setting"] == doc["summary"]["recommended"][
         "setting"]
     assert "<td class='bad'>differ</td>" in (run_dir / "report.html").read_text()
+    # open loop at the recommendation on the real server: at half its throughput the server keeps up, so the
+    # measured throughput is the rate sent (a closed loop would run at about twice it)
+    first = doc["rate"]["tried"][0]
+    assert 0.7 * first["rate"] <= first["throughput_rps"] <= 1.15 * first["rate"], doc["rate"]
+    assert all(t["answers"] == "same" for t in doc["rate"]["tried"]), doc["rate"]
 
 
 def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1_and_threads_reach_the_worker(no_leftovers):

@@ -90,7 +90,7 @@ def test_the_open_loop_search_keeps_the_highest_rate_that_holds_the_objective():
     rec = Measurement(SETTING, 100.0, 5.0, 10.0, True, "same")
     rates = []
 
-    def measure(setting, phase, rate=None):
+    def measure(setting, phase, rate=None, fresh=True):
         rates.append(rate)
         return Measurement(setting, rate, 5.0, 10.0 if rate <= 90 else 80.0, True, "same")
     out = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=50.0)
