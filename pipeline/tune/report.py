@@ -14,6 +14,7 @@ import yaml
 from pipeline.report.html import CSS, _png, plt
 from pipeline.report.schema import jsonable
 from pipeline.tune.search import Measurement
+from pipeline.tune.windows import agree
 
 
 def _of_limit(res, m: Measurement | None, throughput: float | None = None) -> float | None:
@@ -62,6 +63,21 @@ def _ratio(a: dict | None, b: dict | None, key: str = "throughput_rps") -> float
     return round(a[key] / b[key], 3) if a and b and b.get(key) else None
 
 
+def stability(measured: list[Measurement], tolerance: float) -> dict:
+    """How many points ended UNSTABLE, and on what their last two counted windows disagreed (to size the windows)."""
+    out = {"points": len(measured), "unstable": 0, "on_throughput": 0, "on_p99": 0}
+    for m in measured:
+        if m.stable:
+            continue
+        out["unstable"] += 1
+        counted = m.window_figures[1:][-2:]
+        if len(counted) == 2:
+            (r0, p0), (r1, p1) = counted
+            out["on_throughput"] += not agree(r0, r1, tolerance)
+            out["on_p99"] += not agree(p0, p1, tolerance)
+    return out
+
+
 def summary(res) -> dict:
     """The closing figures: default, recommended and grid best from the head-to-head (medians), the search's kept."""
     default = _contender(res, "default", _default_of(res))
@@ -90,6 +106,7 @@ def summary(res) -> dict:
         out["head_to_head"] = {"rounds": max((len(c.rounds) for c in h.contenders), default=0),
                                "contenders": [" = ".join(c.names) for c in h.contenders],
                                "seconds": round(h.seconds, 1), "ratio_notes": notes}
+    out["stability"] = stability(res.guided + (res.grid or []), res.spec.tune.stability_tolerance)
     if res.limit is not None:
         out["in_process_limit_rows_per_s"] = {str(b): round(r, 1) for b, r in res.limit.rows_per_s.items()}
         out["in_process_limit_s"] = round(res.limit.seconds, 1)
@@ -225,6 +242,10 @@ def _summary_table(res, s: dict) -> str:
         h = s["head_to_head"]
         facts.append(("head-to-head", f"{h['rounds']} interleaved round{'s' if h['rounds'] > 1 else ''} of {', '.join(h['contenders'])}, "
                                       f"{h['seconds']} s"))
+    st = s["stability"]
+    facts.append(("stability", f"{st['unstable']} of {st['points']} search points UNSTABLE (last two counted windows "
+                               f"apart by more than {res.spec.tune.stability_tolerance:g}: {st['on_throughput']} on "
+                               f"throughput, {st['on_p99']} on p99)"))
     if "in_process_limit_rows_per_s" in s:
         facts.append(("in-process limit", ", ".join(f"batch {b}: {r} rows/s" for b, r in
                                                     s["in_process_limit_rows_per_s"].items())

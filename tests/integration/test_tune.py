@@ -63,6 +63,11 @@ def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1_and_thr
     own = os.environ.get("OMP_NUM_THREADS", "None")
     assert pairs == {(own, str(default)), (str(threads), str(threads))}, pairs  # set, and torch obeyed it
     assert any(p["threads"] == threads and p["phase"] == "workers/threads" for p in doc["guided"]), doc["guided"]
+    # the in-process limit: one handle() call sleeps 30 ms, so batch 1 cannot pass 1/0.03 rows/s and batch 4 is ~4x it
+    limit = doc["summary"]["in_process_limit_rows_per_s"]
+    assert limit["1"] <= 1 / 0.03 and limit["4"] > 2.5 * limit["1"], limit
+    default_point = doc["guided"][0]
+    assert default_point["of_limit"] == pytest.approx(default_point["throughput_rps"] / limit["1"], rel=0.01)
     rec = doc["summary"]["recommended"]
     assert doc["model_config"]["batchSize"] == 4, doc["guided"]
     formed = next(p for p in doc["guided"] if p["setting"] == rec["setting"])["formed_batches"]

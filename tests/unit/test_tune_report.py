@@ -66,3 +66,12 @@ def test_the_report_is_readable_without_an_objective(tmp_path):
     assert "round 1: default" in page and doc["guided"][2]["of_limit"] == 0.5
     with_objective = render(_result(tmp_path, None, p99_ms=50.0), doc)
     assert "objective: p99 &lt;= 50 ms (tune.p99_ms)" in with_objective
+
+
+def test_stability_counts_the_unstable_points_by_what_disagreed():
+    from pipeline.tune.report import stability
+
+    ok = replace(_m(DEFAULT, 100), window_figures=((50, 90), (100, 10), (101, 10.5)))
+    on_p99 = replace(ok, stable=False, window_figures=((50, 90), (100, 10), (101, 30)))
+    on_both = replace(ok, stable=False, window_figures=((50, 90), (100, 10), (150, 30)))
+    assert stability([ok, on_p99, on_both], 0.15) == {"points": 3, "unstable": 2, "on_throughput": 1, "on_p99": 2}
