@@ -178,27 +178,28 @@ class HandlerLimit:
 
 
 def handler_limit(spec: Spec, archive: ArchiveResult, codec, rows: Rows, batch_sizes, work_dir: Path, *,
-                  seconds_each: float = 1.5, warmup: int = 5, least: int = 10) -> HandlerLimit:
-    """The handler in-process at each batch size: batches of that many rows for ``seconds_each`` after ``warmup``.
+                  seconds_each: float = 1.0, warmup: int = 5, least: int = 12, rounds: int = 3) -> HandlerLimit:
+    """The handler in-process at each batch size: batches of that many rows, ``seconds_each`` in all after ``warmup``.
 
     One child process is loaded configured at the largest batch size and sent batches of each
-    size (as TorchServe's worker is when a batch smaller than its batchSize forms). Median ms per
-    batch; rows/s = batch / median.
+    size (as TorchServe's worker is when a batch smaller than its batchSize forms). The sizes
+    take turns over ``rounds`` rounds (a moment of load hits each alike). Median ms per batch;
+    rows/s = batch / median.
     """
     t0 = time.monotonic()
     sizes = sorted(set(batch_sizes))
     cfg = handler_config(spec, archive, codec, work_dir, max(sizes))
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    per: dict[int, float] = {}
-    counts: dict[int, int] = {}
+    totals: dict[int, list[float]] = {b: [] for b in sizes}
     with HandlerProcess(cfg) as proc:
         for b in sizes:
             for _ in handler_batches(proc, rows, codec, b, warmup):
                 pass
-            totals: list[float] = []
-            start = time.monotonic()
-            while len(totals) < least or time.monotonic() - start < seconds_each:
-                totals.extend(handler_batches(proc, rows, codec, b, 1))
-            per[b], counts[b] = statistics.median(totals), len(totals)
-    return HandlerLimit({b: b / (ms / 1e3) if ms > 0 else float("nan") for b, ms in per.items()}, per, counts,
-                        time.monotonic() - t0)
+        for r in range(rounds):
+            for b in sizes:
+                start = time.monotonic()
+                while len(totals[b]) < least * (r + 1) // rounds or time.monotonic() - start < seconds_each / rounds:
+                    totals[b].extend(handler_batches(proc, rows, codec, b, 1))
+    per = {b: statistics.median(v) for b, v in totals.items()}
+    return HandlerLimit({b: b / (ms / 1e3) if ms > 0 else float("nan") for b, ms in per.items()}, per,
+                        {b: len(v) for b, v in totals.items()}, time.monotonic() - t0)
