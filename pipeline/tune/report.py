@@ -138,7 +138,7 @@ def summary_lines(res, s: dict) -> list[str]:
 
 def objective_text(res) -> str:
     if res.p99_ms is None:
-        return f"objective: none ({res.p99_from})"
+        return f"objective: none ({res.p99_from}): the knee of the frontier"
     return f"objective: p99 <= {res.p99_ms:g} ms ({res.p99_from})"
 
 

@@ -88,7 +88,7 @@ def objective(spec: Spec) -> tuple[float | None, str]:
         return spec.tune.p99_ms, "tune.p99_ms"
     if spec.gate.max_served_p99_ms is not None:
         return spec.gate.max_served_p99_ms, "gate.max_served_p99_ms"
-    return None, "none set (tune.p99_ms, gate.max_served_p99_ms): the knee of the frontier"
+    return None, "none set (tune.p99_ms, gate.max_served_p99_ms)"
 
 
 def window_rows(rows: Rows, requests: int) -> Rows:

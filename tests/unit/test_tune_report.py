@@ -24,7 +24,7 @@ def _m(s, rps, p99=10.0, phase="", answers="same"):
 def _result(tmp_path: Path, grid_best: Setting | None, p99_ms=None) -> TuneResult:
     guided = [_m(DEFAULT, 100, phase="default"), _m(replace(DEFAULT, concurrency=8), 150, 30, "concurrency"),
               _m(REC, 400, 20, "batch")]
-    res = TuneResult(spec_for(3), tmp_path, p99_ms, "tune.p99_ms" if p99_ms else "none set: the knee of the frontier",
+    res = TuneResult(spec_for(3), tmp_path, p99_ms, "tune.p99_ms" if p99_ms else "none set",
                      Ranges(workers=(1,), batch_sizes=(1, 4), delays_ms=(5,), concurrency=(1, 8)), "register", {},
                      guided, 12.0, False, guided[2], "the highest throughput")
     if grid_best is not None:
@@ -61,7 +61,7 @@ def test_the_report_is_readable_without_an_objective(tmp_path):
     res = _result(tmp_path, Setting(1, 4, 5, 16))
     doc = write_tune_report(res)
     page = (tmp_path / "report.html").read_text()
-    assert "None ms" not in page and "objective: none (none set: the knee of the frontier)" in page
+    assert "None ms" not in page and "objective: none (none set): the knee of the frontier" in page
     assert "<pre>{" not in page and "<th>of the in-process limit</th>" in page
     assert "round 1: default" in page and doc["guided"][2]["of_limit"] == 0.5
     with_objective = render(_result(tmp_path, None, p99_ms=50.0), doc)
