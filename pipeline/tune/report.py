@@ -128,7 +128,8 @@ def summary_lines(res, s: dict) -> list[str]:
                       ("guided_over_grid_best", "recommended / grid best")):
         if s.get(key) is not None:
             lines.append(f"{what}: {s[key]:.3f}" + (f" ({notes[key]})" if key in notes else ""))
-    times = f"measuring: guided {s['guided_measuring_s']} s of a {s['budget_s']:g} s budget ({s['guided_points']} points)"
+    times = (f"measuring: guided {s['guided_measuring_s']} s of a {s['budget_s']:g} s budget "
+             f"({s['guided_points']} points)")
     if "grid_measuring_s" in s:
         times += f", grid {s['grid_measuring_s']} s ({s['grid_points']} points)"
     if "head_to_head" in s:
@@ -223,8 +224,9 @@ def _summary_table(res, s: dict) -> str:
             continue
         lim = "-" if c.get("of_limit") is None else f"{c['of_limit']:.0%}"
         trs.append(f"<tr><th>{name}</th><td>{e(c['setting'])}</td><td><b>{c['throughput_rps']}</b></td>"
-                   f"<td>{c['p99_ms']}</td><td>{lim}</td><td>{e(c['from'])}</td><td>{c['search']['throughput_rps']}</td>"
-                   f"<td>{c['search']['p99_ms']}</td><td>{e(', '.join(map(str, c.get('rounds_rps', []))) or '-')}</td></tr>")
+                   f"<td>{c['p99_ms']}</td><td>{lim}</td><td>{e(c['from'])}</td>"
+                   f"<td>{c['search']['throughput_rps']}</td><td>{c['search']['p99_ms']}</td>"
+                   f"<td>{e(', '.join(map(str, c.get('rounds_rps', []))) or '-')}</td></tr>")
     notes = s.get("head_to_head", {}).get("ratio_notes", {})
     facts = []
     for key, what in (("recommended_vs_default", "recommended / default"),
@@ -240,7 +242,8 @@ def _summary_table(res, s: dict) -> str:
         facts.append(("grid", f"{s['grid_points']} points, {s['grid_measuring_s']} s"))
     if "head_to_head" in s:
         h = s["head_to_head"]
-        facts.append(("head-to-head", f"{h['rounds']} interleaved round{'s' if h['rounds'] > 1 else ''} of {', '.join(h['contenders'])}, "
+        facts.append(("head-to-head", f"{h['rounds']} interleaved round{'s' if h['rounds'] > 1 else ''} of "
+                                      f"{', '.join(h['contenders'])}, "
                                       f"{h['seconds']} s"))
     st = s["stability"]
     facts.append(("stability", f"{st['unstable']} of {st['points']} search points UNSTABLE (last two counted windows "
@@ -273,7 +276,8 @@ def render(res, doc: dict) -> str:
                      + "</pre><h2>spec fragment</h2><pre>" + e(yaml.safe_dump(doc["spec_fragment"], sort_keys=False))
                      + "</pre>")
     if doc.get("head_to_head"):
-        parts.append("<h2>head-to-head: every measurement, round by round (each round's order rotated)</h2>" + _table(doc["head_to_head"]))
+        parts.append("<h2>head-to-head: every measurement, round by round (each round's order rotated)</h2>"
+                     + _table(doc["head_to_head"]))
     for name, measured in (("guided", res.guided), ("grid", res.grid)):
         if measured:
             img = _plot(measured, f"{name} search")

@@ -201,7 +201,8 @@ class Tuner:
                         time.monotonic() - t0, apply_s, phase, len(windows),
                         tuple((round(w.throughput_rps, 1), round(w.p99_ms, 2)) for w in windows))
         line = (f"{phase:<17} {setting.key:<18} {thr:8.0f} req/s  p99 {p99:7.1f} ms  "
-                f"{'stable' if is_stable else 'UNSTABLE'} ({len(windows)} windows)  formed {m.formed}  answers {answers}"
+                f"{'stable' if is_stable else 'UNSTABLE'} ({len(windows)} windows)  formed {m.formed}  "
+                f"answers {answers}"
                 + ("" if answers == "same" else f" ({detail})"))
         log.info("tune %s", line)
         self.say(line)
@@ -247,11 +248,13 @@ def _refuse_other_tasks(spec: Spec) -> None:
             f"tune: model.task is {spec.model.task!r}; tune checks every answer at every point by class and output "
             "difference (classification's sameness) and does not yet compare a task's own answers (boxes, masks, "
             "values, label sets), so it would call changed answers the same. Tune a classification spec, or validate "
-            f"each setting with `package-validate run` (it compares {spec.model.task} answers by the task's own rules).")
+            f"each setting with `package-validate run` (it compares {spec.model.task} answers by the task's own "
+            "rules).")
 
 
 def _head_to_head(tuner: Tuner, res: TuneResult, default: Setting, rounds: int) -> None:
-    """Default, recommendation and grid's best in interleaved rounds; the recommendation withdrawn if it changed answers."""
+    """Default, recommendation and grid's best in interleaved rounds; a recommendation that changed answers is
+    withdrawn."""
     named = [("default", default)]
     if res.recommended is not None:
         named.append(("recommended", res.recommended.setting))

@@ -62,7 +62,8 @@ class HeadToHead:
         if ca is None or cb is None or cb.throughput_rps <= 0:
             return None, "not measured"
         if ca is cb:
-            return 1.0, f"the {a} is the {b} (the same setting): measured once per round, the ratio is 1 by construction"
+            return 1.0, (f"the {a} is the {b} (the same setting): measured once per round, the ratio is 1 by "
+                         "construction")
         n = len(ca.rounds)
         return ca.throughput_rps / cb.throughput_rps, f"medians over {n} interleaved round{'s' if n > 1 else ''}"
 

@@ -56,7 +56,8 @@ def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1_and_thr
     threads = 1 if default > 1 else 2
     seen = no_leftovers / "threads.txt"
     extra = ("import time, os, torch; time.sleep(0.03); "
-             f"open({str(seen)!r}, 'a').write(f\"{{os.environ.get('OMP_NUM_THREADS')}} {{torch.get_num_threads()}}\\n\")")
+             f"open({str(seen)!r}, 'a')"
+             ".write(f\"{os.environ.get('OMP_NUM_THREADS')} {torch.get_num_threads()}\\n\")")
     res, doc, run_dir = _tune(no_leftovers, None, extra, tune={"p99_ms": 2000}, args=("--threads", str(threads)))
     assert res.returncode == 0, res.stdout + res.stderr
     pairs = {tuple(line.split()) for line in seen.read_text().splitlines()}
