@@ -78,6 +78,12 @@ def stability(measured: list[Measurement], tolerance: float) -> dict:
     return out
 
 
+def _over_limit(res) -> list[float]:
+    """Fractions above 1.05 of the limit at one worker (they mean the limit was measured under more load)."""
+    measured = res.guided + (res.grid or []) + [m for c in (res.versus.contenders if res.versus else ()) for m in c.rounds]
+    return [f for m in measured if m.setting.workers == 1 and (f := _of_limit(res, m)) is not None and f > 1.05]
+
+
 def summary(res) -> dict:
     """The closing figures: default, recommended and grid best from the head-to-head (medians), the search's kept."""
     default = _contender(res, "default", _default_of(res))
@@ -110,6 +116,12 @@ def summary(res) -> dict:
     if res.limit is not None:
         out["in_process_limit_rows_per_s"] = {str(b): round(r, 1) for b, r in res.limit.rows_per_s.items()}
         out["in_process_limit_s"] = round(res.limit.seconds, 1)
+        over = _over_limit(res)
+        if over:
+            out["in_process_limit_note"] = (
+                f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was measured "
+                "at a slower moment than they were (machine load), as a server cannot outrun its one handler; read the "
+                "fractions as rough")
     return out
 
 
@@ -252,7 +264,8 @@ def _summary_table(res, s: dict) -> str:
     if "in_process_limit_rows_per_s" in s:
         facts.append(("in-process limit", ", ".join(f"batch {b}: {r} rows/s" for b, r in
                                                     s["in_process_limit_rows_per_s"].items())
-                      + f" (one handler through TorchServe's Service.predict, no server; {s['in_process_limit_s']} s)"))
+                      + f" (one handler through TorchServe's Service.predict, no server; {s['in_process_limit_s']} s)"
+                      + (f". {s['in_process_limit_note']}" if "in_process_limit_note" in s else "")))
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
     return f"<table>{head}{''.join(trs)}</table><table>{rows}</table>"
 

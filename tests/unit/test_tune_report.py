@@ -46,6 +46,14 @@ def test_the_closing_figures_are_the_head_to_head_medians_and_the_search_figures
     assert s["guided_over_grid_best"] == pytest.approx(330 / 320, abs=1e-3)
     assert s["recommended"]["of_limit"] == pytest.approx(330 / 800, abs=1e-3)  # its batch size's limit
     assert s["default"]["of_limit"] == 0.5 and s["recommended"]["rounds_rps"] == [300, 360, 330]
+    assert "in_process_limit_note" not in s
+
+
+def test_a_one_worker_point_above_the_limit_says_the_limit_was_measured_under_more_load(tmp_path):
+    res = _result(tmp_path, None)
+    res.limit = replace(res.limit, rows_per_s={1: 50.0, 4: 800.0})  # batch 1 at 90-150 req/s: 5 points over it
+    note = summary(res)["in_process_limit_note"]
+    assert note.startswith("5 one-worker measurement(s) above the limit (up to 300%)") and "machine load" in note
 
 
 def test_a_grid_best_that_is_the_recommendation_is_said_so(tmp_path):
