@@ -80,7 +80,8 @@ def stability(measured: list[Measurement], tolerance: float) -> dict:
 
 def _over_limit(res) -> list[float]:
     """Fractions above 1.05 of the limit at one worker (they mean the limit was measured under more load)."""
-    measured = res.guided + (res.grid or []) + [m for c in (res.versus.contenders if res.versus else ()) for m in c.rounds]
+    rounds = [m for c in (res.versus.contenders if res.versus else ()) for m in c.rounds]
+    measured = res.guided + (res.grid or []) + rounds
     return [f for m in measured if m.setting.workers == 1 and (f := _of_limit(res, m)) is not None and f > 1.05]
 
 
@@ -119,8 +120,8 @@ def summary(res) -> dict:
         over = _over_limit(res)
         if over:
             out["in_process_limit_note"] = (
-                f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was measured "
-                "at a slower moment than they were (machine load), as a server cannot outrun its one handler; read the "
+                f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was "
+                "measured at a slower moment than they were (machine load), as a server cannot outrun its one handler; read the "
                 "fractions as rough")
     return out
 
