@@ -121,8 +121,8 @@ def summary(res) -> dict:
         if over:
             out["in_process_limit_note"] = (
                 f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was "
-                "measured at a slower moment than they were (machine load), as a server cannot outrun its one handler; read the "
-                "fractions as rough")
+                "measured at a slower moment than they were (machine load), as a server cannot outrun its one "
+                "handler; read the fractions as rough")
     return out
 
 
