@@ -1,4 +1,5 @@
-"""The whole tune: plan, prepare, package, then each point served, measured and its answers checked.
+"""The whole tune: plan, prepare, package, the handler's in-process limit per batch size, then each
+point served, measured and its answers checked, and the head-to-head that gives the closing figures.
 
 Every point replays the labeled rows (repeated to a window's length) and every answer of
 every window is compared with the baseline (``compare.output_diff``, the gate's tolerance):
