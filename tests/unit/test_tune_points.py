@@ -111,3 +111,14 @@ def test_tune_refuses_a_task_whose_answers_it_cannot_compare_and_says_why():
         _refuse_other_tasks(spec_for(1, model={"task": "regression"}))
     assert e.value.exit_code == 2
     _refuse_other_tasks(spec_for(3))  # classification: tuned
+
+
+def test_a_point_already_served_is_kept_when_not_asked_fresh(tmp_path):
+    from pipeline.tune.apply import PointServer
+    from tests.unit._support import spec_for
+
+    server = PointServer(spec_for(3), None, tmp_path, "register", None)
+    server.server, server.current = "running", SETTING  # as after applying SETTING
+    assert server.apply(SETTING, fresh=False) == ("running", 0.0) and server.last == "kept"
+    server.stop()
+    assert server.current is None  # a stopped server serves nothing: the next point is applied
