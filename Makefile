@@ -69,7 +69,8 @@ unit: $(STAMP)
 integration: $(STAMP) $(EXAMPLES)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) tests/integration
 
-# make tune SPEC=examples/digits_images/spec.yaml TUNE_ARGS="--grid": the guided search (and the grid)
+# make tune SPEC=examples/digits_images/spec.yaml TUNE_ARGS="--grid --rounds 5": the guided search, the grid,
+# then the head-to-head of default, recommendation and grid best (the closing figures: its medians)
 SPEC ?= examples/digits/spec.yaml
 TUNE_ARGS ?= --grid
 tune: $(STAMP) $(EXAMPLES)

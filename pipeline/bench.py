@@ -40,6 +40,7 @@ from pipeline.inputs.base import Rows
 from pipeline.model.loading import load_model
 from pipeline.report.schema import environment
 from pipeline.run.options import DEFAULT_REPORTS_DIR, RunOptions
+from pipeline.run.phases import handler_batches, handler_config
 from pipeline.run.plan import plan_run
 from pipeline.run.runner import run_validation
 from pipeline.spec import load_spec
@@ -48,7 +49,7 @@ from pipeline.stages.archive import ArchiveConfig, build_archive
 from pipeline.stages.baseline import score_baseline
 from pipeline.stages.dataset import load_dataset
 from pipeline.stages.export import _example, _median_iqr, export_model, load_exported
-from pipeline.stages.handled import HandledConfig, HandlerProcess
+from pipeline.stages.handled import HandlerProcess
 from pipeline.torchserve.inprocess import PHASES
 from pipeline.stages.replay import ReplayConfig, replay_dataset
 from pipeline.stages.serve import ServeConfig, serve_model
@@ -119,23 +120,11 @@ def bench_inprocess(spec, base, exported, archive, data: Rows, codec, work: Path
                                       budget_s=20.0)
     out: dict = {"batch_size": b, "model_ms": model_us / 1e3, "model_iqr_ms": model_iqr / 1e3,
                  "model_rows_per_s": _rows_per_s(b, model_us / 1e3)}
-    cfg = HandledConfig(work_dir=work / "inprocess", mar_path=archive.mar_path, model_name=spec.name, batch_size=b,
-                        load_timeout_s=spec.serving.startup_timeout_s, response_timeout_s=spec.serving.response_timeout_s,
-                        service_envelope=codec.envelope.service_envelope, secret_env=spec.serving.secret_env,
-                        time_phases=True)
+    cfg = handler_config(spec, archive, codec, work / "inprocess", b, time_phases=True)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     totals, phases, why = [], {p: [] for p in PHASES}, None
     with HandlerProcess(cfg) as proc:
-        for k in range(batches + batches // 10):
-            start = (k * b) % len(data)
-            requests = []
-            for i in ((start + j) % len(data) for j in range(b)):
-                body = data.body(i)
-                requests.append(codec.request(body, data.content_type, worker_view(body, data.content_type)))
-            answers, ms = proc.predict(requests)
-            if any(status != 200 for status, _, _ in answers):
-                raise RuntimeError(f"the handler failed in-process on rows {start}..{start + b - 1}: "
-                                   f"{answers[0][2][:200]!r}")
+        for k, ms in enumerate(handler_batches(proc, data, codec, b, batches + batches // 10)):
             if k < batches // 10:
                 continue  # warm-up
             totals.append(ms)

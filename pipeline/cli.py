@@ -88,6 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--window-requests", type=_positive_int, help="requests per window (tune.window_requests)")
     tune.add_argument("--max-windows", type=_positive_int, help="windows per point at most (tune.max_windows)")
     tune.add_argument("--tolerance", type=float, help="stability tolerance (tune.stability_tolerance)")
+    tune.add_argument("--rounds", type=_positive_int,
+                      help="head-to-head rounds of default, recommendation and grid best (tune.head_to_head_rounds)")
     for flag, dest in (("--workers", "workers"), ("--batch-sizes", "batch_sizes"), ("--delays-ms", "delays_ms"),
                        ("--concurrency", "concurrency"), ("--threads", "threads")):
         tune.add_argument(flag, dest=dest, type=_int_list, help=f"comma-separated values (overrides the spec's)")
@@ -243,7 +245,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _tune(args) -> int:
-    from pipeline.tune.report import summary
+    from pipeline.tune.report import objective_text, summary, summary_lines
     from pipeline.tune.session import TuneOptions, run_tune
 
     ranges = {k: getattr(args, k) for k in ("workers", "batch_sizes", "delays_ms", "concurrency", "threads")
@@ -253,16 +255,19 @@ def _tune(args) -> int:
                                    budget_s=args.budget_s, grid=args.grid, rate=args.rate, apply=args.apply,
                                    ranges=ranges, tune={k: v for k, v in (
                                        ("window_requests", args.window_requests), ("max_windows", args.max_windows),
-                                       ("stability_tolerance", args.tolerance)) if v is not None}))
+                                       ("stability_tolerance", args.tolerance),
+                                       ("head_to_head_rounds", args.rounds)) if v is not None},
+                                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True)))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     s = summary(res)
     rec = s["recommended"]
-    print(f"recommended: {rec['setting']} ({rec['throughput_rps']} req/s, p99 {rec['p99_ms']} ms)" if rec else
-          f"no recommendation: {res.how}")
-    print(f"  chosen as {res.how}")
-    print(json.dumps(s, indent=1))
+    print(f"recommended: {rec['setting']} ({rec['throughput_rps']} req/s, p99 {rec['p99_ms']} ms, {rec['from']})"
+          if rec else f"no recommendation: {res.how}")
+    print(f"  chosen as {res.how}; {objective_text(res)}")
+    for line in summary_lines(res, s):
+        print(f"  {line}")
     print(f"report: {res.run_dir / 'report.html'}")
     return 0 if rec else 1
 

@@ -9,6 +9,8 @@ one (tune serves and replays at many settings over one prepared model and archiv
 
 from __future__ import annotations
 
+import statistics
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,9 +24,11 @@ from pipeline.stages.archive import ArchiveConfig, ArchiveResult, build_archive
 from pipeline.stages.baseline import BaselineResult, score_baseline
 from pipeline.stages.dataset import DatasetResult, load_dataset
 from pipeline.stages.export import ExportResult, export_model
+from pipeline.stages.handled import HandledConfig, HandlerProcess
 from pipeline.stages.replay import ReplayConfig, ReplayResult, replay_dataset
 from pipeline.stages.serve import ServeConfig, ServerHandle, serve_model
 from pipeline.torchserve.process import Ports
+from pipeline.wire import worker_view
 
 
 @dataclass(frozen=True)
@@ -132,3 +136,70 @@ def replay_config(spec: Spec, url_base: str, token: str | None, codec, metrics_l
 def replay_rows(cfg: ReplayConfig, rows: Rows) -> ReplayResult:
     """Every row over HTTP, each answer and latency recorded (``stages.replay``)."""
     return replay_dataset(cfg, rows)
+
+
+def handler_config(spec: Spec, archive: ArchiveResult, codec, work_dir: Path, batch_size: int,
+                   **changes) -> HandledConfig:
+    """How the archive's handler runs in-process (TorchServe's ``Service.predict`` in a child process)."""
+    return HandledConfig(work_dir=work_dir, mar_path=archive.mar_path, model_name=spec.name, batch_size=batch_size,
+                         load_timeout_s=spec.serving.startup_timeout_s,
+                         response_timeout_s=spec.serving.response_timeout_s,
+                         service_envelope=codec.envelope.service_envelope, secret_env=spec.serving.secret_env,
+                         **changes)
+
+
+def handler_batches(proc: HandlerProcess, rows: Rows, codec, batch: int, count: int) -> Iterator[float]:
+    """``count`` batches of ``batch`` consecutive rows (cycled) through the in-process handler; each batch's ms.
+
+    Raises:
+        RuntimeError: a row of a batch was not answered with 200 (the limit would be of failures).
+    """
+    for k in range(count):
+        start = (k * batch) % len(rows)
+        requests = []
+        for i in ((start + j) % len(rows) for j in range(batch)):
+            body = rows.body(i)
+            requests.append(codec.request(body, rows.content_type, worker_view(body, rows.content_type)))
+        answers, ms = proc.predict(requests)
+        if any(status != 200 for status, _, _ in answers):
+            raise RuntimeError(f"the handler failed in-process on rows {start}..{start + batch - 1}: "
+                               f"{answers[0][2][:200]!r}")
+        yield ms
+
+
+@dataclass(frozen=True)
+class HandlerLimit:
+    """The in-process handler's rows/s at each batch size: the most one worker can serve, with no server around it."""
+
+    rows_per_s: dict[int, float]
+    batch_ms: dict[int, float]  # median per batch
+    batches: dict[int, int]
+    seconds: float
+
+
+def handler_limit(spec: Spec, archive: ArchiveResult, codec, rows: Rows, batch_sizes, work_dir: Path, *,
+                  seconds_each: float = 1.0, warmup: int = 5, least: int = 12, rounds: int = 3) -> HandlerLimit:
+    """The handler in-process at each batch size: batches of that many rows, ``seconds_each`` in all after ``warmup``.
+
+    One child process is loaded configured at the largest batch size and sent batches of each
+    size (as TorchServe's worker is when a batch smaller than its batchSize forms). The sizes
+    take turns over ``rounds`` rounds (a moment of load hits each alike). Median ms per batch;
+    rows/s = batch / median.
+    """
+    t0 = time.monotonic()
+    sizes = sorted(set(batch_sizes))
+    cfg = handler_config(spec, archive, codec, work_dir, max(sizes))
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    totals: dict[int, list[float]] = {b: [] for b in sizes}
+    with HandlerProcess(cfg) as proc:
+        for b in sizes:
+            for _ in handler_batches(proc, rows, codec, b, warmup):
+                pass
+        for r in range(rounds):
+            for b in sizes:
+                start = time.monotonic()
+                while len(totals[b]) < least * (r + 1) // rounds or time.monotonic() - start < seconds_each / rounds:
+                    totals[b].extend(handler_batches(proc, rows, codec, b, 1))
+    per = {b: statistics.median(v) for b, v in totals.items()}
+    return HandlerLimit({b: b / (ms / 1e3) if ms > 0 else float("nan") for b, ms in per.items()}, per,
+                        {b: len(v) for b, v in totals.items()}, time.monotonic() - t0)

@@ -395,6 +395,8 @@ class TuneSpec(_Frozen):
                                        description="consecutive windows agree when throughput and p99 are within "
                                                    "this fraction of each other")
     max_windows: int = Field(default=6, ge=3, description="windows per point before it is reported unstable")
+    head_to_head_rounds: int = Field(default=3, ge=1, description="after the searches: rounds in which the default, "
+                                     "the recommendation and the grid's best are measured again, interleaved")
     apply: Literal["auto", "restart", "register"] = Field(
         default="auto", description="how a point is served: restart TorchServe, re-register the model (model API "
                                     "on for tune only), or auto (both measured once, the faster kept)")

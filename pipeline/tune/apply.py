@@ -78,6 +78,7 @@ class PointServer:
         self.count = 0
         self.applied = 0
         self.last = ""  # how the last point was applied: restart or register
+        self.current: Setting | None = None  # the setting the running server serves
 
     def __enter__(self) -> "PointServer":
         return self
@@ -86,6 +87,7 @@ class PointServer:
         self.stop()
 
     def stop(self) -> None:
+        self.current = None
         if self.stack is not None:
             stack, self.stack, self.server = self.stack, None, None
             stack.close()
@@ -107,7 +109,7 @@ class PointServer:
         except BaseException:
             stack.close()
             raise
-        self.stack, self.threads = stack, setting.threads
+        self.stack, self.threads, self.current = stack, setting.threads, setting
         return self.server
 
     def _register(self, setting: Setting, mar: Path) -> ServerHandle:
@@ -133,10 +135,14 @@ class PointServer:
                                   f"of {setting.workers} after {REGISTER_TIMEOUT_S:g} s")
             time.sleep(0.1)
         _check_described(setting.apply(self.spec), described)
-        self.server = replace(s, described=described)
+        self.server, self.current = replace(s, described=described), setting
         return self.server
 
-    def apply(self, setting: Setting) -> tuple[ServerHandle, float]:
+    def apply(self, setting: Setting, fresh: bool = True) -> tuple[ServerHandle, float]:
+        """Serve ``setting``: restarted or re-registered (``fresh``), or as it is when it already serves it."""
+        if not fresh and self.server is not None and self.current == setting:
+            self.last = "kept"
+            return self.server, 0.0
         t0 = time.monotonic()
         self.applied += 1  # a new file per point: the registered one is never overwritten under the server
         mar = point_archive(self.archive, setting, self.store, f"{self.spec.name}-{self.applied:03d}")

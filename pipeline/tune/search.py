@@ -62,6 +62,7 @@ class Measurement:
     apply_s: float = 0.0
     phase: str = ""  # the search step that measured it
     windows: int = 0
+    window_figures: tuple[tuple[float, float], ...] = ()  # (throughput, p99) of every window, warm-up first
 
     @property
     def keeps_answers(self) -> bool:

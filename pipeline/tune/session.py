@@ -1,4 +1,5 @@
-"""The whole tune: plan, prepare, package, then each point served, measured and its answers checked.
+"""The whole tune: plan, prepare, package, the handler's in-process limit per batch size, then each
+point served, measured and its answers checked, and the head-to-head that gives the closing figures.
 
 Every point replays the labeled rows (repeated to a window's length) and every answer of
 every window is compared with the baseline (``compare.output_diff``, the gate's tolerance):
@@ -13,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,7 +22,8 @@ from pipeline.errors import ConfigError
 from pipeline.evaluate.compare import StageOutputs, output_diff
 from pipeline.inputs.base import Rows
 from pipeline.names import Stage, StageName
-from pipeline.run.phases import Prepared, Setting, package, prepare, replay_config, replay_rows
+from pipeline.run.phases import (HandlerLimit, Prepared, Setting, handler_limit, package, prepare, replay_config,
+                                 replay_rows)
 from pipeline.run.plan import plan_run
 from pipeline.run.runner import _make_run_dir
 from pipeline.spec import Spec, load_spec
@@ -28,10 +31,12 @@ from pipeline.stages.outcomes import stage_outputs
 from pipeline.torchserve.logs import parse_metric
 from pipeline.tune.apply import PointServer, cleanup
 from pipeline.tune.search import Budget, Measurement, Ranges, choose, grid_search, guided_search, meets
+from pipeline.tune.versus import HeadToHead, head_to_head
 from pipeline.tune.windows import Window, formed_batches, measure_windows, summary
 
 log = logging.getLogger(__name__)
 
+HEAD_TO_HEAD_WINDOWS = 3  # per contender per round: the warm-up window and two counted (stable or not, said)
 RATE_FRACTIONS = (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)  # of the recommendation's closed-loop throughput
 
 
@@ -45,6 +50,7 @@ class TuneOptions:
     apply: str | None = None  # restart | register | auto; None: the spec's tune.apply
     ranges: dict = field(default_factory=dict)  # CLI overrides of the spec's ranges
     tune: dict = field(default_factory=dict)  # CLI overrides of other tune: keys (window_requests, ...)
+    progress: Callable[[str], None] | None = None  # one line per measured point (the CLI prints it)
 
 
 @dataclass
@@ -61,10 +67,12 @@ class TuneResult:
     out_of_budget: bool
     recommended: Measurement | None
     how: str
-    confirmed: Measurement | None = None
+    confirmed: Measurement | None = None  # the recommendation over the head-to-head's rounds: every row, every round
     grid: list[Measurement] | None = None
     grid_s: float | None = None
     grid_best: Measurement | None = None
+    versus: HeadToHead | None = None
+    limit: HandlerLimit | None = None
     rate: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -81,7 +89,7 @@ def objective(spec: Spec) -> tuple[float | None, str]:
         return spec.tune.p99_ms, "tune.p99_ms"
     if spec.gate.max_served_p99_ms is not None:
         return spec.gate.max_served_p99_ms, "gate.max_served_p99_ms"
-    return None, "none set (tune.p99_ms, gate.max_served_p99_ms): the knee of the frontier"
+    return None, "none set (tune.p99_ms, gate.max_served_p99_ms)"
 
 
 def window_rows(rows: Rows, requests: int) -> Rows:
@@ -153,11 +161,16 @@ class Tuner:
         self.window = window_rows(self.rows, spec.tune.window_requests)
         self.apply_s: list[tuple[str, float]] = []
         self.keep_going = lambda: True
+        self.say: Callable[[str], None] = lambda line: None
 
-    def measure(self, setting: Setting, phase: str, *, rate: float | None = None) -> Measurement:
+    def measure(self, setting: Setting, phase: str, *, rate: float | None = None,
+                max_windows: int | None = None, fresh: bool = True) -> Measurement:
+        """Serve ``setting`` (afresh, or as it is when it already serves it and not ``fresh``), replay windows of
+        every row until two agree (or ``max_windows``), check every answer."""
         t0 = time.monotonic()
-        server, apply_s = self.server.apply(setting)
-        self.apply_s.append((self.server.last, apply_s))
+        server, apply_s = self.server.apply(setting, fresh)
+        if self.server.last != "kept":
+            self.apply_s.append((self.server.last, apply_s))
         spec = setting.apply(self.spec)
         metrics_log = server.log_dir / "model_metrics.log" if server.log_dir else None
         cfg = replay_config(spec, server.inference_url, server.inference_token, self.codec, metrics_log,
@@ -181,13 +194,19 @@ class Tuner:
             return Window(res.throughput_rps, float(p[0]), float(p[1]), len(res.rows), res.failed,
                           formed_since(metrics_log, offset))
 
-        windows, is_stable = measure_windows(run_window, t.stability_tolerance, t.max_windows, self.keep_going)
+        windows, is_stable = measure_windows(run_window, t.stability_tolerance, max_windows or t.max_windows,
+                                             self.keep_going)
         thr, p50, p99 = summary(windows)
         answers, detail = check.verdict(self.spec.gate.max_output_diff)
         m = Measurement(setting, thr, p50, p99, is_stable, answers, formed_batches(windows), detail,
-                        time.monotonic() - t0, apply_s, phase, len(windows))
-        log.warning("tune %s [%s]: %.0f req/s, p99 %.1f ms, %s, formed %s, answers %s%s", setting.key, phase, thr, p99,
-                    "stable" if is_stable else "UNSTABLE", m.formed, answers, "" if answers == "same" else f" ({detail})")
+                        time.monotonic() - t0, apply_s, phase, len(windows),
+                        tuple((round(w.throughput_rps, 1), round(w.p99_ms, 2)) for w in windows))
+        line = (f"{phase:<17} {setting.key:<18} {thr:8.0f} req/s  p99 {p99:7.1f} ms  "
+                f"{'stable' if is_stable else 'UNSTABLE'} ({len(windows)} windows)  formed {m.formed}  "
+                f"answers {answers}"
+                + ("" if answers == "same" else f" ({detail})"))
+        log.info("tune %s", line)
+        self.say(line)
         return m
 
 
@@ -213,7 +232,7 @@ def _rate_search(tuner: Tuner, rec: Measurement, p99_ms: float | None) -> dict:
     tried, best = [], None
     for f in RATE_FRACTIONS:
         r = round(f * rec.throughput_rps, 1)
-        m = tuner.measure(rec.setting, "rate", rate=r)
+        m = tuner.measure(rec.setting, "rate", rate=r, fresh=False)  # one setting: applied once, for the first rate
         holds = m.answers == "same" and m.p99_ms <= limit
         tried.append({"rate": r, "throughput_rps": m.throughput_rps, "p99_ms": m.p99_ms, "holds": holds,
                       "answers": m.answers})
@@ -224,9 +243,46 @@ def _rate_search(tuner: Tuner, rec: Measurement, p99_ms: float | None) -> dict:
             "2 x the recommendation's closed-loop p99 (no p99 objective)", "highest_rate": best, "tried": tried}
 
 
+def _refuse_other_tasks(spec: Spec) -> None:
+    if spec.model.task != "classification":
+        raise ConfigError(
+            f"tune: model.task is {spec.model.task!r}; tune checks every answer at every point by class and output "
+            "difference (classification's sameness) and does not yet compare a task's own answers (boxes, masks, "
+            "values, label sets), so it would call changed answers the same. Tune a classification spec, or validate "
+            f"each setting with `package-validate run` (it compares {spec.model.task} answers by the task's own "
+            "rules).")
+
+
+def _head_to_head(tuner: Tuner, res: TuneResult, default: Setting, rounds: int) -> None:
+    """Default, recommendation and grid's best in interleaved rounds; a recommendation that changed answers is
+    withdrawn."""
+    named = [("default", default)]
+    if res.recommended is not None:
+        named.append(("recommended", res.recommended.setting))
+    if res.grid_best is not None:
+        named.append(("grid best", res.grid_best.setting))
+    res.versus = head_to_head(named, lambda s, phase: tuner.measure(s, phase, max_windows=HEAD_TO_HEAD_WINDOWS), rounds)
+    rec = res.versus.of("recommended")
+    if rec is None:
+        return
+    first = rec.rounds[0]
+    res.confirmed = replace(first, throughput_rps=rec.throughput_rps, p99_ms=rec.p99_ms, answers=rec.answers,
+                            detail=f"{len(rec.rounds)} rounds; " + rec.detail, phase="head-to-head",
+                            seconds=sum(m.seconds for m in rec.rounds), windows=sum(m.windows for m in rec.rounds))
+    if not res.confirmed.keeps_answers:
+        res.notes.append(f"the recommendation {rec.setting.key} changed answers when replayed again in the "
+                         f"head-to-head: {rec.detail}; it is withdrawn")
+        res.recommended, res.how = None, "withdrawn: its answers changed when replayed in the head-to-head"
+
+
 def run_tune(opts: TuneOptions) -> TuneResult:
-    """Search the settings of one spec and write the tune report into a run folder."""
+    """Search the settings of one spec and write the tune report into a run folder.
+
+    Raises:
+        ConfigError: a tune option out of range, or a model.task other than classification.
+    """
     spec = load_spec(opts.spec_path)
+    _refuse_other_tasks(spec)
     changes = {**opts.tune, **({"budget_s": opts.budget_s} if opts.budget_s is not None else {})}
     if changes:
         try:
@@ -237,6 +293,7 @@ def run_tune(opts: TuneOptions) -> TuneResult:
     mode = opts.apply or spec.tune.apply
     if mode not in ("auto", "restart", "register"):
         raise ConfigError(f"--apply {mode!r}: choose restart, register or auto")
+    say = opts.progress or (lambda line: None)
     plan = plan_run(spec)
     run_dir = _make_run_dir(opts.reports_dir, f"{spec.name}-tune")
     ranges = ranges_of(spec, opts.ranges)
@@ -244,9 +301,14 @@ def run_tune(opts: TuneOptions) -> TuneResult:
     prepared = prepare(spec, plan, run_dir)
     archive = package(spec, plan, prepared, run_dir)
     default = Setting.of_spec(spec)
+    limit = handler_limit(spec, archive, plan.codec, prepared.rows, {*ranges.batch_sizes, default.batch_size},
+                          run_dir / "tune" / "inprocess")
+    say("in-process limit (the handler through TorchServe's Service.predict, no server): "
+        + ", ".join(f"batch {b}: {r:.0f} rows/s" for b, r in limit.rows_per_s.items()))
     with PointServer(spec, archive, run_dir / "tune", "restart" if mode == "auto" else mode,
                      plan.codec.envelope.service_envelope) as server:
         tuner = Tuner(spec, prepared, plan.codec, server)
+        tuner.say = say
         mode, figures = _apply_figures(tuner, spec, default, mode)
         budget = Budget(spec.tune.budget_s)
         tuner.keep_going = budget.fits
@@ -255,24 +317,21 @@ def run_tune(opts: TuneOptions) -> TuneResult:
         by_default = next((m for m in guided if m.setting == default), None)
         rec, how = choose(guided, p99_ms, by_default)
         res = TuneResult(spec, run_dir, p99_ms, p99_from, ranges, mode, figures, guided, guided_s, short, rec, how)
-        if rec is not None:
-            # every row again at the recommendation, the setting applied afresh (restarted or re-registered)
-            tuner.keep_going = lambda: True
-            res.confirmed = tuner.measure(rec.setting, "confirm")
-            if not res.confirmed.keeps_answers:
-                res.notes.append(f"the recommendation {rec.setting.key} changed answers when replayed again: "
-                                 f"{res.confirmed.detail}; it is withdrawn")
-                res.recommended, res.how = None, "withdrawn: its answers changed on the confirming replay"
-        if opts.rate and res.recommended is not None:
-            res.rate = _rate_search(tuner, res.recommended, p99_ms)
+        res.limit = limit
+        tuner.keep_going = lambda: True
         if opts.grid:
             server.stop()
-            tuner.keep_going = lambda: True
             t0 = time.monotonic()
             res.grid = grid_search(ranges, tuner.measure, default)
             res.grid_s = time.monotonic() - t0
             gd = next((m for m in res.grid if m.setting == default), None)
             res.grid_best, _ = choose(res.grid, p99_ms, gd)
+        # every row again at the recommendation, beside the default and the grid's best, each applied afresh
+        _head_to_head(tuner, res, default, spec.tune.head_to_head_rounds)
+        if opts.rate and res.recommended is not None:
+            at = res.versus.of("recommended") if res.versus is not None else None
+            res.rate = _rate_search(tuner, replace(res.recommended, throughput_rps=at.throughput_rps)
+                                    if at is not None else res.recommended, p99_ms)
         res.apply_figures = {**figures, **_mean_apply(tuner.apply_s)}
     cleanup(run_dir / "tune")
     from pipeline.tune.report import write_tune_report

@@ -6,8 +6,10 @@ Tiny ranges, a tiny budget, windows of 48 requests: each point is a re-registrat
 """
 
 import json
+import os
 
 import pytest
+import torch
 
 from tests.imaging import image_handler, make_image_project
 from tests.integration.conftest import run_cli
@@ -15,14 +17,14 @@ from tests.integration.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 TUNE = {"window_requests": 24, "warmup_requests": 8, "max_windows": 3, "stability_tolerance": 0.5,
-        "apply": "register"}
+        "apply": "register", "head_to_head_rounds": 1}
 RANGES = ["--workers", "1", "--batch-sizes", "1,4", "--delays-ms", "20", "--concurrency", "1,4"]
 
 
-def _tune(tmp, defect, handle_extra, tune=None):
+def _tune(tmp, defect, handle_extra, tune=None, args=()):
     handler = image_handler(tmp / "handler.py", defect, handle_extra=handle_extra)
     spec = make_image_project(tmp / "proj", handler=handler, spec_overrides={"tune": {**TUNE, **(tune or {})}})
-    res = run_cli("tune", str(spec), "--reports-dir", str(tmp / "reports"), "--budget-s", "40", *RANGES,
+    res = run_cli("tune", str(spec), "--reports-dir", str(tmp / "reports"), "--budget-s", "40", *RANGES, *args,
                   timeout=240)
     (path,) = list((tmp / "reports").glob("*/tune.json"))
     return res, json.loads(path.read_text()), path.parent
@@ -30,7 +32,7 @@ def _tune(tmp, defect, handle_extra, tune=None):
 
 def test_a_handler_that_mixes_rows_in_a_batch_is_marked_at_every_batched_point_and_batch_1_is_recommended(
         no_leftovers):
-    res, doc, run_dir = _tune(no_leftovers, "mixes_rows_in_batches", "import time; time.sleep(0.01)")
+    res, doc, run_dir = _tune(no_leftovers, "mixes_rows_in_batches", "import time; time.sleep(0.01)", args=("--rate",))
     assert res.returncode == 0, res.stdout + res.stderr
     batched = [p for p in doc["guided"] if max(map(int, p["formed_batches"]), default=1) > 1]
     assert batched, doc["guided"]  # batches of more than one formed somewhere
@@ -40,12 +42,33 @@ def test_a_handler_that_mixes_rows_in_a_batch_is_marked_at_every_batched_point_a
     assert doc["confirmed"]["answers"] == "same" and doc["confirmed"]["setting"] == doc["summary"]["recommended"][
         "setting"]
     assert "<td class='bad'>differ</td>" in (run_dir / "report.html").read_text()
+    # open loop at the recommendation on the real server: at half its throughput the server keeps up, so the
+    # measured throughput is the rate sent (a closed loop would run at about twice it)
+    first = doc["rate"]["tried"][0]
+    assert 0.7 * first["rate"] <= first["throughput_rps"] <= 1.15 * first["rate"], doc["rate"]
+    assert all(t["answers"] == "same" for t in doc["rate"]["tried"]), doc["rate"]
 
 
-def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1(no_leftovers):
-    # a fixed cost per handle() call: a batch of 4 pays it once for 4 rows
-    res, doc, run_dir = _tune(no_leftovers, None, "import time; time.sleep(0.03)", tune={"p99_ms": 2000})
+def test_a_correct_handler_whose_batching_is_faster_gets_a_batch_above_1_and_threads_reach_the_worker(no_leftovers):
+    # a fixed cost per handle() call: a batch of 4 pays it once for 4 rows; each call also writes the worker's
+    # OMP_NUM_THREADS and torch's thread count, so the threads a point sets are seen where torch runs
+    default = torch.get_num_threads()  # what a worker gets from the environment alone
+    threads = 1 if default > 1 else 2
+    seen = no_leftovers / "threads.txt"
+    extra = ("import time, os, torch; time.sleep(0.03); "
+             f"open({str(seen)!r}, 'a')"
+             ".write(f\"{os.environ.get('OMP_NUM_THREADS')} {torch.get_num_threads()}\\n\")")
+    res, doc, run_dir = _tune(no_leftovers, None, extra, tune={"p99_ms": 2000}, args=("--threads", str(threads)))
     assert res.returncode == 0, res.stdout + res.stderr
+    pairs = {tuple(line.split()) for line in seen.read_text().splitlines()}
+    own = os.environ.get("OMP_NUM_THREADS", "None")
+    assert pairs == {(own, str(default)), (str(threads), str(threads))}, pairs  # set, and torch obeyed it
+    assert any(p["threads"] == threads and p["phase"] == "workers/threads" for p in doc["guided"]), doc["guided"]
+    # the in-process limit: one handle() call sleeps 30 ms, so batch 1 cannot pass 1/0.03 rows/s and batch 4 is ~4x it
+    limit = doc["summary"]["in_process_limit_rows_per_s"]
+    assert limit["1"] <= 1 / 0.03 and limit["4"] > 2.5 * limit["1"], limit
+    default_point = doc["guided"][0]
+    assert default_point["of_limit"] == pytest.approx(default_point["throughput_rps"] / limit["1"], rel=0.01)
     rec = doc["summary"]["recommended"]
     assert doc["model_config"]["batchSize"] == 4, doc["guided"]
     formed = next(p for p in doc["guided"] if p["setting"] == rec["setting"])["formed_batches"]

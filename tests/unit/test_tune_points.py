@@ -90,7 +90,7 @@ def test_the_open_loop_search_keeps_the_highest_rate_that_holds_the_objective():
     rec = Measurement(SETTING, 100.0, 5.0, 10.0, True, "same")
     rates = []
 
-    def measure(setting, phase, rate=None):
+    def measure(setting, phase, rate=None, fresh=True):
         rates.append(rate)
         return Measurement(setting, rate, 5.0, 10.0 if rate <= 90 else 80.0, True, "same")
     out = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=50.0)
@@ -98,3 +98,27 @@ def test_the_open_loop_search_keeps_the_highest_rate_that_holds_the_objective():
     assert [t["holds"] for t in out["tried"]] == [True, True, True, False]
     no_objective = _rate_search(SimpleNamespace(measure=measure), rec, p99_ms=None)
     assert no_objective["objective_p99_ms"] == 20.0 and no_objective["highest_rate"] == 90.0
+
+
+def test_tune_refuses_a_task_whose_answers_it_cannot_compare_and_says_why():
+    import pytest
+
+    from pipeline.errors import ConfigError
+    from pipeline.tune.session import _refuse_other_tasks
+    from tests.unit._support import spec_for
+
+    with pytest.raises(ConfigError, match="model.task is 'regression'.*package-validate run") as e:
+        _refuse_other_tasks(spec_for(1, model={"task": "regression"}))
+    assert e.value.exit_code == 2
+    _refuse_other_tasks(spec_for(3))  # classification: tuned
+
+
+def test_a_point_already_served_is_kept_when_not_asked_fresh(tmp_path):
+    from pipeline.tune.apply import PointServer
+    from tests.unit._support import spec_for
+
+    server = PointServer(spec_for(3), None, tmp_path, "register", None)
+    server.server, server.current = "running", SETTING  # as after applying SETTING
+    assert server.apply(SETTING, fresh=False) == ("running", 0.0) and server.last == "kept"
+    server.stop()
+    assert server.current is None  # a stopped server serves nothing: the next point is applied

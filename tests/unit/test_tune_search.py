@@ -141,3 +141,33 @@ def test_never_below_the_defaults_throughput():
     pts = [m(1, 100, 10), m(2, 95, 5)]  # the knee (lowest p99 within 90%) is slower than the default
     rec, how = choose(pts, None, pts[0])
     assert rec is pts[0] and how.endswith("the default, as no other point beats its throughput")
+
+
+# --- the head-to-head ------------------------------------------------------------------------------------------------
+
+def test_the_head_to_head_interleaves_rounds_rotating_the_order_and_quotes_medians():
+    from pipeline.tune.versus import head_to_head
+
+    rec, best = replace(DEFAULT, concurrency=4), replace(DEFAULT, batch_size=4, concurrency=4)
+    rps = {DEFAULT: iter([100, 300, 110]), rec: iter([200, 210, 190]), best: iter([220, 200, 260])}
+    measure, seen = fake(lambda s: (next(rps[s]), 10.0))
+    h = head_to_head([("default", DEFAULT), ("recommended", rec), ("grid best", best)], measure, rounds=3)
+    assert seen == [DEFAULT, rec, best, rec, best, DEFAULT, best, DEFAULT, rec]
+    assert h.of("default").throughput_rps == 110 and h.of("recommended").throughput_rps == 200
+    assert h.ratio("recommended", "default") == (pytest.approx(200 / 110), "medians over 3 interleaved rounds")
+    assert h.ratio("recommended", "grid best")[0] == pytest.approx(200 / 220)
+
+
+def test_the_same_setting_named_twice_is_one_contender_and_its_ratio_is_said_to_be_noise_free():
+    from pipeline.tune.versus import head_to_head
+
+    rec = replace(DEFAULT, concurrency=4)
+    measure, seen = fake(lambda s: (100.0 * s.concurrency, 10.0),
+                         answers=lambda s: "differ" if len(seen) == 3 else "same")  # rec, round 2
+    h = head_to_head([("default", DEFAULT), ("recommended", rec), ("grid best", rec)], measure, rounds=2)
+    assert len(seen) == 4 and h.of("recommended") is h.of("grid best")
+    assert h.of("grid best").names == ("recommended", "grid best")
+    ratio, note = h.ratio("recommended", "grid best")
+    assert ratio == 1.0 and "the same setting" in note and "by construction" in note
+    assert h.of("recommended").answers == "differ"  # the worst round is the contender's verdict
+    assert h.of("default").answers == "same"
