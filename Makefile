@@ -95,9 +95,29 @@ MUTMUT        := $(VENV)/bin/mutmut
 MUTATION_MIN  ?= 85
 MUTATION_JOBS ?= 2
 MUTATION_DIR  := reports/mutation
+# The task seam's verdict code (pipeline/tasks/): labels, answers and their checks, per-row sameness,
+# metrics and per-row counts, the paired bootstraps, the gate checks. Left out: report sections and plots,
+# rows.parquet columns, and the calls into torch/torchmetrics (detection's mAP, the values tasks' score).
+TASK_MUTANTS := 'pipeline.tasks.registry.x_task_*' \
+           $(foreach f,_box_problem load_coco boxes_from_cell name_to_index decode_builtin decode_tensors \
+             model_output check_answer iou_matrix match_one_to_one compare_row row_counts prf encode_outputs \
+             decode_encoded check_serving enumerate_names,'pipeline.tasks.detection.x_$(f)__*') \
+           'pipeline.tasks.detection.xǁBoxesǁ*' 'pipeline.tasks.detection.xǁRowDiffǁis_same__*' \
+           $(foreach f,resized_size mask_in_handler_frame read_mask _check_shape decode_builtin decode_mapping \
+             decode_custom check_answer compare_row confusion metrics_of decode_encoded uses_builtin_geometry, \
+             'pipeline.tasks.segmentation.x_$(f)__*') \
+           'pipeline.tasks.segmentation.xǁRowDiffǁis_same__*' \
+           $(foreach f,answered compared output_diff resample_weights paired_bootstrap rows_beyond answer_outputs \
+             listed metric_checks agreement_check improvement_check output_check,'pipeline.tasks.values.x_$(f)__*') \
+           'pipeline.tasks.values.xǁTaskDecoderǁdecode__*' \
+           $(foreach f,_flag _items read_labels parse_answer _filled weighted_figures softmax_hint, \
+             'pipeline.tasks.multilabel.x_$(f)__*') \
+           $(foreach f,read_labels _listed_row parse_answer weighted_figures within,'pipeline.tasks.regression.x_$(f)__*') \
+           $(foreach f,decoder_for stage_metrics paired_bootstrap metric_limits checks_for, \
+             'pipeline.tasks.structured.x_$(f)__*')
 MUTANTS := 'pipeline.evaluate.*' 'pipeline.answers.*' 'pipeline.torchserve.errors.*' \
            'pipeline.stages.replay.x__send__*' 'pipeline.stages.replay.x*_Breaker*' \
-           'pipeline.stages.replay.x_decode_answers__*'
+           'pipeline.stages.replay.x_decode_answers__*' $(TASK_MUTANTS)
 
 $(VENV)/.mutmut: constraints.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt mutmut

@@ -1,0 +1,218 @@
+"""What detection and segmentation share (tasks/structured.py) and the registry, with exact figures and messages:
+the stage figures, the time-bounded paired bootstrap, the seeds' limits and each candidate's gate checks."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.evaluate.compare import OutputDiff
+from pipeline.evaluate.gate import Check
+from pipeline.spec.schema import MetricThreshold
+from pipeline.tasks import registry
+from pipeline.tasks import structured as T
+from tests.unit._support import spec_for
+
+NAN = math.nan
+
+
+# --- stage figures ------------------------------------------------------------------------------------
+
+
+def test_stage_metrics_flat_figures_and_what_is_undefined():
+    m = T.stage_metrics("handled", 5, 4, {"map": 0.5, "map_50": None, "f1_macro": 0.25, "other": NAN},
+                        {"cat": {"ap": 0.5}}, np.array([1.0, 3.0]), "boxes", 2)
+    assert (m.stage, m.rows, m.answered) == ("handled", 5, 4)
+    assert m.map == 0.5 and math.isnan(m.map_50) and m.f1_macro == 0.25 and math.isnan(m.miou)
+    assert math.isnan(m.accuracy) and math.isnan(m.precision_macro) and math.isnan(m.recall_weighted)
+    why = "not a classification figure: this task answers boxes per row"
+    assert m.undefined == {"accuracy": why, "precision_macro": why, "recall_macro": why, "precision_weighted": why,
+                           "recall_weighted": why, "f1_weighted": why, "map_50": "undefined (0/0)",
+                           "other": "undefined (0/0)"}
+    assert m.figures == {"map": 0.5, "map_50": None, "f1_macro": 0.25, "other": NAN}
+    assert m.per_class_figures == {"cat": {"ap": 0.5}} and m.per_class == {} and m.confusion == []
+    assert m.latency.count == 2 and m.classes_total == 0 and m.failed_by_class == []
+    assert m.get("map") == 0.5 and m.get("f1_macro") == 0.25 and math.isnan(m.get("miou"))
+    assert isinstance(m.get("map"), float)
+    n = T.stage_metrics("s", 1, 1, {"miou": 0.75, "pixel_accuracy": 1}, {}, None, "a class per pixel", 3)
+    assert n.latency is None and n.miou == 0.75 and n.pixel_accuracy == 1.0 and n.undefined["f1_macro"].endswith(
+        "answers a class per pixel per row") and "miou" not in n.undefined
+    assert isinstance(n.pixel_accuracy, float)
+    assert T.answered_of(NS(predictions=[0, -1, 2])).tolist() == [True, False, True]
+
+
+def test_the_paired_bootstrap_draws_rows_and_keeps_finite_figures():
+    seen = []
+
+    def stat(idx):
+        seen.append(idx.copy())
+        return {"sum": float(idx.sum()), "never": NAN, "none": None}
+
+    cis, drawn = T.paired_bootstrap(stat, 4, seed=3, seconds=60, resamples=50)
+    assert drawn == 50 and len(seen) == 50 and all(len(i) == 4 and i.min() >= 0 and i.max() <= 3 for i in seen)
+    rng = np.random.default_rng(3)
+    sums = [float(rng.integers(0, 4, size=4).sum()) for _ in range(50)]
+    assert cis == {"sum": (float(np.percentile(sums, 2.5)), float(np.percentile(sums, 97.5)))}
+    assert any(i.max() == 3 for i in seen)
+    # fewer than 20 finite draws: no interval
+    assert T.paired_bootstrap(stat, 4, resamples=19, seconds=60) == ({}, 19)
+    assert set(T.paired_bootstrap(stat, 4, resamples=20, seconds=60)[0]) == {"sum"}
+    # bounded in time: past the deadline it stops after the resample in hand
+    assert T.paired_bootstrap(stat, 4, seconds=-1.0) == ({}, 1)
+    seen.clear()
+    assert T.paired_bootstrap(stat, 4)[1] == 400 and len(seen) == 400   # the defaults: 400 within a second
+    assert T.paired_bootstrap(lambda i: {}, 4, resamples=0) == ({}, 0)
+
+
+def test_metric_limits_are_the_specs_or_the_seeds():
+    gate = NS(metrics={"map": MetricThreshold(max_drop=0.05), "accuracy": MetricThreshold(min=0.5)})
+    assert T.metric_limits(gate, ("map", "miou")) == {"map": MetricThreshold(max_drop=0.05)}
+    seeds = T.metric_limits(spec_for(2).gate, ("miou", "pixel_accuracy"))
+    assert seeds == {"miou": MetricThreshold(max_drop=0.01), "pixel_accuracy": MetricThreshold(max_drop=0.01)}
+
+
+def test_decoder_for_a_structured_task():
+    spec = spec_for(2)
+    task = NS(name="segmentation", decode=lambda doc, s: ("decoded", doc, s is spec))
+    dec = T.decoder_for(task, spec, "a class per pixel")
+    assert dec.name == "segmentation" and dec.carries.describe() == "a class per pixel"
+    assert dec.carries.probabilities == "none" and dec.carries.logits is False
+    assert dec.decode(b'{"a": 1}') == ("decoded", {"a": 1}, True)
+
+
+# --- gate checks ---------------------------------------------------------------------------------------
+
+
+def stage(invalid=None, per_class=None, **figures):
+    return NS(get=lambda m: figures.get(m, NAN), undefined={}, invalid_answers=invalid or {},
+              per_class_figures=per_class or {})
+
+
+def paired(agreement=1.0, disagreeing=0, output=OutputDiff("box scores", 0.0, 2), differences=None):
+    return NS(agreement=agreement, disagreeing=disagreeing, output=output, differences=differences or {})
+
+
+def comparison(cand, base, t=None, diverging=()):
+    return NS(stages={"handled": cand, "baseline": base}, tests={"handled": t or paired()}, diverging=list(diverging))
+
+
+def gate(**kw):
+    return spec_for(2, gate=kw).gate
+
+
+LIMITS = {"map": MetricThreshold(max_drop=0.1)}
+
+
+def checks(spec, cmp, limits=LIMITS, keys=("ap",), extra=None) -> dict[str, Check]:
+    got = T.checks_for(spec, None, cmp, "handled", "baseline", "not run", limits, keys, "<= 1e-05 (box scores)",
+                       extra)
+    return {c.name: c for c in got}
+
+
+def test_checks_of_a_faithful_candidate():
+    per = {"cat": {"ap": 0.5, "f1": 0.25}}
+    got = checks(gate(), comparison(stage(map=0.5, per_class=per), stage(map=0.5, per_class=per)))
+    assert list(got) == ["answers valid on their own", "identical answers", "map drop", "per-class figures drop",
+                         "max abs output difference"]
+    assert got["answers valid on their own"] == Check("answers valid on their own", "handled", 0, 0, "no row", True,
+                                                      "every answer checked alone")
+    assert got["identical answers"] == Check("identical answers", "handled", 1.0, 1.0, ">= 1.0000 of rows", True,
+                                             "0 row(s) differ")
+    assert got["map drop"] == Check("map drop", "handled", 0.5, 0.5, "drop <= 0.1000", True, "drop +0.0000")
+    assert got["per-class figures drop"] == Check("per-class figures drop", "handled", 0.0, 0.0,
+                                                  "drop <= 0.1000 for every class", True, "no class dropped")
+    assert got["max abs output difference"] == Check("max abs output difference", "handled", 0.0, 0.0,
+                                                     "<= 1e-05 (box scores)", True, "box scores, 2 row(s) compared")
+
+
+def test_checks_of_a_candidate_that_differs():
+    base = stage(map=0.5, per_class={"cat": {"ap": 0.5, "f1": 0.5}, "dog": {"ap": 0.75, "f1": 0.5},
+                                     "eel": {"ap": NAN}, "fox": {"f1": 0.5}})
+    cand = stage(map=0.3, invalid={"r3": ["label(s) [7] outside 0..1", "b", "c", "d"], "r4": ["x"]},
+                 per_class={"cat": {"ap": 0.25}, "dog": {"ap": NAN}})
+    diverging = [NS(id=f"r{i}", stage="handled") for i in range(7)] + [NS(id="z", stage="served")]
+    t = paired(0.5, 3, OutputDiff("box scores", 0.25, 2))
+    got = checks(gate(max_output_diff=0.25, min_prediction_agreement=0.5), comparison(cand, base, t, diverging))
+    assert got["answers valid on their own"] == Check("answers valid on their own", "handled", 2, 0, "no row", False,
+                                                      "r3: label(s) [7] outside 0..1; b; c")
+    assert got["identical answers"] == Check("identical answers", "handled", 0.5, 1.0, ">= 0.5000 of rows", True,
+                                             "3 row(s) differ: r0, r1, r2, r3, r4")
+    assert got["map drop"].passed is False and got["map drop"].detail == "drop +0.2000"
+    # dog's AP fell to NaN: counted as 0, the worst drop (0.75); eel's baseline is NaN: not compared
+    assert got["per-class figures drop"] == Check("per-class figures drop", "handled", 0.75, 0.0,
+                                                  "drop <= 0.1000 for every class", False, "ap of dog: 0.7500 -> nan")
+    assert got["max abs output difference"].passed is True
+    got = checks(gate(max_output_diff=0.2, min_prediction_agreement=0.51), comparison(cand, base, t, diverging))
+    assert not got["identical answers"].passed and not got["max abs output difference"].passed
+    worse = stage(map=0.5, per_class={"cat": {"ap": 0.375}})
+    got = checks(gate(), comparison(worse, stage(map=0.5, per_class={"cat": {"ap": 0.5}, "dog": {"ap": 0.25}})))
+    assert got["per-class figures drop"].value == 0.25
+    assert got["per-class figures drop"].detail == "ap of dog: 0.2500 -> None"
+    got = checks(gate(), comparison(worse, stage(map=0.5, per_class={"cat": {"ap": 0.5}})))
+    assert got["per-class figures drop"] == Check("per-class figures drop", "handled", 0.125, 0.0,
+                                                  "drop <= 0.1000 for every class", False, "ap of cat: 0.5000 -> 0.375")
+    edge = checks(gate(), comparison(stage(map=0.5, per_class={"cat": {"ap": 0.4}}),
+                                     stage(map=0.5, per_class={"cat": {"ap": 0.5}})))
+    assert edge["per-class figures drop"].passed
+    up = checks(gate(), comparison(stage(map=0.5, per_class={"cat": {"ap": 0.9}}),
+                                   stage(map=0.5, per_class={"cat": {"ap": 0.5}})))
+    assert up["per-class figures drop"].value == 0.0 and up["per-class figures drop"].detail == "no class dropped"
+
+
+def test_the_per_class_limit_is_the_tightest_max_drop():
+    base = stage(map=0.5, f1_macro=0.5, per_class={"cat": {"ap": 0.5}})
+    cand = stage(map=0.5, f1_macro=0.5, per_class={"cat": {"ap": 0.47}})
+    limits = {"map": MetricThreshold(max_drop=0.05), "f1_macro": MetricThreshold(max_drop=0.02)}
+    got = checks(gate(), comparison(cand, base), limits)
+    assert got["per-class figures drop"].limit == "drop <= 0.0200 for every class"
+    assert not got["per-class figures drop"].passed
+    got = checks(gate(), comparison(cand, base), {"map": MetricThreshold(min=0.1)})
+    assert got["per-class figures drop"].limit == "drop <= 0.0100 for every class"
+
+
+def test_checks_not_evaluated_say_why():
+    got = checks(gate(), None)
+    for name in ("answers valid on their own", "identical answers", "map drop", "per-class figures drop",
+                 "max abs output difference"):
+        assert got[name].passed is False and got[name].detail == "not evaluated: not run", name
+        assert got[name].evaluated is False
+    assert got["max abs output difference"].limit == "<= 1e-05 (box scores)"
+    assert got["identical answers"].limit == ">= 1.0000 of rows"
+    only_base = NS(stages={"baseline": stage(map=0.5)}, tests={}, diverging=[])
+    assert checks(gate(), only_base)["identical answers"].detail == "not evaluated: not run"
+    only_cand = NS(stages={"handled": stage(map=0.5)}, tests={"handled": paired()}, diverging=[])
+    assert checks(gate(), only_cand)["map drop"].detail == "not evaluated: not run"
+    none = comparison(stage(map=0.5), stage(map=0.5), paired(output=OutputDiff(None, None, 0, "no row answered")))
+    c = checks(gate(), none)["max abs output difference"]
+    assert (c.passed, c.detail, c.evaluated) == (False, "not evaluated: no row answered", False)
+    calls = []
+    got = checks(gate(), comparison(stage(map=0.5), stage(map=0.5)),
+                 extra=lambda t: calls.append(t) or [Check("x", "handled", 1, 1, "l", True)])
+    assert "x" in got and len(calls) == 1
+    assert "x" not in checks(gate(), None, extra=lambda t: [Check("x", "handled", 1, 1, "l", True)])
+
+
+# --- the registry --------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_errors():
+    assert registry.names() == ("classification", "multilabel", "regression", "detection", "segmentation")
+    assert registry.task_for(None).name == "classification" and registry.task_for("").name == "classification"
+    with pytest.raises(ConfigError) as e:
+        registry.task_for("ranking")
+    assert str(e.value) == ("model.task 'ranking' is not a task package-validate knows; choose one of "
+                            "['classification', 'multilabel', 'regression', 'detection', 'segmentation']")
+    assert registry.task_of(NS(model=NS(task="regression"))).name == "regression"
+    assert registry.task_of(NS(model=NS(task=None))).name == "classification"
+    assert registry.task_of(NS()).name == "classification"
+    assert registry.task_of(NS(model=NS())).name == "classification"
+    for report, name in (({"spec": {"model": {"task": "detection"}}}, "detection"), ({}, "classification"),
+                         ([], "classification"), ({"spec": {"model": None}}, "classification"),
+                         ({"spec": {"model": {"task": 3}}}, "classification"),
+                         ({"spec": {"model": {"task": ""}}}, "classification"), ({"spec": []}, "classification")):
+        assert registry.task_name_of_report(report) == name, report
+    assert registry.task_of_report({"spec": {"model": {"task": "segmentation"}}}).name == "segmentation"
