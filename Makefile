@@ -107,13 +107,17 @@ TASK_MUTANTS := 'pipeline.tasks.registry.x_task_*' \
              decode_custom check_answer compare_row confusion metrics_of decode_encoded uses_builtin_geometry, \
              'pipeline.tasks.segmentation.x_$(f)__*') \
            'pipeline.tasks.segmentation.xǁRowDiffǁis_same__*' \
+           $(foreach t,detectionǁDetection segmentationǁSegmentation multilabelǁMultilabel regressionǁRegression, \
+             'pipeline.tasks.$(subst ǁ,.xǁ,$(t))ǁstage_checks__*') \
            $(foreach f,answered compared output_diff resample_weights paired_bootstrap rows_beyond answer_outputs \
-             listed metric_checks agreement_check improvement_check output_check,'pipeline.tasks.values.x_$(f)__*') \
+             task_decoder listed metric_checks agreement_check improvement_check output_check, \
+             'pipeline.tasks.values.x_$(f)__*') \
            'pipeline.tasks.values.xǁTaskDecoderǁdecode__*' \
            $(foreach f,_flag _items read_labels parse_answer _filled weighted_figures softmax_hint, \
              'pipeline.tasks.multilabel.x_$(f)__*') \
            $(foreach f,read_labels _listed_row parse_answer weighted_figures within,'pipeline.tasks.regression.x_$(f)__*') \
-           $(foreach f,decoder_for stage_metrics paired_bootstrap metric_limits checks_for, \
+           $(foreach f,decoder_for encoded_outputs answered_outputs _predictions stage_metrics paired_bootstrap \
+             metric_limits checks_for, \
              'pipeline.tasks.structured.x_$(f)__*')
 MUTANTS := 'pipeline.evaluate.*' 'pipeline.answers.*' 'pipeline.torchserve.errors.*' \
            'pipeline.stages.replay.x__send__*' 'pipeline.stages.replay.x*_Breaker*' \

@@ -684,25 +684,14 @@ class Detection:
 
     # stage outputs
     def model_outputs(self, name: str, scores, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import encoded_outputs
 
-        answers = tuple(decode_encoded(r) for r in np.asarray(scores.logits))
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, scores.latencies_ms, answers=answers)
+        return encoded_outputs(name, scores, decode_encoded)
 
     def answer_outputs(self, name: str, outcomes: tuple, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import answered_outputs
 
-        n = len(outcomes)
-        answers: list[Boxes | None] = [None] * n
-        lat = np.full(n, np.nan)
-        for r in outcomes:
-            if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get("boxes") is not None:
-                answers[r.index] = r.prediction.extra["boxes"]
-                if r.latency_ms is not None:
-                    lat[r.index] = r.latency_ms
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
+        return answered_outputs(name, outcomes, "boxes")
 
     # comparison
     def decoder(self, spec):

@@ -39,7 +39,8 @@ def test_answer_problems_listed_exactly_and_capped():
     b = D.Boxes.of([[0, 0, 5, 5]] * 3, [-1, 0, 3], [math.nan, 0.0, 1.0])
     assert D.check_answer(b, 3, (10, 10)) == ["label(s) [-1, 3] outside 0..2", "score(s) [nan] outside [0, 1]"]
     b = D.Boxes.of([[0, 0, 5, 5]] * 7, [0, 1, 2, 3, 4, 5, 6], [-0.5, 1.5, 0.0, 1.0, 0.5, 0.5, 0.5])
-    assert D.check_answer(b, 1, None) == ["label(s) [1, 2, 3, 4, 5] outside 0..0", "score(s) [-0.5, 1.5] outside [0, 1]"]
+    assert D.check_answer(b, 1, None) == ["label(s) [1, 2, 3, 4, 5] outside 0..0",
+                                          "score(s) [-0.5, 1.5] outside [0, 1]"]
     # at most 8 problems: the box problems stop there
     many = D.Boxes.of([[0, 0, 20, 5]] * 12, [0] * 12, [0.9] * 12)
     p = D.check_answer(many, 1, (10, 10))
@@ -479,3 +480,130 @@ def test_prf_exact_with_undefined_classes():
     assert D.prf([3], [1], [2])["f1"][0] == pytest.approx(6 / 9)
     assert D.prf([3], [1], [2])["recall"][0] == pytest.approx(3 / 5)
     assert D.prf([3], [1], [2])["precision"][0] == pytest.approx(3 / 4)
+
+
+# ---------------------------------------------------------------------------------------- serving
+
+
+def _spec(tmp_path=None, doc=None, handler="object_detector", batch=1, labels=("bg", "box")):
+    from types import SimpleNamespace as NS
+
+    files = ()
+    if doc is not None:
+        f = tmp_path / "sub" / D.LABEL_MAP
+        f.parent.mkdir(exist_ok=True)
+        f.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        files = (str(tmp_path / "other.json"), str(f))
+    return NS(handler=NS(extra_files=files, name=handler), class_labels=labels, serving=NS(batch_size=batch))
+
+
+def test_label_names_from_the_archives_map_or_the_class_labels(tmp_path):
+    assert D.enumerate_names(_spec()) == [("0", "bg"), ("1", "box")]
+    assert D.enumerate_names(_spec(tmp_path, {"1": "red", "0": ["x", "bg"]})) == [("1", "red"), ("0", ["x", "bg"])]
+    assert D.enumerate_names(_spec(tmp_path, "{broken")) == [("0", "bg"), ("1", "box")]
+    assert D.enumerate_names(_spec(tmp_path, ["a", "b"])) == [("0", "bg"), ("1", "box")]
+    missing = _spec(labels=("a",))
+    missing.handler.extra_files = (str(tmp_path / "nowhere" / D.LABEL_MAP),)
+    assert D.enumerate_names(missing) == [("0", "a")]
+
+
+def test_serving_refused_before_any_stage(tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        D.check_serving(_spec(labels=("box", "box", "score")), ["r0"], [(4, 4)])
+    assert str(e.value) == ("index_to_name.json: the answers name each box's class, and 'box' names classes 0 and 1; "
+                            "'score' names a class, but each box of the built-in's answer also carries its 'score' "
+                            "key: that class's boxes cannot be read. Give every class its own name.")
+    assert e.value.exit_code == 2
+    sizes = [(4, 4), (8, 6), None, (4, 4), (2, 2), (3, 3), (5, 5)]
+    ids = [f"r{i}" for i in range(7)]
+    with pytest.raises(ConfigError) as e:
+        D.check_serving(_spec(batch=2), ids, sizes)
+    assert str(e.value) == (
+        "serving.batch_size is 2 but the images have 5 sizes (2x2 (e.g. r4), 3x3 (e.g. r5), 4x4 (e.g. r0), "
+        "5x5 (e.g. r6)): the built-in object_detector preprocesses with ToTensor only and stacks a batch's images "
+        "(torch.stack in VisionHandler.preprocess), so every batch mixing sizes fails. Serve at batch_size 1, give "
+        "every image one size, or use a handler that batches images of several sizes.")
+    assert D.check_serving(_spec(batch=1), ids, sizes) is None
+    assert D.check_serving(_spec(batch=2, handler="mine.py"), ids, sizes) is None
+    assert D.check_serving(_spec(batch=2), ids[:4], [(4, 4), None, (4, 4), None]) is None
+
+
+# ---------------------------------------------------------------------------------------- the quoted bits
+
+
+LONG = "x" * 100
+
+
+def test_long_values_quoted_to_their_first_80_characters():
+    def answer_why(ans) -> str:
+        with pytest.raises(D.DetectionAnswerError) as e:
+            D.decode_builtin(ans, NAMES)
+        return str(e.value)
+
+    assert answer_why(LONG) == f"expected a list of {{label: [x1, y1, x2, y2], 'score': s}}, got str {'x' * 80!r}"
+    assert answer_why([LONG]) == f"box 0: expected {{label: [x1, y1, x2, y2], 'score': s}}, got {'x' * 80!r}"
+    assert answer_why([{"red_box": LONG, "score": 1}]) == (
+        f"box 0 ('red_box'): expected [x1, y1, x2, y2], got {'x' * 80!r}")
+    many = {f"n{i:02d}": i for i in range(14)}
+    with pytest.raises(D.DetectionAnswerError) as e:
+        D.decode_builtin([{"cat": [1, 2, 3, 4], "score": 0.5}], many)
+    assert str(e.value) == f"box 0: label 'cat' is not in index_to_name.json ({sorted(many)[:12]})"
+    with pytest.raises(D.DetectionAnswerError) as e:
+        D.decode_builtin([{"X1": [1, 2, 3, 4], "score": 0.5}], NAMES)
+    assert str(e.value).startswith("box 0: label 'X1' is not in")
+    with pytest.raises(DatasetError) as e:
+        D.boxes_from_cell(f'"{LONG}"', "r1", NAMES, 3, None)
+    assert str(e.value).endswith(f"got {'x' * 80!r}")
+    with pytest.raises(DatasetError) as e:
+        D.boxes_from_cell([LONG] * 21 + [{"box": [1, 2, 3, 4], "label": "cat"}], "r1", many, 3, None)
+    assert str(e.value).splitlines()[0] == "row r1: 22 bad box(es). Fix the manifest's boxes column."
+    assert list(e.value.details) == [f"box {n}: needs 'box': [x1, y1, x2, y2] numbers, got {'x' * 80!r}"
+                                     for n in range(20)]
+    with pytest.raises(DatasetError) as e:
+        D.boxes_from_cell([{"box": [1, 2, 3, 4], "label": "cat"}], "r1", many, 3, None)
+    assert list(e.value.details) == [f"box 0: label 'cat' is not a class of the model (0..2 or {sorted(many)[:12]})"]
+
+
+def test_first_five_bad_values_named():
+    with pytest.raises(D.DetectionAnswerError) as e:
+        D.decode_tensors({"boxes": [[0, 0, 1, 1]] * 7, "labels": [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5], "scores": [1] * 7})
+    assert str(e.value) == "labels must be integers, got [0.5, 1.5, 2.5, 3.5, 4.5]"
+    b = D.Boxes.of([[0, 0, 1, 1]] * 7, [0] * 7, [2, 3, 4, 5, 6, 7, 0.5])
+    assert D.check_answer(b, 1, None) == ["score(s) [2.0, 3.0, 4.0, 5.0, 6.0] outside [0, 1]"]
+    assert D.check_answer(D.Boxes.of([[0, 0, 1, 1]] * 2, [0, 0], [0.0, 1.0]), 1, None) == []
+
+
+def test_model_output_reads_tensors_through_detach():
+    class Tensor:  # what torch.Tensor offers: detach().cpu().double().numpy()
+        def __init__(self, v):
+            self.v = v
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+        def double(self):
+            return self
+
+        def numpy(self):
+            return np.asarray(self.v, np.float64)
+
+    b = D.model_output({"boxes": Tensor([[0, 0, 2, 2]]), "labels": Tensor([1]), "scores": Tensor([0.5])})
+    assert (b.boxes.tolist(), b.labels.tolist(), b.scores.tolist()) == ([[0, 0, 2, 2]], [1], [0.5])
+
+
+def test_counts_with_no_truth_at_iou_zero_and_prf_of_one_hit():
+    c = D.row_counts(D.Boxes.of([[0, 0, 1, 1]], [1], [0.9]), D.Boxes.empty(), 2, iou=0.0)
+    assert (c.tp.tolist(), c.fp.tolist(), c.fn.tolist()) == ([0, 0], [0, 1], [0, 0])
+    m = D.prf([1], [0], [0])
+    assert (m["precision"][0], m["recall"][0], m["f1"][0]) == (1.0, 1.0, 1.0)
+
+
+def test_an_encoded_row_is_answered_by_its_count_alone():
+    row = np.zeros(7)
+    row[1] = np.nan  # padding after a count of 0 is never read
+    assert len(D.decode_encoded(row)) == 0

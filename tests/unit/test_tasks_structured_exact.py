@@ -104,6 +104,10 @@ def gate(**kw):
     return spec_for(2, gate=kw).gate
 
 
+def task_gate(task, **kw):
+    return spec_for(3, model={"task": task}, gate=kw).gate
+
+
 LIMITS = {"map": MetricThreshold(max_drop=0.1)}
 
 
@@ -216,3 +220,95 @@ def test_registry_names_and_errors():
                          ({"spec": {"model": {"task": ""}}}, "classification"), ({"spec": []}, "classification")):
         assert registry.task_name_of_report(report) == name, report
     assert registry.task_of_report({"spec": {"model": {"task": "segmentation"}}}).name == "segmentation"
+
+
+# --- stage outputs -------------------------------------------------------------------------------------
+
+
+def test_stage_outputs_of_encoded_rows_and_of_answers():
+    scores = NS(logits=np.array([[1.0], [np.nan], [2.0]], np.float32), latencies_ms=np.array([1.0, 2.0, 3.0]))
+    s = T.encoded_outputs("exported", scores, lambda r: None if np.isnan(r[0]) else float(r[0]))
+    assert s.name == "exported" and s.answers == (1.0, None, 2.0) and s.predictions.tolist() == [0, -1, 0]
+    assert s.predictions.dtype == np.int64 and s.latencies_ms is scores.latencies_ms
+    assert s.probabilities is None and s.logits is None
+
+    def row(i, ok=True, extra=None, lat=5.0, pred=True):
+        return NS(index=i, is_ok=ok, latency_ms=lat, prediction=NS(extra=extra) if pred else None)
+
+    rows = (row(0, extra={"mask": "m0"}), row(1, ok=False, extra={"mask": "m1"}), row(2, extra={"boxes": "b"}),
+            row(3, extra=None), row(4, pred=False), row(5, extra={"mask": "m5"}, lat=None),
+            row(6, extra={"mask": None}))
+    s = T.answered_outputs("handled", rows, "mask")
+    assert s.name == "handled" and s.answers == ("m0", None, None, None, None, "m5", None)
+    assert s.predictions.tolist() == [0, -1, -1, -1, -1, 0, -1] and s.predictions.dtype == np.int64
+    assert s.latencies_ms[0] == 5.0 and np.isnan(s.latencies_ms[1:]).all()
+    assert s.probabilities is None and s.logits is None
+    assert T.answered_outputs("h", (), "mask").answers == ()
+
+
+def test_task_decoder_applies_the_teams_function_first(tmp_path):
+    from pipeline.tasks import values as V
+
+    f = tmp_path / "dec.py"
+    f.write_text("def read(doc):\n    return {'wrapped': doc}\n")
+    spec = spec_for(2, answers={"decode": f"{f}:read"})
+    dec = V.task_decoder("regression", lambda d: ("parsed", d), V.Carried("none", True, "values"), spec)
+    assert dec.decode(b"[1]") == ("parsed", {"wrapped": b"[1]"}) and dec.name == "regression"
+    assert dec._ref == "dec.py:read"
+    plain = V.task_decoder("regression", lambda d: ("parsed", d), V.Carried("none", True, "values"), spec_for(2))
+    assert plain.decode(b"[1]") == ("parsed", [1]) and plain._fn is None and plain._ref == ""
+
+
+# --- each structured task's own checks -----------------------------------------------------------------
+
+
+def test_detection_checks_add_box_coordinates_and_threshold_flips():
+    from pipeline.tasks import detection as D
+
+    figures = dict(map=0.5, map_50=0.5, precision_macro=0.5, recall_macro=0.5, f1_macro=0.5)
+    t = paired(differences={"coordinate_px": 0.002, "threshold_flips": 2.0})
+    cmp = comparison(stage(**figures), stage(**figures), t)
+    got = D.TASK.stage_checks(task_gate("detection", max_output_diff=0.5), None, cmp, "handled", "baseline", (),
+                              "not run")
+    names = [c.name for c in got]
+    assert names == ["answers valid on their own", "identical answers", "map drop", "map_50 drop",
+                     "precision_macro drop", "recall_macro drop", "f1_macro drop", "per-class figures drop",
+                     "max abs output difference", "max box coordinate difference", "threshold flips"]
+    by = {c.name: c for c in got}
+    assert by["max abs output difference"].limit == "<= 0.5 (box scores)"
+    assert by["max box coordinate difference"] == Check("max box coordinate difference", "handled", 0.002, 0.0,
+                                                        "<= 0.001 px", False,
+                                                        "matched boxes, pixels of the image as sent")
+    assert by["threshold flips"] == Check("threshold flips", "handled", 2.0, 0.0, "reported", True,
+                                          "boxes whose score lies within 0.01 of 0.5 on one side only: not counted "
+                                          "as missing", is_gating=False)
+    t = paired(differences={"coordinate_px": 0.001})
+    same = comparison(stage(**figures), stage(**figures), t)
+    by = {c.name: c for c in D.TASK.stage_checks(task_gate("detection"), None, same, "handled", "baseline", (), "")}
+    assert by["max box coordinate difference"].passed and by["threshold flips"].value == 0.0
+    same = comparison(stage(**figures), stage(**figures))
+    by = {c.name: c for c in D.TASK.stage_checks(task_gate("detection"), None, same, "handled", "baseline", (), "")}
+    assert by["max box coordinate difference"].value == 0.0
+    assert by["per-class figures drop"].limit == "drop <= 0.0100 for every class"
+    got = D.TASK.stage_checks(task_gate("detection"), None, None, "handled", "baseline", (), "not run")
+    assert "max box coordinate difference" not in {c.name for c in got} and len(got) == 9
+
+
+def test_segmentation_checks_add_pixel_agreement():
+    from pipeline.tasks import segmentation as S
+
+    figures = dict(miou=0.5, pixel_accuracy=0.5)
+    per = {"cat": {"iou": 0.5, "support": 3}}
+    t = paired(differences={"pixel_disagreement": 0.0125})
+    cmp = comparison(stage(per_class=per, **figures), stage(per_class={"cat": {"iou": 0.75}}, **figures), t)
+    got = S.TASK.stage_checks(task_gate("segmentation", max_output_diff=0.25), None, cmp, "handled", "baseline", (), "")
+    by = {c.name: c for c in got}
+    assert [c.name for c in got][-1] == "pixel class agreement" and len(got) == 7
+    assert by["pixel class agreement"] == Check("pixel class agreement", "handled", 0.9875, 1.0,
+                                                "every pixel, every row", False,
+                                                "worst row: 1.2500% of its pixels of another class")
+    assert by["max abs output difference"].limit == "<= 0.25 (top-class probabilities)"
+    assert by["per-class figures drop"].detail == "iou of cat: 0.7500 -> 0.5"
+    same = comparison(stage(**figures), stage(**figures))
+    ok = {c.name: c for c in S.TASK.stage_checks(task_gate("segmentation"), None, same, "handled", "baseline", (), "")}
+    assert ok["pixel class agreement"].passed and ok["pixel class agreement"].value == 1.0

@@ -132,7 +132,8 @@ def test_task_decoder_parses_json_and_quotes_the_teams_function():
         dec.decode(b"{}")
     assert str(e.value).startswith("answers.decode dec.py:read raised KeyError: 'value'")
     dec = V.TaskDecoder("r", lambda d: d, V.Carried("none", True, "v"), lambda d: np.array([d.decode()]), "f")
-    assert dec.decode(b"7") == ["7"]
+    got = dec.decode(b"7")
+    assert got == ["7"] and type(got) is list
     dec = V.TaskDecoder("r", lambda d: d, V.Carried("none", True, "v"), lambda d: d, "f")
     assert dec.decode("[1]") == "[1]"  # the team's function's result is not parsed again
     assert V.listed(np.array([1, 2])) == [1, 2] and V.listed((1,)) == (1,)
@@ -317,6 +318,12 @@ def test_multilabel_labels_from_lists_exact(tmp_path):
         f"{tmp_path / 'm.csv'}: 1 row(s) have labels that cannot be read in column 'label'; write each row's labels as "
         "a list ([0, 2], [\"cat\", \"dog\"] or cat;dog, empty for none). No row is skipped.")
     assert list(e.value.details) == ["id r6: True is not a label (0..2 or a name of model.class_names)"]
+    with pytest.raises(DatasetError) as e:
+        ML.read_labels(pd.DataFrame({"label": ["[1", "[2", "a"] + ["x"] * 20}), spec, tmp_path / "m.csv",
+                       [f"r{i}" for i in range(23)])
+    assert list(e.value.details)[:3] == ["id r0: '[1' is not a list of labels", "id r1: '[2' is not a list of labels",
+                                         "id r3: 'x' is not a label (0..2 or a name of model.class_names)"]
+    assert len(e.value.details) == 20 and "22 row(s)" in str(e.value)
     y, notes = ML.read_labels(df.iloc[:6], spec, tmp_path / "m.csv", ids)
     assert y.tolist() == [[1, 0, 1], [0, 1, 1], [0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]]
     assert notes == ["labels read as lists from column 'label'; 2 row(s) have no label (an empty cell or [])"]
@@ -347,6 +354,18 @@ def test_multilabel_labels_from_01_columns_exact(tmp_path):
     p = tmp_path / "m.csv"
     y, notes = ML.read_labels(pd.DataFrame({"x": [1, 0], "y": ["true", 0.0]}), spec, p, ["r0", "r1"])
     assert y.tolist() == [[1, 1], [0, 0]] and notes == ["labels read from 2 0/1 columns ['x', 'y']"]
+    assert y.dtype == np.int64
+    nine = [f"c{j}" for j in range(9)]
+    spec9 = spec_for(9, model={"task": "multilabel"}, dataset={"label_columns": nine})
+    _, notes = ML.read_labels(pd.DataFrame({c: [1] for c in nine}), spec9, p, ["r0"])
+    assert notes == [f"labels read from 9 0/1 columns {nine[:8]}"]
+    with pytest.raises(DatasetError) as e:
+        ML.read_labels(pd.DataFrame({c: [2] * 3 for c in nine}), spec9, p, ["r0", "r1", "r2"])
+    assert len(e.value.details) == 20 and str(e.value).split(": ", 1)[1].startswith("27 label value(s)")
+    wide = pd.DataFrame({f"w{j:02d}": [1] for j in range(45)})
+    with pytest.raises(DatasetError) as e:
+        ML.read_labels(wide, spec, p, ["r0"])
+    assert str(e.value).endswith(f"Columns found: {list(wide.columns)[:40]}.")
     with pytest.raises(DatasetError) as e:
         ML.read_labels(pd.DataFrame({"x": [2, 0], "y": [1, "no"]}), spec, p, ["r0", "r1"])
     assert str(e.value).splitlines()[0] == (f"{p}: 2 label value(s) are not 0 or 1 (multilabel: one 0/1 column per "
@@ -455,6 +474,21 @@ def test_regression_labels_exact(tmp_path):
         RG.read_labels(pd.DataFrame({"y": [1.0]}), spec, p, ["a"])
     assert str(e.value) == (f"{p}: label column(s) ['label'] not found. Columns found: ['y']. Fix dataset.label_column "
                             "(one target) or dataset.label_columns (one per target).")
+    wide = pd.DataFrame({f"w{j:02d}": [1] for j in range(45)})
+    with pytest.raises(DatasetError) as e:
+        RG.read_labels(wide, spec, p, ["a"])
+    assert f"Columns found: {list(wide.columns)[:40]}. Fix" in str(e.value)
+    with pytest.raises(DatasetError) as e:
+        RG.read_labels(pd.DataFrame({"label": ["x"] * 22}), spec, p, [f"r{i}" for i in range(22)])
+    assert len(e.value.details) == 20 and "22 regression target(s)" in str(e.value)
+    nine = [f"c{j}" for j in range(9)]
+    _, notes = RG.read_labels(pd.DataFrame({c: [1.0] for c in nine}),
+                              spec_for(9, model={"task": "regression"}, dataset={"label_columns": nine}), p, ["a"])
+    assert notes == [f"regression targets read from column(s) {nine[:8]}"]
+    with pytest.raises(DatasetError) as e:
+        RG.read_labels(pd.DataFrame({c: [1.0] for c in nine}),
+                       spec_for(3, model={"task": "regression"}, dataset={"label_columns": nine}), p, ["a"])
+    assert f"9 label column(s) {nine[:8]} but" in str(e.value)
     two = spec_for(2, model={"task": "regression"}, dataset={"label_columns": ["u", "v"]})
     y, notes = RG.read_labels(pd.DataFrame({"u": [1, 2], "v": [3, 4.5]}), two, p, ["a", "b"])
     assert y.tolist() == [[1, 3], [2, 4.5]] and notes == ["regression targets read from column(s) ['u', 'v']"]
@@ -470,6 +504,11 @@ def test_regression_listed_targets_exact(tmp_path):
     spec = spec_for(2, model={"task": "regression"})
     y, notes = RG.read_labels(pd.DataFrame({"label": ["[1, 2.5]", np.array([3, 4])]}), spec, p, ["a", "b"])
     assert y.tolist() == [[1, 2.5], [3, 4]] and notes == ["2 targets read as lists from column 'label'"]
+    assert y.dtype == np.float64
+    assert RG.read_labels(pd.DataFrame({"label": ["[1, 2]"]}), spec, p, ["a"])[0].dtype == np.float64
+    with pytest.raises(DatasetError) as e:
+        RG.read_labels(pd.DataFrame({"label": ["[" + "1, " * 40 + "]"]}), spec, p, ["b"])
+    assert f"the targets {('[' + '1, ' * 40)[:60]!r} are" in str(e.value)
     for cell in ("[1]", "[1, true]", "[1, NaN]", "x", "[1, \"2\"]", 5):
         with pytest.raises(DatasetError) as e:
             RG.read_labels(pd.DataFrame({"label": [cell]}), spec, p, ["b"])
