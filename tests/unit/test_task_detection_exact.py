@@ -568,7 +568,8 @@ def test_long_values_quoted_to_their_first_80_characters():
 
 def test_first_five_bad_values_named():
     with pytest.raises(D.DetectionAnswerError) as e:
-        D.decode_tensors({"boxes": [[0, 0, 1, 1]] * 7, "labels": [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5], "scores": [1] * 7})
+        D.decode_tensors({"boxes": [[0, 0, 1, 1]] * 7, "labels": [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5],
+                          "scores": [1] * 7})
     assert str(e.value) == "labels must be integers, got [0.5, 1.5, 2.5, 3.5, 4.5]"
     b = D.Boxes.of([[0, 0, 1, 1]] * 7, [0] * 7, [2, 3, 4, 5, 6, 7, 0.5])
     assert D.check_answer(b, 1, None) == ["score(s) [2.0, 3.0, 4.0, 5.0, 6.0] outside [0, 1]"]

@@ -312,3 +312,94 @@ def test_segmentation_checks_add_pixel_agreement():
     same = comparison(stage(**figures), stage(**figures))
     ok = {c.name: c for c in S.TASK.stage_checks(task_gate("segmentation"), None, same, "handled", "baseline", (), "")}
     assert ok["pixel class agreement"].passed and ok["pixel class agreement"].value == 1.0
+
+
+# --- a structured comparison assembled --------------------------------------------------------------------
+
+
+def _stage(name, answers, lat=1.0):
+    preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
+    return T.TaskOutputs(name, preds, None, None, np.full(len(answers), lat), answers=tuple(answers))
+
+
+def _compare(stages, ids=("r0", "r1", "r2"), validate=None):
+    from pipeline.evaluate.compare import StageOutputs  # noqa: F401 (a plain stage has no answers)
+
+    def row_compare(a, b, i):
+        d = abs(a - b)
+        return T.RowCompare(d == 0, {"d": d, "e": 2 * d}, f"differs by {d}", (a,), (b,), {"row": i})
+
+    def value(a):
+        return 0.0 if a is None else a
+
+    return T.compare_structured(
+        ids, stages, ("cat", "dog"), None, row_compare=row_compare,
+        score=lambda answers, rows: {"f1_macro": float(np.mean([value(answers[i]) for i in rows])), "none": None},
+        row_stats=lambda answers: [value(a) for a in answers],
+        stats_of=lambda st, idx: {"f1_macro": float(np.mean([st[i] for i in idx])), "x": 1.0},
+        per_class=lambda answers: {"cat": {"n": sum(a is not None for a in answers)}},
+        output_quantity="the numbers", output_key="d", what="numbers", tolerance=0.0, validate=validate)
+
+
+def test_a_structured_comparison_exactly():
+    base = _stage("baseline", [1.0, 2.0, 3.0])
+    exported = _stage("exported", [1.0, 2.5, None])
+    handled = _stage("handled", [1.0, 2.0, 4.0])
+    cmp = _compare([base, exported, handled], validate=lambda a, i: [f"big {a}"] if a > 2.9 else [])
+    m = cmp.stages["exported"]
+    assert (m.rows, m.answered, m.figures) == (3, 2, {"f1_macro": 3.5 / 3, "none": None})
+    assert m.per_class_figures == {"cat": {"n": 2}} and m.latency.count == 3
+    assert cmp.stages["baseline"].invalid_answers == {"r2": ["big 3.0"]}
+    assert cmp.stages["exported"].invalid_answers == {}
+    t = cmp.tests["exported"]
+    assert (t.candidate, t.reference, t.agreement, t.disagreeing) == ("exported", "baseline", pytest.approx(1 / 3), 2)
+    assert t.differences == {"d": 0.5, "e": 1.0} and t.output == OutputDiff("the numbers", 0.5, 2, "")
+    assert t.deltas == {"f1_macro": pytest.approx(3.5 / 3 - 2.0)} and t.delta_f1_macro == pytest.approx(3.5 / 3 - 2.0)
+    rng = np.random.default_rng(0)
+    ra, ca = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 0.0])
+    changes = []
+    for _ in range(400):
+        idx = rng.integers(0, 3, size=3)
+        changes.append(ca[idx].mean() - ra[idx].mean())
+    expected = (float(np.percentile(changes, 2.5)), float(np.percentile(changes, 97.5)))
+    assert t.delta_cis["f1_macro"] == pytest.approx(expected) and t.delta_cis["x"] == (0.0, 0.0)
+    assert t.delta_f1_macro_ci == pytest.approx(expected) and t.resamples == 400
+    assert math.isnan(t.mcnemar_p) and math.isnan(t.delta_accuracy) and t.reference_only_correct == 0
+    h = cmp.tests["handled"]
+    assert (h.agreement, h.disagreeing, h.differences) == (pytest.approx(2 / 3), 1, {"d": 1.0, "e": 2.0})
+    s = cmp.steps["handled"]
+    assert (s.reference, s.disagreeing, s.resamples, s.delta_cis) == ("exported", 2, 0, {})
+    assert math.isnan(s.delta_f1_macro_ci[0])
+    assert cmp.flipped_total == 2 and [f.id for f in cmp.flipped] == ["r1", "r2"]
+    assert cmp.flipped[0].label == -1 and cmp.flipped[0].predictions == {n: (None, None) for n in
+                                                                         ("baseline", "exported", "handled")}
+    assert [(d.id, d.stage, d.reference, d.quantity, d.max_abs_diff) for d in cmp.diverging] == [
+        ("r2", "handled", "baseline", "differs by 1.0", 2.0), ("r1", "exported", "baseline", "differs by 0.5", 1.0)]
+    assert cmp.diverging[0].reference_values == (3.0,) and cmp.diverging[0].candidate_values == (4.0,)
+    assert cmp.diverging[0].picture == {"row": 2}
+    assert cmp.labels == ("cat", "dog") and cmp.served_server_latency is None
+    assert list(cmp.tests) == ["exported", "handled"] and list(cmp.steps) == ["exported", "handled"]
+
+
+def test_only_the_worst_rows_keep_their_pictures_and_unanswered_stages():
+    n = 7
+    ids = tuple(f"r{i}" for i in range(n))
+    base = _stage("baseline", [0.0] * n)
+    cand = _stage("handled", [float(i + 1) for i in range(n)])
+    cmp = _compare([base, cand], ids)
+    assert [d.id for d in cmp.diverging] == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+    assert [d.picture is not None for d in cmp.diverging] == [True] * 4 + [False] * 3
+    silent = _stage("handled", [None] * n)
+    cmp = _compare([base, silent], ids)
+    t = cmp.tests["handled"]
+    assert t.output == OutputDiff(None, None, 0, "no row answered by both baseline and handled")
+    assert (t.agreement, t.disagreeing, t.differences, cmp.diverging) == (0.0, 7, {}, ())
+    assert cmp.flipped_total == 7 and len(cmp.flipped) == 7
+    one = _compare([_stage("baseline", [1.0]), _stage("handled", [1.0])], ("r0",))
+    assert one.tests["handled"].resamples == 0 and one.tests["handled"].agreement == 1.0
+    assert one.flipped_total == 0 and one.tests["handled"].output.max_abs == 0.0
+    from pipeline.evaluate.compare import StageOutputs
+
+    plain = StageOutputs("handled", np.array([0, 0, 0]), None, None, None)
+    cmp = _compare([_stage("baseline", [1.0, 2.0, 3.0]), plain])
+    assert cmp.tests["handled"].disagreeing == 3 and cmp.stages["handled"].latency is None

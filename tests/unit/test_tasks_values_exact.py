@@ -579,3 +579,133 @@ def test_tolerances_and_thresholds_of_each_values_task():
     assert ML.TASK.tracked == ("f1_micro", "f1_macro", "hamming_loss", "subset_accuracy")
     assert ML.TASK.default_metrics == ("f1_micro", "f1_macro", "hamming_loss")
     assert MetricThreshold(max_drop=0.01).max_drop == 0.01
+
+
+# --- each values task's checks of a candidate ----------------------------------------------------------
+
+
+def value_cmp(cand, base, t, diverging=(), notes=None):
+    return NS(stages={"handled": cand, "baseline": base}, tests={"handled": t}, diverging=list(diverging),
+              notes=notes or {})
+
+
+def test_multilabel_checks_of_a_candidate():
+    spec = spec_for(3, model={"task": "multilabel", "class_names": ["a", "b", "c"]},
+                    gate={"max_output_diff": 0.01}).gate
+    figs = dict(f1_micro=0.5, f1_macro=0.5, hamming_loss=0.25)
+    t = V.ValuePairedTest("handled", "baseline", 0.5, 2, OutputDiff("probabilities", 0.5, 4),
+                          {"f1_micro": {"delta": 0.25, "ci": [0.125, 0.375]}}, 100, ("r1", "r2"))
+    cmp = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r1", stage="handled"), NS(id="z", stage="x")],
+                    {"handled": "a softmax"})
+    got = ML.TASK.stage_checks(spec, None, cmp, "handled", "baseline", (), "")
+    assert [c.name for c in got] == ["prediction agreement", "f1_micro drop", "f1_macro drop", "hamming_loss rise",
+                                     "max abs output difference", "no improvement beyond noise"]
+    assert got[0] == Check("prediction agreement", "handled", 0.5, 1.0, ">= 1.0000", False,
+                           "2 row(s) answer another set of labels (r1, r2)")
+    assert got[4] == Check("max abs output difference", "handled", 0.5, 0.0, "<= 0.01", False,
+                           "probabilities, 4 row(s) compared; largest beyond the tolerance: r1; a softmax")
+    assert got[5].passed is False and got[5].value == 0.25
+    ok = V.ValuePairedTest("handled", "baseline", 1.0, 0, OutputDiff("probabilities", 0.0, 4), {}, 0)
+    got = ML.TASK.stage_checks(spec, None, value_cmp(metrics(**figs), metrics(**figs), ok, (),
+                                                     {"handled": "a softmax"}), "handled", "baseline", (), "")
+    assert got[4].detail == "probabilities, 4 row(s) compared" and got[4].passed
+    got = ML.TASK.stage_checks(spec, None, None, "handled", "baseline", (), "not run")
+    assert [c.detail for c in got] == ["not evaluated: not run"] * 6
+    gone = NS(stages={"baseline": metrics(**figs)}, tests={}, diverging=[], notes={"handled": "x"})
+    assert [c.passed for c in ML.TASK.stage_checks(spec, None, gone, "handled", "baseline", (), "w")] == [False] * 6
+    quiet = spec_for(3, model={"task": "multilabel"}, gate={"flag_improvement": False}).gate
+    assert len(ML.TASK.stage_checks(quiet, None, None, "handled", "baseline", (), "")) == 5
+
+
+def test_regression_checks_of_a_candidate():
+    spec = spec_for(1, model={"task": "regression"}, gate={"max_output_diff": 0.5, "value_rtol": 0.25}).gate
+    figs = dict(mae=1.0, rmse=2.0, r2=0.5)
+    t = V.ValuePairedTest("handled", "baseline", 0.75, 1, OutputDiff("values", 3.0, 4),
+                          {"mae": {"delta": -0.5, "ci": [-0.75, -0.25]}}, 100, ("r2",))
+    cmp = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r2", stage="handled")])
+    got = RG.TASK.stage_checks(spec, None, cmp, "handled", "baseline", (), "")
+    assert [c.name for c in got] == ["prediction agreement", "mae rise", "rmse rise", "r2 drop",
+                                     "max abs value difference", "no improvement beyond noise"]
+    assert got[0].detail == "1 row(s) answer a value beyond 0.5 + 0.25 x |baseline| (r2)"
+    assert got[4] == Check("max abs value difference", "handled", 3.0, 0.0, "<= 0.5 + 0.25 x |baseline|", False,
+                           "values, 4 row(s) compared; largest beyond the tolerance: r2")
+    assert got[5].passed is False  # the MAE fell beyond noise
+    # a large difference within the relative tolerance passes: only the rows beyond it fail the check
+    within = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r2", stage="served")])
+    got = RG.TASK.stage_checks(spec, None, within, "handled", "baseline", (), "")
+    assert got[4].passed is True and got[4].detail == "values, 4 row(s) compared"
+    got = RG.TASK.stage_checks(spec, None, None, "handled", "baseline", (), "not run")
+    assert [c.detail for c in got] == ["not evaluated: not run"] * 6
+    quiet = spec_for(1, model={"task": "regression"}, gate={"flag_improvement": False}).gate
+    assert len(RG.TASK.stage_checks(quiet, None, None, "handled", "baseline", (), "")) == 5
+
+
+# --- a values comparison assembled ------------------------------------------------------------------------
+
+
+def test_a_values_comparison_exactly():
+    from pipeline.tasks.base import CompareContext
+
+    ids = ("r0", "r1", "r2", "r3")
+    y = np.array([[1.0], [2.0], [3.0], [4.0]])
+
+    def st(name, vals, preds=(0, 0, 0, 0)):
+        v = np.asarray(vals, float).reshape(-1, 1)
+        return outs(name, preds, logits=v, values=np.where(np.asarray(preds)[:, None] >= 0, v, np.nan),
+                    logits_from="values")
+
+    base = st("baseline", [1.0, 2.0, 3.0, 10.0])
+    exported = st("exported", [1.0, 2.05, 3.5, 10.0])
+    handled = st("handled", [1.0, 2.0, 3.0, 12.0], preds=(0, 0, -1, 0))
+
+    def same(ref, cand):
+        return V.answered(ref) & V.answered(cand) & (np.abs(ref.values - cand.values)[:, 0] <= 0.1)
+
+    def deltas(ref, cand):
+        d = np.nan_to_num((cand.values - ref.values)[:, 0])
+        return lambda w: {"mae": (w @ d) / 4}
+
+    def score(s):
+        m = float(np.nanmean(s.values))
+        return NS(get=lambda k: m)
+
+    cmp = V.value_comparison(NS(name="regression"), ids, y, [base, exported, handled], None,
+                             CompareContext(("y",), 0.1), score=score, same=same, deltas=deltas, resamples=200,
+                             note=lambda s: "hint" if s.name == "handled" else "", rtol=0.1)
+    assert (cmp.task, cmp.labels, list(cmp.stages)) == ("regression", ("y",), ["baseline", "exported", "handled"])
+    t = cmp.tests["exported"]
+    assert (t.candidate, t.reference, t.agreement, t.disagreeing) == ("exported", "baseline", 0.75, 1)
+    assert t.output == OutputDiff("values", pytest.approx(0.5), 4) and t.differing_ids == ("r2",)
+    assert t.beyond == 1  # 0.5 > 0.1 + 0.1 * 3; 0.05 is within
+    assert t.resamples == 200 and t.deltas["mae"]["delta"] == pytest.approx(0.55 / 4)
+    rng = np.random.default_rng(0)
+    d = np.array([0.0, 0.05, 0.5, 0.0])
+    draws = np.concatenate([V.resample_weights(4, rng, 100) @ d / 4 for _ in range(2)])
+    assert t.deltas["mae"]["ci"] == [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    h = cmp.tests["handled"]
+    assert (h.agreement, h.disagreeing, h.differing_ids, h.beyond) == (0.5, 2, ("r2", "r3"), 1)
+    assert h.output == OutputDiff("values", 2.0, 3)
+    s = cmp.steps["handled"]
+    assert (s.reference, s.resamples, s.deltas) == ("exported", 0, {})
+    assert cmp.flipped_total == 2
+    assert cmp.flipped == (V.ValueRow("r2", (3.0,), {"baseline": (3.0,), "exported": (3.5,), "handled": None}),
+                           V.ValueRow("r3", (4.0,), {"baseline": (10.0,), "exported": (10.0,), "handled": (12.0,)}))
+    assert [(r.id, r.stage, r.reference, r.quantity, r.max_abs_diff) for r in cmp.diverging] == [
+        ("r2", "exported", "baseline", "values", 0.5), ("r3", "handled", "baseline", "values", 2.0)]
+    assert cmp.diverging[1].reference_values == (10.0,) and cmp.diverging[1].candidate_values == (12.0,)
+    assert cmp.notes == {"handled": "hint"} and cmp.served_server_latency is None
+    # within the relative tolerance: 2.0 <= 0.1 + 0.25 * 10 is not diverging
+    cmp = V.value_comparison(NS(name="regression"), ids, y, [base, handled], None, CompareContext(("y",), 0.1),
+                             score=score, same=same, deltas=deltas, resamples=0, rtol=0.25)
+    assert cmp.diverging == () and cmp.tests["handled"].beyond == 0 and cmp.tests["handled"].deltas == {}
+    assert cmp.notes == {} and cmp.tests["handled"].resamples == 0
+    empty = [outs(n, [], logits=np.zeros((0, 1)), values=np.zeros((0, 1))) for n in ("baseline", "handled")]
+    none = V.value_comparison(NS(name="r"), (), np.zeros((0, 1)), empty, None, CompareContext(("y",), 0.1),
+                              score=lambda s: NS(get=lambda k: 0.0), same=same, deltas=deltas)
+    assert math.isnan(none.tests["handled"].agreement) and none.flipped == ()
+    no_numbers = V.value_comparison(NS(name="r"), ids, y, [base, outs("handled", [0, 0, 0, 0],
+                                                                      values=[[1.0], [2.0], [3.0], [10.0]])],
+                                    None, CompareContext(("y",), 0.1), score=score, same=same, deltas=deltas,
+                                    resamples=0)
+    assert no_numbers.tests["handled"].beyond == 0 and no_numbers.diverging == ()
+    assert no_numbers.tests["handled"].agreement == 1.0
