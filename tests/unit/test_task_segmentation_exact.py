@@ -215,3 +215,10 @@ def test_builtin_geometry_from_the_handler_or_the_reference_preprocessing():
     assert S.uses_builtin_geometry(spec("image_segmenter", None))
     assert S.uses_builtin_geometry(spec("mine.py", "builtin:image_segmenter"))
     assert not S.uses_builtin_geometry(spec("mine.py", "builtin:image_classifier"))
+
+
+def test_mask_geometry_keeps_class_indices_above_255():
+    mask = np.array([[300, 2], [7, 1000]], np.int16)
+    got = S.mask_in_handler_frame(mask, resize=4, crop=4)
+    assert got.dtype == np.int16
+    assert got.tolist() == [[300, 300, 2, 2], [300, 300, 2, 2], [7, 7, 1000, 1000], [7, 7, 1000, 1000]]
