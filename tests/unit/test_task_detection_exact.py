@@ -207,7 +207,7 @@ def test_manifest_cell_forms():
 
 
 def test_name_to_index_exact():
-    assert D.name_to_index({"0": "bg", "1": ["n1", "box"], "2": 7}) == ({"bg": 0, "box": 1, "7": 2}, [])
+    assert D.name_to_index({"0": "bg", "1": ["n1", "n2", "box"], "2": 7}) == ({"bg": 0, "box": 1, "7": 2}, [])
     assert D.name_to_index({"0": "a", "1": "a", "2": "score"}) == ({"a": 0, "score": 2}, [
         "'a' names classes 0 and 1",
         "'score' names a class, but each box of the built-in's answer also carries its 'score' key: that class's "
@@ -526,6 +526,8 @@ def test_serving_refused_before_any_stage(tmp_path):
         "(torch.stack in VisionHandler.preprocess), so every batch mixing sizes fails. Serve at batch_size 1, give "
         "every image one size, or use a handler that batches images of several sizes.")
     assert D.check_serving(_spec(batch=1), ids, sizes) is None
+    with pytest.raises(ConfigError, match="but the images have 2 sizes"):
+        D.check_serving(_spec(batch=2), ids[:2], sizes[:2])
     assert D.check_serving(_spec(batch=2, handler="mine.py"), ids, sizes) is None
     assert D.check_serving(_spec(batch=2), ids[:4], [(4, 4), None, (4, 4), None]) is None
 

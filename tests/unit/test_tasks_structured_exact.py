@@ -26,6 +26,10 @@ NAN = math.nan
 def test_stage_metrics_flat_figures_and_what_is_undefined():
     m = T.stage_metrics("handled", 5, 4, {"map": 0.5, "map_50": None, "f1_macro": 0.25, "other": NAN},
                         {"cat": {"ap": 0.5}}, np.array([1.0, 3.0]), "boxes", 2)
+    full = T.stage_metrics("s", 1, 1, {"map_50": 0.25, "precision_macro": 0.5, "recall_macro": 0.75}, {}, None,
+                           "boxes", 2)
+    assert (full.map_50, full.precision_macro, full.recall_macro) == (0.25, 0.5, 0.75)
+    assert math.isnan(full.precision_weighted) and math.isnan(full.f1_weighted) and math.isnan(full.f1_macro)
     assert (m.stage, m.rows, m.answered) == ("handled", 5, 4)
     assert m.map == 0.5 and math.isnan(m.map_50) and m.f1_macro == 0.25 and math.isnan(m.miou)
     assert math.isnan(m.accuracy) and math.isnan(m.precision_macro) and math.isnan(m.recall_weighted)
@@ -312,6 +316,8 @@ def test_segmentation_checks_add_pixel_agreement():
     same = comparison(stage(**figures), stage(**figures))
     ok = {c.name: c for c in S.TASK.stage_checks(task_gate("segmentation"), None, same, "handled", "baseline", (), "")}
     assert ok["pixel class agreement"].passed and ok["pixel class agreement"].value == 1.0
+    got = S.TASK.stage_checks(task_gate("segmentation"), None, None, "handled", "baseline", (), "not run")
+    assert [c.detail for c in got] == ["not evaluated: not run"] * 6
 
 
 # --- a structured comparison assembled --------------------------------------------------------------------
