@@ -99,7 +99,7 @@ def read_mask(path: Path, row_id: str, num_classes: int, image_size: tuple[int, 
     if image_size is not None and tuple(size) != tuple(image_size):
         raise DatasetError(f"row {row_id}: mask {path} is {size[0]}x{size[1]} but its image is "
                            f"{image_size[0]}x{image_size[1]}. A mask has its image's size, one class per pixel.")
-    arr = arr.astype(np.int16) if arr.dtype != bool else arr.astype(np.int16)
+    arr = arr.astype(np.int16)
     bad = np.unique(arr[(arr < 0) | (arr >= num_classes)])
     if bad.size:
         raise DatasetError(f"row {row_id}: mask {path} has pixel value(s) {bad[:8].tolist()} that are no class of "

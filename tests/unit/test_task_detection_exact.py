@@ -610,3 +610,80 @@ def test_an_encoded_row_is_answered_by_its_count_alone():
     row = np.zeros(7)
     row[1] = np.nan  # padding after a count of 0 is never read
     assert len(D.decode_encoded(row)) == 0
+
+
+# ---------------------------------------------------------------------------------------- more edges
+
+
+def test_box_edges_exactly_at_the_tolerance_are_inside():
+    assert D._box_problem(np.array([-0.001, -0.001, 10.001, 8.001]), 10, 8) is None
+
+
+def test_iou_of_boxes_under_a_pixel():
+    tiny = [[0, 0, 0.5, 0.5]]
+    assert D.iou_matrix(tiny, tiny).tolist() == [[1.0]]
+    assert D.iou_matrix(tiny, [[0, 0, 0.5, 0.25]])[0, 0] == pytest.approx(0.5)
+    assert D.iou_matrix([[0, 0, 0.25, 0.5]], tiny)[0, 0] == pytest.approx(0.5)
+
+
+def test_coco_images_and_problems_each_listed(tmp_path):
+    images = [{"file_name": "nameless.png"}, {"id": 4, "file_name": "d.png"},
+              {"id": 3, "file_name": "c.png", "width": 10, "height": 10}, {"id": 9, "file_name": "x" * 100}]
+    anns = [{"id": i, "image_id": 3, "category_id": 1, "bbox": [0, 0, 20, 1]} for i in range(25)]
+    _, details = _problems(tmp_path, {"images": images, "annotations": anns},
+                           sizes={"c.png": (10, 12), "x" * 100: (5, 5)})
+    assert details[:3] == ["image entry \"{'file_name': 'nameless.png'}\": needs 'id' and 'file_name'",
+                           "image 'd.png' (COCO id 4): no such row among the dataset's images",
+                           "image 'c.png': COCO says 10x10 but the file is 10x12"]
+    assert len(details) == 20
+    head, _ = _problems(tmp_path, {"images": images, "annotations": anns}, sizes={"c.png": (10, 12)})
+    assert head.endswith(": 29 bad annotation(s). Fix the annotations file.")
+    long = {"id": 1, "name": "y" * 100}
+    _, details = _problems(tmp_path, {"images": [long], "annotations": []})
+    assert details == [f"image entry {str(long)[:80]!r}: needs 'id' and 'file_name'"]
+
+
+def test_compare_row_counts_every_box_and_quotes_coordinates_to_two_decimals():
+    tol = D.Tolerances(threshold=0.5, flip_band=0.1)
+    ref = row((0, 0, 10, 10, 1, 0.9), (20, 20, 30, 30, 1, 0.9), (40.125, 40, 50, 50, 1, 0.9),
+              (60.125, 60, 70, 70, 1, 0.9), (80, 80, 90, 90, 1, 0.55), (100, 100, 110, 110, 1, 0.55))
+    cand = row((0, 0, 10, 10, 2, 0.9), (20, 20, 30, 30, 2, 0.9), (200.125, 0, 210, 10, 1, 0.9),
+               (220, 0, 230, 10, 1, 0.9))
+    d = D.compare_row(ref, cand, tol)
+    assert (d.label_mismatches, d.missing, d.extra, d.flips) == (2, 2, 2, 2)
+    assert d.details == ("box [0.0, 0.0, 10.0, 10.0]: label 1 -> 2", "box [20.0, 20.0, 30.0, 30.0]: label 1 -> 2",
+                         "extra box [200.12, 0.0, 210.0, 10.0] label 1 score 0.9000",
+                         "extra box [220.0, 0.0, 230.0, 10.0] label 1 score 0.9000",
+                         "missing box [40.12, 40.0, 50.0, 50.0] label 1 score 0.9000",
+                         "missing box [60.12, 60.0, 70.0, 70.0] label 1 score 0.9000",
+                         "box [80.0, 80.0, 90.0, 90.0]: threshold flip (reference score 0.550000)",
+                         "box [100.0, 100.0, 110.0, 110.0]: threshold flip (reference score 0.550000)")
+    low = row((0.125, 0, 10, 10, 1, 0.45), (20, 20, 30, 30, 1, 0.45))
+    d = D.compare_row(low, row((0.125, 0, 10, 10, 1, 0.55), (20, 20, 30, 30, 1, 0.55)), tol)
+    assert d.flips == 2 and d.details[0].startswith("box [0.12, 0.0, 10.0, 10.0]: threshold flip (candidate")
+    d = D.compare_row(row((0.125, 0, 10, 10, 1, 0.9)), D.Boxes.empty(), tol)
+    assert d.details == ("missing box [0.12, 0.0, 10.0, 10.0] label 1 score 0.9000",)
+    d = D.compare_row(row((0.125, 0, 10, 10, 1, 0.55)), D.Boxes.empty(), tol)
+    assert d.details == ("box [0.12, 0.0, 10.0, 10.0]: threshold flip (reference score 0.550000)",)
+    d = D.compare_row(row((0.125, 0, 10, 10, 1, 0.9)), row((0.125, 0, 10, 10, 2, 0.9)), tol)
+    assert d.details == ("box [0.12, 0.0, 10.0, 10.0]: label 1 -> 2",)
+
+
+def test_a_box_at_the_threshold_is_kept_not_just_under_it():
+    tol = D.Tolerances(threshold=0.5, flip_band=0.1)
+    # two candidate boxes on one reference box kept at exactly the threshold: the second is extra, not a flip
+    d = D.compare_row(row((0, 0, 10, 10, 1, 0.5)), row((0, 0, 10, 10, 1, 0.5), (0, 0, 10, 9.9, 1, 0.5)), tol)
+    assert (d.matched, d.extra, d.flips) == (1, 1, 0)
+    d = D.compare_row(row((0, 0, 10, 10, 1, 0.5), (0, 0, 10, 9.9, 1, 0.5)), row((0, 0, 10, 10, 1, 0.5)), tol,
+                      candidate_raw=True)
+    assert (d.matched, d.missing, d.flips) == (1, 1, 0)
+
+
+def test_only_the_unmatched_box_is_looked_for_under_the_threshold():
+    tol = D.Tolerances(threshold=0.5, flip_band=0.1)
+    ref = row((0, 0, 10, 10, 1, 0.9), (0, 0, 10, 10, 1, 0.45))
+    d = D.compare_row(ref, row((50, 50, 60, 60, 1, 0.55), (0, 0, 10, 10, 1, 0.9)), tol)
+    assert (d.matched, d.extra, d.flips) == (1, 1, 0)
+    cand = row((0, 0, 10, 10, 1, 0.9), (0, 0, 10, 10, 1, 0.45))
+    d = D.compare_row(row((50, 50, 60, 60, 1, 0.55), (0, 0, 10, 10, 1, 0.9)), cand, tol, candidate_raw=True)
+    assert (d.matched, d.missing, d.flips) == (1, 1, 0)

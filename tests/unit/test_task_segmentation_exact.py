@@ -222,3 +222,11 @@ def test_mask_geometry_keeps_class_indices_above_255():
     got = S.mask_in_handler_frame(mask, resize=4, crop=4)
     assert got.dtype == np.int16
     assert got.tolist() == [[300, 300, 2, 2], [300, 300, 2, 2], [7, 7, 1000, 1000], [7, 7, 1000, 1000]]
+
+
+def test_figures_of_a_class_whose_union_is_one_pixel_and_many_bad_pixels(tmp_path):
+    m = S.metrics_of(np.array([[1, 0], [0, 0]]))
+    assert m == {"miou": 1.0, "pixel_accuracy": 1.0, "iou_per_class": {0: 1.0}}
+    p = _png(tmp_path, np.arange(20, 30, dtype=np.uint8).reshape(2, 5))
+    with pytest.raises(DatasetError, match=r"pixel value\(s\) \[20, 21, 22, 23, 24, 25, 26, 27\] that"):
+        S.read_mask(p, "r1", 3, None)

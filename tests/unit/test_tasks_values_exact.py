@@ -565,6 +565,7 @@ def test_within_absolute_and_relative_tolerance():
     assert RG.within(ref, cand, 0.5, 0.0).tolist() == [False, False, True, False]
     assert RG.within(ref, cand, 0.49, 0.0).tolist() == [False, False, False, False]
     assert RG.within(ref, outs("h", [0] * 4), 1.0, 1.0).tolist() == [False] * 4
+    assert RG.within(ref, outs("h", [0] * 4), 1.0, 1.0).dtype == bool
     assert RG.within(outs("b", [0] * 4), cand, 1.0, 1.0).tolist() == [False] * 4
     nan = outs("h", [0, 0, 0, 0], values=[[NAN], [-10.0], [0.0], [1.0]])
     assert RG.within(ref, nan, 0.0, 0.0).tolist() == [False, True, True, False]
