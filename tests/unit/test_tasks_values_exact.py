@@ -114,6 +114,7 @@ def test_answer_outputs_from_row_outcomes():
     s = V.answer_outputs("served", rows, 1, "values")
     assert s.probabilities is None and s.logits_from == "values"
     assert s.logits[0].tolist() == [1.5] and np.isnan(s.logits[1]).all() and s.values.tolist() == [[1.5], [2.5]]
+    assert s.name == "served" and s.predictions.tolist() == [0, 0] and s.latencies_ms.tolist() == [2.0, 2.0]
     assert V.answer_outputs("served", (row(0, True, [2.5]),), 1, "values").logits is None
 
 
@@ -552,6 +553,11 @@ def test_regression_weighted_figures_exact():
     assert f["r2"][2] == pytest.approx(0.0, abs=1e-12)  # rows 1, 1, 4: mean 2, ss_res 6, ss_tot 6
     f = RG.weighted_figures(np.array([[1, 1, 1]]), np.array([[1.5], [2.0], [4.0]]), y)
     assert f["r2"][0] == pytest.approx(1 - 0.25 / (14 / 3))
+    # a target (almost) constant over the rows: R2 is undefined below 1e-12 of the sum of squares, not above
+    for d, defined in ((1.2e-3, False), (5e-3, True)):
+        y3 = np.array([[1000.0], [1000.0], [1000.0 + d]])
+        r2 = RG.weighted_figures(np.array([[1, 1, 1]]), y3, y3)["r2"][0]
+        assert (r2 == 1.0) if defined else np.isnan(r2), d
     two = RG.weighted_figures(np.array([[1, 1]]), np.array([[1.0, 0.0], [3.0, 0.0]]), np.array([[1.0, 5.0],
                                                                                                [2.0, 5.0]]))
     assert two["mae"].tolist() == pytest.approx([(0 + 5 + 1 + 5) / 4])
@@ -606,6 +612,12 @@ def test_multilabel_checks_of_a_candidate():
     assert got[4] == Check("max abs output difference", "handled", 0.5, 0.0, "<= 0.01", False,
                            "probabilities, 4 row(s) compared; largest beyond the tolerance: r1; a softmax")
     assert got[5].passed is False and got[5].value == 0.25
+    assert {c.stage for c in got} == {"handled"} and got[1].detail == "drop +0.0000" and got[1].evaluated
+    assert got[3].detail == "rise +0.0000" and got[3].passed
+    plain = V.ValuePairedTest("handled", "baseline", 1.0, 0, OutputDiff("probabilities", 0.5, 4), {}, 0)
+    got = ML.TASK.stage_checks(spec, None, value_cmp(metrics(**figs), metrics(**figs), plain), "handled", "baseline",
+                               (), "")
+    assert got[4].detail == "probabilities, 4 row(s) compared" and not got[4].passed
     ok = V.ValuePairedTest("handled", "baseline", 1.0, 0, OutputDiff("probabilities", 0.0, 4), {}, 0)
     got = ML.TASK.stage_checks(spec, None, value_cmp(metrics(**figs), metrics(**figs), ok, (),
                                                      {"handled": "a softmax"}), "handled", "baseline", (), "")
@@ -631,6 +643,8 @@ def test_regression_checks_of_a_candidate():
     assert got[4] == Check("max abs value difference", "handled", 3.0, 0.0, "<= 0.5 + 0.25 x |baseline|", False,
                            "values, 4 row(s) compared; largest beyond the tolerance: r2")
     assert got[5].passed is False  # the MAE fell beyond noise
+    assert got[5].detail.endswith("delta mae -0.5, 95% CI [-0.75, -0.25], 100 resamples")
+    assert {c.stage for c in got} == {"handled"} and got[1].detail == "rise +0.0000" and got[3].detail == "drop +0.0000"
     # a large difference within the relative tolerance passes: only the rows beyond it fail the check
     within = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r2", stage="served")])
     got = RG.TASK.stage_checks(spec, None, within, "handled", "baseline", (), "")
