@@ -687,3 +687,22 @@ def test_only_the_unmatched_box_is_looked_for_under_the_threshold():
     cand = row((0, 0, 10, 10, 1, 0.9), (0, 0, 10, 10, 1, 0.45))
     d = D.compare_row(row((50, 50, 60, 60, 1, 0.55), (0, 0, 10, 10, 1, 0.9)), cand, tol, candidate_raw=True)
     assert (d.matched, d.missing, d.flips) == (1, 1, 0)
+
+
+def test_prf_of_nothing_is_nan_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = D.prf(np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros(2, np.int64))
+    assert all(np.isnan(v).all() for v in m.values())
+
+
+def test_tensor_columns_of_words_or_nested_rows():
+    for doc in ({"boxes": [[0, 0, 1, 1]], "labels": ["a"], "scores": [1]},
+                {"boxes": [[0, 0, 1, 1]], "labels": [1], "scores": ["high"]}):
+        with pytest.raises(D.DetectionAnswerError, match="^boxes, labels and scores must be numbers: "):
+            D.decode_tensors(doc)
+    b = D.decode_tensors({"boxes": [[0, 0, 1, 1], [1, 1, 2, 2]], "labels": [[1, 2]], "scores": [[0.5, 0.25]]})
+    assert (b.labels.tolist(), b.scores.tolist()) == ([1, 2], [0.5, 0.25])
+

@@ -296,6 +296,14 @@ def test_detection_checks_add_box_coordinates_and_threshold_flips():
     assert by["per-class figures drop"].limit == "drop <= 0.0100 for every class"
     got = D.TASK.stage_checks(task_gate("detection"), None, None, "handled", "baseline", (), "not run")
     assert "max box coordinate difference" not in {c.name for c in got} and len(got) == 9
+    assert {c.detail for c in got} == {"not evaluated: not run"}
+    for key in ("ap", "precision", "recall", "f1"):
+        base = stage(per_class={"cat": {"ap": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}}, **figures)
+        cand = stage(per_class={"cat": {"ap": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, key: 0.25}},
+                     **figures)
+        by = {c.name: c for c in D.TASK.stage_checks(task_gate("detection"), None, comparison(cand, base),
+                                                     "handled", "baseline", (), "")}
+        assert by["per-class figures drop"].detail == f"{key} of cat: 0.5000 -> 0.25", key
 
 
 def test_segmentation_checks_add_pixel_agreement():

@@ -232,7 +232,8 @@ def test_agreement_check_names_the_rows():
     assert c.detail == "8 row(s) differ (r0, r1, r2, r3, r4, r5, r6, r7)"
     assert V.agreement_check(spec, paired(1.0, 0), "h", "", "differ", ()).detail == "0 row(s) differ"
     c = V.agreement_check(spec, None, "served", "not run", "differ", ())
-    assert (c.passed, c.detail, c.limit) == (False, "not evaluated: not run", ">= 0.7500")
+    assert c == Check("prediction agreement", "served", None, None, ">= 0.7500", False, "not evaluated: not run",
+                      evaluated=False)
 
 
 def test_improvement_check_fails_an_improvement_beyond_noise():
@@ -259,7 +260,8 @@ def test_improvement_check_fails_an_improvement_beyond_noise():
                           "95% CI of the f1 change includes 0 or worse", True, "no interval (7 resamples)",
                           evaluated=False)
     c = V.improvement_check(spec, None, "served", "f1", False, "not run")
-    assert (c.passed, c.detail) == (False, "not evaluated: not run")
+    assert c == Check("no improvement beyond noise", "served", None, None,
+                      "95% CI of the f1 change includes 0 or worse", False, "not evaluated: not run", evaluated=False)
     assert V.improvement_check(gate(flag_improvement=False), t, "handled", "f1", False, "") is None
 
 
@@ -280,7 +282,8 @@ def test_output_check_limits_and_reasons():
     c = V.output_check(spec, None, paired(output=OutputDiff("values", None, 0, "no row")), "handled", "", ())
     assert c.detail == "not evaluated: no row"
     c = V.output_check(spec, None, None, "served", "not run", ())
-    assert (c.passed, c.detail, c.limit) == (False, "not evaluated: not run", "<= 0.5")
+    assert c == Check("max abs output difference", "served", None, None, "<= 0.5", False, "not evaluated: not run",
+                      evaluated=False)
     allowed = gate(max_output_diff=0.5, allow_not_evaluable=["handled: max abs output difference"])
     c = V.output_check(allowed, None, paired(output=OutputDiff(None, None, 0, "x")), "handled", "", ())
     assert c.is_gating is False
@@ -417,6 +420,21 @@ def test_multilabel_answers_exact():
     assert why([-0.01, 0.5, 0]).startswith("the scores hold values outside [0, 1]: [-0.01, 0.5, 0.0]")
     assert why({"a": 2}).startswith("the scores hold values outside [0, 1]: [2.0]")
     assert ML.parse_answer([0.3, 0.3, 0.3], ml_spec(threshold=0.3)).extra["values"].tolist() == [1, 1, 1]
+    assert ML.parse_answer(["a"], spec).index == 0 and ML.parse_answer([-1e-6, 0, 1], spec).index == 0
+    assert why([NAN, 0.5, 0.5]) == "the per-label scores holds NaN or infinity"
+    seven = spec_for(7, model={"task": "multilabel"})
+    with pytest.raises(AnswerError) as e:
+        ML.parse_answer([2, 2, 2, 2, 2, 2, 2], seven)
+    assert str(e.value).startswith("the scores hold values outside [0, 1]: [2.0, 2.0, 2.0, 2.0, 2.0, 2.0] (sigmoid")
+    many = spec_for(14, model={"task": "multilabel", "class_names": [f"l{i:02d}" for i in range(14)]})
+    with pytest.raises(AnswerError) as e:
+        ML.parse_answer({"x": 0.5}, many)
+    assert str(e.value) == f"label 'x' is not a label of the model ({[f'l{i:02d}' for i in range(12)]})"
+    with pytest.raises(AnswerError) as e:
+        ML.parse_answer(["x"], many)
+    assert str(e.value).startswith(f"'x' is not a label of the model ({[f'l{i:02d}' for i in range(12)]}); a list")
+    assert why("y" * 100).endswith(f"got str {'y' * 60!r}")
+    assert ML.parse_answer([0.5, 0.25, 1], spec).extra["values"].dtype == np.float64
 
 
 def test_multilabel_filled_counts_a_missing_row_as_every_label_wrong():
