@@ -60,6 +60,11 @@ def test_the_paired_bootstrap_draws_rows_and_keeps_finite_figures():
     assert drawn == 50 and len(seen) == 50 and all(len(i) == 4 and i.min() >= 0 and i.max() <= 3 for i in seen)
     rng = np.random.default_rng(3)
     sums = [float(rng.integers(0, 4, size=4).sum()) for _ in range(50)]
+    vals = np.array([0.1, 0.7, 1.3, 2.9])
+    spread = T.paired_bootstrap(lambda i: {"v": float(vals[i].sum())}, 4, seconds=60, resamples=60)[0]["v"]
+    rng = np.random.default_rng(0)  # the default seed
+    draws = [float(vals[rng.integers(0, 4, size=4)].sum()) for _ in range(60)]
+    assert spread == (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5)))
     assert cis == {"sum": (float(np.percentile(sums, 2.5)), float(np.percentile(sums, 97.5)))}
     assert any(i.max() == 3 for i in seen)
     # fewer than 20 finite draws: no interval
@@ -184,10 +189,12 @@ def test_the_per_class_limit_is_the_tightest_max_drop():
 
 def test_checks_not_evaluated_say_why():
     got = checks(gate(), None)
-    for name in ("answers valid on their own", "identical answers", "map drop", "per-class figures drop",
-                 "max abs output difference"):
-        assert got[name].passed is False and got[name].detail == "not evaluated: not run", name
-        assert got[name].evaluated is False
+    limits = {"answers valid on their own": "no row", "identical answers": ">= 1.0000 of rows",
+              "map drop": "drop <= 0.1000", "per-class figures drop": "drop <= 0.1000 for every class",
+              "max abs output difference": "<= 1e-05 (box scores)"}
+    for name, limit in limits.items():
+        assert got[name] == Check(name, "handled", None, None, limit, False, "not evaluated: not run",
+                                  evaluated=False), name
     assert got["max abs output difference"].limit == "<= 1e-05 (box scores)"
     assert got["identical answers"].limit == ">= 1.0000 of rows"
     only_base = NS(stages={"baseline": stage(map=0.5)}, tests={}, diverging=[])
@@ -196,7 +203,10 @@ def test_checks_not_evaluated_say_why():
     assert checks(gate(), only_cand)["map drop"].detail == "not evaluated: not run"
     none = comparison(stage(map=0.5), stage(map=0.5), paired(output=OutputDiff(None, None, 0, "no row answered")))
     c = checks(gate(), none)["max abs output difference"]
-    assert (c.passed, c.detail, c.evaluated) == (False, "not evaluated: no row answered", False)
+    assert c == Check("max abs output difference", "handled", None, None, "<= 1e-05 (box scores)", False,
+                      "not evaluated: no row answered", evaluated=False)
+    only_base = NS(stages={"baseline": stage(map=0.5), "handled": None}, tests={"handled": paired()}, diverging=[])
+    assert checks(gate(), only_base)["per-class figures drop"].detail == "not evaluated: not run"
     calls = []
     got = checks(gate(), comparison(stage(map=0.5), stage(map=0.5)),
                  extra=lambda t: calls.append(t) or [Check("x", "handled", 1, 1, "l", True)])
@@ -259,6 +269,11 @@ def test_task_decoder_applies_the_teams_function_first(tmp_path):
     dec = V.task_decoder("regression", lambda d: ("parsed", d), V.Carried("none", True, "values"), spec)
     assert dec.decode(b"[1]") == ("parsed", {"wrapped": b"[1]"}) and dec.name == "regression"
     assert dec._ref == "dec.py:read"
+    from pipeline.errors import UserCodeError
+
+    with pytest.raises(UserCodeError, match="^answers.decode: .* has no callable 'absent'. Fix answers.decode in"):
+        V.task_decoder("regression", lambda d: d, V.Carried("none", True, "values"),
+                       spec_for(2, answers={"decode": f"{f}:absent"}))
     plain = V.task_decoder("regression", lambda d: ("parsed", d), V.Carried("none", True, "values"), spec_for(2))
     assert plain.decode(b"[1]") == ("parsed", [1]) and plain._fn is None and plain._ref == ""
 
@@ -361,7 +376,10 @@ def test_a_structured_comparison_exactly():
     handled = _stage("handled", [1.0, 2.0, 4.0])
     cmp = _compare([base, exported, handled], validate=lambda a, i: [f"big {a}"] if a > 2.9 else [])
     m = cmp.stages["exported"]
-    assert (m.rows, m.answered, m.figures) == (3, 2, {"f1_macro": 3.5 / 3, "none": None})
+    assert (m.stage, m.rows, m.answered, m.figures) == ("exported", 3, 2, {"f1_macro": 3.5 / 3, "none": None})
+    assert m.undefined["accuracy"] == "not a classification figure: this task answers numbers per row"
+    assert cmp.steps["handled"].differences == {"d": 0.5, "e": 1.0}  # exported's unanswered row is not compared
+    assert cmp.tests["exported"].delta_accuracy_ci[0] != cmp.tests["exported"].delta_accuracy_ci[0]
     assert m.per_class_figures == {"cat": {"n": 2}} and m.latency.count == 3
     assert cmp.stages["baseline"].invalid_answers == {"r2": ["big 3.0"]}
     assert cmp.stages["exported"].invalid_answers == {}
@@ -399,9 +417,10 @@ def test_only_the_worst_rows_keep_their_pictures_and_unanswered_stages():
     n = 7
     ids = tuple(f"r{i}" for i in range(n))
     base = _stage("baseline", [0.0] * n)
-    cand = _stage("handled", [float(i + 1) for i in range(n)])
+    cand = _stage("handled", [float(n - i) for i in range(n)])
     cmp = _compare([base, cand], ids)
-    assert [d.id for d in cmp.diverging] == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+    assert [d.id for d in cmp.diverging] == ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]
+    assert cmp.tests["handled"].differences == {"d": 7.0, "e": 14.0}
     assert [d.picture is not None for d in cmp.diverging] == [True] * 4 + [False] * 3
     silent = _stage("handled", [None] * n)
     cmp = _compare([base, silent], ids)
@@ -409,6 +428,24 @@ def test_only_the_worst_rows_keep_their_pictures_and_unanswered_stages():
     assert t.output == OutputDiff(None, None, 0, "no row answered by both baseline and handled")
     assert (t.agreement, t.disagreeing, t.differences, cmp.diverging) == (0.0, 7, {}, ())
     assert cmp.flipped_total == 7 and len(cmp.flipped) == 7
+    two = _compare([_stage("baseline", [1.0, 2.0]), _stage("handled", [1.0, 3.0])], ("r0", "r1"))
+    assert two.tests["handled"].resamples == 400
+    # the baseline's unanswered row, unanswered by the last candidate too: flipped by the first one only
+    gone = _compare([_stage("baseline", [None, 1.0]), _stage("exported", [1.0, 1.0]), _stage("handled", [None, 1.0])],
+                    ("r0", "r1"))
+    assert gone.flipped_total == 1 and [f.id for f in gone.flipped] == ["r0"]
+    both_none = _compare([_stage("baseline", [None, 1.0]), _stage("handled", [None, 1.0])], ("r0", "r1"))
+    assert both_none.flipped_total == 0
+    many = _compare([_stage("baseline", [0.0] * 102), _stage("handled", [1.0] * 102)], tuple(f"r{i}" for i in
+                                                                                         range(102)))
+    assert len(many.diverging) == 100 and many.flipped_total == 102 and len(many.flipped) == 50
+    served = _stage("served", [1.0, 2.0, 4.0], lat=5.0)
+    cmp = T.compare_structured(("r0", "r1", "r2"), [_stage("baseline", [1.0, 2.0, 3.0]), served], ("cat",),
+                               np.array([1.0, 2.0, np.nan]), row_compare=lambda a, b, i: T.RowCompare(a == b, {}, ""),
+                               score=lambda a, r: {}, row_stats=lambda a: a, stats_of=lambda st, idx: {},
+                               per_class=lambda a: {}, output_quantity="q", output_key="d", what="w", tolerance=0.0)
+    assert cmp.served_server_latency.count == 2 and cmp.served_overhead_latency.count == 2
+    assert cmp.served_overhead_latency.p50 == pytest.approx(3.5)
     one = _compare([_stage("baseline", [1.0]), _stage("handled", [1.0])], ("r0",))
     assert one.tests["handled"].resamples == 0 and one.tests["handled"].agreement == 1.0
     assert one.flipped_total == 0 and one.tests["handled"].output.max_abs == 0.0

@@ -68,15 +68,19 @@ def test_rows_beyond_their_tolerance():
     assert V.rows_beyond(excess).tolist() == [False, True, False, True]
 
 
+COEF = np.array([0.1, 0.7, 1.3, 2.9, 5.3])  # weighted sums with few ties: each percentile is its own
+
+
 def test_resample_weights_and_the_bounded_bootstrap():
     w = V.resample_weights(4, np.random.default_rng(0), 3)
     assert w.shape == (3, 4) and (w.sum(axis=1) == 4).all() and w.dtype.kind == "i"
     assert V.resample_weights(0, np.random.default_rng(0), 2).shape == (2, 0)
+    assert V.resample_weights(0, np.random.default_rng(0), 2).dtype.kind == "i"
     calls = []
 
     def stat(weights):
         calls.append(len(weights))
-        return {"m": weights @ np.arange(5.0), "never": np.full(len(weights), np.nan)}
+        return {"m": weights @ COEF, "never": np.full(len(weights), np.nan)}
 
     cis, drawn = V.paired_bootstrap(stat, 5, resamples=250, seconds=60)
     assert drawn == 250 and calls == [100, 100, 50]
@@ -84,7 +88,7 @@ def test_resample_weights_and_the_bounded_bootstrap():
 
     def expected(seed):  # the same draws, one batch at a time
         rng = np.random.default_rng(seed)
-        w = np.concatenate([V.resample_weights(5, rng, k) @ np.arange(5.0) for k in (100, 100, 50)])
+        w = np.concatenate([V.resample_weights(5, rng, k) @ COEF for k in (100, 100, 50)])
         return [float(np.percentile(w, 2.5)), float(np.percentile(w, 97.5))]
 
     assert cis["m"] == expected(0) and expected(0) != expected(1)
@@ -201,6 +205,9 @@ def test_metric_checks_that_cannot_be_measured():
     assert c.detail == "not evaluated: r2 could not be measured" and not c.passed
     (c,) = V.metric_checks(spec, metrics(r2=NAN), metrics(r2=1.0), "served", "", frozenset())
     assert c.detail == "not evaluated: r2 could not be measured"
+    two = gate(metrics={"r2": {"min": 0.5, "max_drop": 0.1}, "mae": {"max_drop": 0.1}})
+    got = V.metric_checks(two, metrics(r2=NAN, mae=1.0), metrics(r2=1.0, mae=1.0), "served", "", frozenset())
+    assert [(c.name, c.evaluated) for c in got] == [("r2 >= min", False), ("r2 drop", False), ("mae drop", True)]
     (c,) = V.metric_checks(spec, metrics(r2=1.0), metrics(r2=NAN), "served", "why", frozenset())
     assert c.detail == "not evaluated: why"
     und = metrics({"r2": "R2 needs at least 2 rows"}, r2=NAN)
@@ -742,3 +749,45 @@ def test_a_values_comparison_exactly():
                                     resamples=0)
     assert no_numbers.tests["handled"].beyond == 0 and no_numbers.diverging == ()
     assert no_numbers.tests["handled"].agreement == 1.0
+
+
+def test_values_comparison_tolerances_order_and_every_candidate():
+    from pipeline.tasks.base import CompareContext
+
+    ids = ("r0", "r1", "r2")
+    y = np.zeros((3, 1))
+
+    def st(name, vals):
+        v = np.asarray(vals, float).reshape(-1, 1)
+        return outs(name, [0, 0, 0], logits=v, values=v, logits_from="values")
+
+    def score(s):
+        m = float(np.mean(s.values))
+        return NS(get=lambda k: {"mae": m}[k])
+
+    def deltas(ref, cand):
+        d = (cand.values - ref.values)[:, 0]
+        return lambda w: {"mae": (w @ d) / 3}
+
+    base = st("baseline", [1.0, 10.0, 20.0])
+    cand = st("handled", [1.15, 11.15, 24.0])   # beyond 0.1 + 0.1 x |baseline|: rows 1 and 2, the worst first
+    nonum = outs("exported", [0, 0, 0], values=[[1.0], [10.0], [20.0]])
+    cmp = V.value_comparison(NS(name="regression"), ids, y, [base, nonum, cand], None, CompareContext(("y",), 0.1),
+                             score=score, same=lambda r, c: np.ones(3, bool), deltas=deltas, resamples=1,
+                             note=lambda s: s.name, rtol=0.1)
+    t = cmp.tests["handled"]
+    assert t.beyond == 2 and t.resamples == 1 and t.deltas["mae"]["delta"] == pytest.approx(5.3 / 3)
+    assert [(r.id, r.stage) for r in cmp.diverging] == [("r2", "handled"), ("r1", "handled")]
+    assert cmp.notes == {"exported": "exported", "handled": "handled"}
+    differ = lambda r, c: np.abs(r.values - c.values)[:, 0] == 0  # noqa: E731
+    first_only = V.value_comparison(NS(name="r"), ids, y, [base, st("exported", [1.0, 9.0, 20.0]),
+                                                          st("handled", [1.0, 10.0, 20.0])], None,
+                                    CompareContext(("y",), 0.1), score=score, same=differ, deltas=deltas,
+                                    resamples=0)
+    assert first_only.flipped_total == 1 and [r.id for r in first_only.flipped] == ["r1"]
+    served = st("served", [1.0, 10.0, 20.0])
+    lat = V.value_comparison(NS(name="r"), ids, y, [base, StageOutputs(
+        "served", served.predictions, None, served.logits, np.array([5.0, 6.0, 7.0]), logits_from="values",
+        values=served.values)], np.array([1.0, 2.0, 3.0]), CompareContext(("y",), 0.1), score=score, same=differ,
+        deltas=deltas, resamples=0)
+    assert lat.served_server_latency.p50 == 2.0 and lat.served_overhead_latency.p50 == 4.0
