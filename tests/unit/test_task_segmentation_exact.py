@@ -230,3 +230,12 @@ def test_figures_of_a_class_whose_union_is_one_pixel_and_many_bad_pixels(tmp_pat
     p = _png(tmp_path, np.arange(20, 30, dtype=np.uint8).reshape(2, 5))
     with pytest.raises(DatasetError, match=r"pixel value\(s\) \[20, 21, 22, 23, 24, 25, 26, 27\] that"):
         S.read_mask(p, "r1", 3, None)
+
+
+def test_one_class_answers_and_the_first_three_bad_probabilities():
+    one = S.Mask(np.zeros((1, 2), np.int16), np.array([[0.5, 1.0]], np.float32))
+    assert S.check_answer(one, 1, None) == [
+        "a top-class probability under 1/1: these are not the argmax class's softmax probabilities (an argmax over "
+        "the wrong dimension?)"]
+    bad = S.Mask(np.zeros((1, 4), np.int16), np.array([[2, 3, 4, 5]], np.float32))
+    assert S.check_answer(bad, 1, None) == ["4 probabilit(ies) outside [0, 1], e.g. [2.0, 3.0, 4.0]"]

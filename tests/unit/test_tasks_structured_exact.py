@@ -176,6 +176,13 @@ def test_checks_of_a_candidate_that_differs():
     assert up["per-class figures drop"].value == 0.0 and up["per-class figures drop"].detail == "no class dropped"
 
 
+def test_per_class_drops_past_an_undefined_figure_quoted_to_four_decimals():
+    base = stage(map=0.5, per_class={"cat": {"ap": NAN, "f1": 0.5}})
+    cand = stage(map=0.5, per_class={"cat": {"f1": 0.123456}})
+    got = checks(gate(), comparison(cand, base), keys=("ap", "f1"))
+    assert got["per-class figures drop"].detail == "f1 of cat: 0.5000 -> 0.1235"
+
+
 def test_the_per_class_limit_is_the_tightest_max_drop():
     base = stage(map=0.5, f1_macro=0.5, per_class={"cat": {"ap": 0.5}})
     cand = stage(map=0.5, f1_macro=0.5, per_class={"cat": {"ap": 0.47}})

@@ -562,6 +562,12 @@ def test_regression_answers_exact():
                                      "['u', 'w']")
     assert why({"u": 1, "v": 2, "w": 3}).endswith("got keys ['u', 'v', 'w']")
     assert why({"value": 1, "u": 9, "v": 8}).endswith("got keys ['u', 'v', 'value']")
+    assert why({"value": 1, "u": 9}).endswith("got keys ['u', 'value']")
+    assert RG.parse_answer([1, 2], spec).index == 0
+    nine = spec_for(9, model={"task": "regression", "class_names": [f"t{i}" for i in range(9)]})
+    msg = why({f"t{i}": 1 for i in range(8)} | {"x": 1}, nine)
+    assert msg == (f"a {{target: value}} answer names each of the 9 target(s) {[f't{i}' for i in range(8)]}; got keys "
+                   f"{sorted([f't{i}' for i in range(8)] + ['x'])[:8]}")
     assert why([1]) == "a regression answer (2 value(s)) must hold 2 numbers, got 1"
     assert why(True, one) == "a regression answer (1 value(s)) must be a list of numbers, got bool"
     assert why([[1], [2]], one) == "a regression answer (1 value(s)) must hold 1 numbers, got 2"
