@@ -745,6 +745,9 @@ def test_a_values_comparison_exactly():
                              score=score, same=same, deltas=deltas, resamples=0, rtol=0.25)
     assert cmp.diverging == () and cmp.tests["handled"].beyond == 0 and cmp.tests["handled"].deltas == {}
     assert cmp.notes == {} and cmp.tests["handled"].resamples == 0
+    plain = V.value_comparison(NS(name="multilabel"), ids, y, [base, handled], None, CompareContext(("y",), 0.1),
+                               score=score, same=same, deltas=deltas, resamples=0)  # no relative tolerance
+    assert [r.id for r in plain.diverging] == ["r3"] and plain.tests["handled"].beyond == 1
     empty = [outs(n, [], logits=np.zeros((0, 1)), values=np.zeros((0, 1))) for n in ("baseline", "handled")]
     none = V.value_comparison(NS(name="r"), (), np.zeros((0, 1)), empty, None, CompareContext(("y",), 0.1),
                               score=lambda s: NS(get=lambda k: 0.0), same=same, deltas=deltas)
