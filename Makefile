@@ -96,9 +96,34 @@ MUTMUT        := $(VENV)/bin/mutmut
 MUTATION_MIN  ?= 85
 MUTATION_JOBS ?= 2
 MUTATION_DIR  := reports/mutation
+# The task seam's verdict code (pipeline/tasks/): labels and their checks, answers and their checks, per-row
+# sameness, the metrics' counts, the paired bootstraps, each comparison's assembly, the gate checks, the registry.
+# Left out: report sections and plots, rows.parquet columns, the calls into torch/torchmetrics (detection's mAP,
+# the values tasks' score, segmentation's model_outputs) and the label readers that open image files.
+TASK_MUTANTS := 'pipeline.tasks.registry.x_task_*' \
+           $(foreach f,_box_problem load_coco boxes_from_cell name_to_index decode_builtin decode_tensors \
+             model_output check_answer iou_matrix match_one_to_one compare_row row_counts prf encode_outputs \
+             decode_encoded check_serving enumerate_names,'pipeline.tasks.detection.x_$(f)__*') \
+           'pipeline.tasks.detection.xǁBoxesǁ*' 'pipeline.tasks.detection.xǁRowDiffǁis_same__*' \
+           $(foreach f,resized_size mask_in_handler_frame read_mask _check_shape decode_builtin decode_mapping \
+             decode_custom check_answer compare_row confusion metrics_of decode_encoded uses_builtin_geometry, \
+             'pipeline.tasks.segmentation.x_$(f)__*') \
+           'pipeline.tasks.segmentation.xǁRowDiffǁis_same__*' \
+           $(foreach t,detectionǁDetection segmentationǁSegmentation multilabelǁMultilabel regressionǁRegression, \
+             'pipeline.tasks.$(subst ǁ,.xǁ,$(t))ǁstage_checks__*') \
+           $(foreach f,answered compared output_diff resample_weights paired_bootstrap rows_beyond answer_outputs \
+             value_comparison task_decoder listed metric_checks agreement_check improvement_check output_check, \
+             'pipeline.tasks.values.x_$(f)__*') \
+           'pipeline.tasks.values.xǁTaskDecoderǁdecode__*' \
+           $(foreach f,_flag _items read_labels parse_answer _filled weighted_figures softmax_hint, \
+             'pipeline.tasks.multilabel.x_$(f)__*') \
+           $(foreach f,read_labels _listed_row parse_answer weighted_figures within, \
+             'pipeline.tasks.regression.x_$(f)__*') \
+           $(foreach f,decoder_for encoded_outputs answered_outputs _predictions stage_metrics paired_bootstrap \
+             compare_structured metric_limits checks_for,'pipeline.tasks.structured.x_$(f)__*')
 MUTANTS := 'pipeline.evaluate.*' 'pipeline.answers.*' 'pipeline.torchserve.errors.*' \
            'pipeline.stages.replay.x__send__*' 'pipeline.stages.replay.x*_Breaker*' \
-           'pipeline.stages.replay.x_decode_answers__*'
+           'pipeline.stages.replay.x_decode_answers__*' $(TASK_MUTANTS)
 
 $(VENV)/.mutmut: constraints.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt mutmut
@@ -121,10 +146,13 @@ define mutation_report
 endef
 MUTMUT_ABS = $(abspath $(MUTMUT))
 
+# One thread for torch (OMP/MKL): the task tests run torchmetrics and torch's softmax, and each mutant runs in a
+# process forked from the one that ran them all first, which must not have started a thread pool to inherit.
 mutation: $(STAMP) $(VENV)/.mutmut
 	@rm -rf mutants $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
 	@echo "mutmut: mutating the verdict code and running the unit tests on each mutant (log: $(MUTATION_DIR)/run.log)"
-	@$(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS) > $(MUTATION_DIR)/run.log 2>&1 \
+	@OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTANTS) \
+		> $(MUTATION_DIR)/run.log 2>&1 \
 		|| { tail -n 40 $(MUTATION_DIR)/run.log; exit 1; }
 	$(call mutation_report,$(MUTATION_DIR),.)
 

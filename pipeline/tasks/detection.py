@@ -200,7 +200,7 @@ def boxes_from_cell(value: Any, row_id: str, class_index: Mapping[str, int], num
             problems.append(f"box {n}: label {label!r} is not a class of the model "
                             f"(0..{num_classes - 1} or {sorted(class_index)[:12]})")
             continue
-        why = _box_problem(np.asarray(box, float), *(size or (None, None)))
+        why = _box_problem(box, *(size or (None, None)))
         if why:
             problems.append(f"box {n}: {why}")
             continue
@@ -209,7 +209,7 @@ def boxes_from_cell(value: Any, row_id: str, class_index: Mapping[str, int], num
     if problems:
         raise DatasetError(f"row {row_id}: {len(problems)} bad box(es). Fix the manifest's boxes column.",
                            details=problems[:20])
-    return Boxes.of(np.array(boxes, float).reshape(-1, 4), labels)
+    return Boxes.of(boxes, labels)
 
 
 # ---------------------------------------------------------------------------------------- answers
@@ -268,7 +268,7 @@ def decode_builtin(answer: Any, names: Mapping[str, int]) -> Boxes:
         boxes.append(box)
         labels.append(label)
         scores.append(score)
-    return Boxes.of(np.array(boxes, float).reshape(-1, 4), labels, scores)
+    return Boxes.of(boxes, labels, scores)
 
 
 def decode_tensors(doc: Any, boxes_key: str = "boxes", labels_key: str = "labels", scores_key: str = "scores",
@@ -301,7 +301,7 @@ def decode_tensors(doc: Any, boxes_key: str = "boxes", labels_key: str = "labels
         raise DetectionAnswerError(f"{b.size} box coordinates, {len(lab)} labels, {len(s)} scores: expected 4n, n, n")
     if not np.all(lab == np.round(lab)):
         raise DetectionAnswerError(f"labels must be integers, got {lab[lab != np.round(lab)][:5].tolist()}")
-    return Boxes.of(b.reshape(-1, 4), lab.astype(np.int64), s)
+    return Boxes.of(b, lab, s)
 
 
 def model_output(out: Any) -> Boxes:
@@ -309,9 +309,9 @@ def model_output(out: Any) -> Boxes:
     if not isinstance(out, Mapping) or not {"boxes", "labels", "scores"} <= set(out):
         raise DetectionAnswerError("the model must return torchvision's detection output: a list with one dict "
                                    f"of 'boxes', 'labels', 'scores' per image, got {type(out).__name__}")
-    def arr(v: Any) -> np.ndarray:
-        return v.detach().cpu().double().numpy() if hasattr(v, "detach") else np.asarray(v, np.float64)
-    return Boxes.of(arr(out["boxes"]), arr(out["labels"]).astype(np.int64), arr(out["scores"]))
+    def arr(v: Any) -> Any:
+        return v.detach().cpu().double().numpy() if hasattr(v, "detach") else v
+    return Boxes.of(arr(out["boxes"]), arr(out["labels"]), arr(out["scores"]))
 
 
 def _is_number(v: Any) -> bool:
@@ -518,12 +518,9 @@ def row_counts(pred: Boxes, truth: Boxes, num_classes: int, iou: float = 0.5) ->
 
 def prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 per class (NaN where undefined: no prediction, no truth)."""
-    tp, fp, fn = (np.asarray(v, float) for v in (tp, fp, fn))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
-        r = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
-        f = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return {"precision": p, "recall": r, "f1": f}
+    tp, fp, fn = (np.asarray(v) for v in (tp, fp, fn))
+    with np.errstate(invalid="ignore"):  # 0/0 is NaN, the undefined figure; no other division by 0 can occur
+        return {"precision": tp / (tp + fp), "recall": tp / (tp + fn), "f1": 2 * tp / (2 * tp + fp + fn)}
 
 
 def mean_average_precision(preds: Sequence[Boxes], truths: Sequence[Boxes]) -> dict[str, Any]:
@@ -596,8 +593,8 @@ def decode_encoded(row: np.ndarray) -> Boxes | None:
     if not np.all(np.isfinite(row[:1])):
         return None
     k = int(row[0])
-    v = np.asarray(row[1:1 + 6 * k], np.float64).reshape(k, 6)
-    return Boxes.of(v[:, :4], v[:, 4].round().astype(np.int64), v[:, 5])
+    v = row[1:1 + 6 * k].reshape(k, 6)
+    return Boxes.of(v[:, :4], v[:, 4].round(), v[:, 5])
 
 
 def _image_sizes(paths: Sequence[Path]) -> list[tuple[int, int] | None]:
@@ -707,25 +704,14 @@ class Detection:
 
     # stage outputs
     def model_outputs(self, name: str, scores, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import encoded_outputs
 
-        answers = tuple(decode_encoded(r) for r in np.asarray(scores.logits))
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, scores.latencies_ms, answers=answers)
+        return encoded_outputs(name, scores, decode_encoded)
 
     def answer_outputs(self, name: str, outcomes: tuple, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import answered_outputs
 
-        n = len(outcomes)
-        answers: list[Boxes | None] = [None] * n
-        lat = np.full(n, np.nan)
-        for r in outcomes:
-            if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get("boxes") is not None:
-                answers[r.index] = r.prediction.extra["boxes"]
-                if r.latency_ms is not None:
-                    lat[r.index] = r.latency_ms
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
+        return answered_outputs(name, outcomes, "boxes")
 
     # comparison
     def decoder(self, spec):

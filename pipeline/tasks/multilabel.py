@@ -280,13 +280,8 @@ class Multilabel:
         return parse_answer(doc, spec)
 
     def decoder(self, spec):
-        fn = ref = None
-        if spec.answers.decode:
-            from pipeline.usercode import import_callable
-
-            fn, ref = import_callable(spec.answers.decode, "answers.decode"), spec.answers.decode.rsplit("/", 1)[-1]
-        return V.TaskDecoder(NAME, lambda doc: parse_answer(doc, spec),
-                             V.Carried("some", False, "per-label scores, or the labels present"), fn, ref or "")
+        return V.task_decoder(NAME, lambda doc: parse_answer(doc, spec),
+                              V.Carried("some", False, "per-label scores, or the labels present"), spec)
 
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, 0.0

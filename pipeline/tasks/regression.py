@@ -206,13 +206,7 @@ class Regression:
         return parse_answer(doc, spec)
 
     def decoder(self, spec):
-        fn = ref = None
-        if spec.answers.decode:
-            from pipeline.usercode import import_callable
-
-            fn, ref = import_callable(spec.answers.decode, "answers.decode"), spec.answers.decode.rsplit("/", 1)[-1]
-        return V.TaskDecoder(NAME, lambda doc: parse_answer(doc, spec), V.Carried("none", True, "values"), fn,
-                             ref or "")
+        return V.task_decoder(NAME, lambda doc: parse_answer(doc, spec), V.Carried("none", True, "values"), spec)
 
     def tolerances(self, spec) -> tuple[float, float]:
         return spec.gate.max_output_diff, spec.gate.value_rtol

@@ -99,7 +99,7 @@ def read_mask(path: Path, row_id: str, num_classes: int, image_size: tuple[int, 
     if image_size is not None and tuple(size) != tuple(image_size):
         raise DatasetError(f"row {row_id}: mask {path} is {size[0]}x{size[1]} but its image is "
                            f"{image_size[0]}x{image_size[1]}. A mask has its image's size, one class per pixel.")
-    arr = arr.astype(np.int16) if arr.dtype != bool else arr.astype(np.int16)
+    arr = arr.astype(np.int16)
     bad = np.unique(arr[(arr < 0) | (arr >= num_classes)])
     if bad.size:
         raise DatasetError(f"row {row_id}: mask {path} has pixel value(s) {bad[:8].tolist()} that are no class of "
@@ -386,25 +386,14 @@ class Segmentation:
                                                  (CROP, CROP) if uses_builtin_geometry(spec) else None)
 
     def model_outputs(self, name: str, scores, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import encoded_outputs
 
-        answers = tuple(decode_encoded(r) for r in np.asarray(scores.logits))
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, scores.latencies_ms, answers=answers)
+        return encoded_outputs(name, scores, decode_encoded)
 
     def answer_outputs(self, name: str, outcomes: tuple, spec):
-        from pipeline.tasks.structured import TaskOutputs
+        from pipeline.tasks.structured import answered_outputs
 
-        n = len(outcomes)
-        answers: list[Mask | None] = [None] * n
-        lat = np.full(n, np.nan)
-        for r in outcomes:
-            if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get("mask") is not None:
-                answers[r.index] = r.prediction.extra["mask"]
-                if r.latency_ms is not None:
-                    lat[r.index] = r.latency_ms
-        preds = np.array([0 if a is not None else -1 for a in answers], np.int64)
-        return TaskOutputs(name, preds, None, None, lat, answers=tuple(answers))
+        return answered_outputs(name, outcomes, "mask")
 
     def compare(self, ids, labels, stages, server_ms, ctx):
         from pipeline.tasks.structured import RowCompare, compare_structured

@@ -73,12 +73,31 @@ def decoder_for(task, spec, words: str):
     task's ``decode``; the values tasks' decoder (tasks/values.py) with this task's parsing."""
     from pipeline.tasks import values as V
 
-    fn = ref = None
-    if spec.answers.decode:
-        from pipeline.usercode import import_callable
+    return V.task_decoder(task.name, lambda doc: task.decode(doc, spec), V.Carried("none", False, words), spec)
 
-        fn, ref = import_callable(spec.answers.decode, "answers.decode"), spec.answers.decode.rsplit("/", 1)[-1]
-    return V.TaskDecoder(task.name, lambda doc: task.decode(doc, spec), V.Carried("none", False, words), fn, ref or "")
+
+def encoded_outputs(name: str, scores, decode_row: Callable[[np.ndarray], Any]) -> TaskOutputs:
+    """An in-process stage's outputs: each row's answer decoded from its float32 row (``Scores.logits``; None: the
+    row got no answer)."""
+    answers = tuple(decode_row(r) for r in np.asarray(scores.logits))
+    return TaskOutputs(name, _predictions(answers), None, None, scores.latencies_ms, answers=answers)
+
+
+def answered_outputs(name: str, outcomes: tuple, key: str) -> TaskOutputs:
+    """A handler stage's outputs: each answered row's decoded answer (``Prediction.extra[key]``) and its latency."""
+    n = len(outcomes)
+    answers: list[Any] = [None] * n
+    lat = np.full(n, np.nan)
+    for r in outcomes:
+        if r.is_ok and r.prediction is not None and (r.prediction.extra or {}).get(key) is not None:
+            answers[r.index] = r.prediction.extra[key]
+            if r.latency_ms is not None:
+                lat[r.index] = r.latency_ms
+    return TaskOutputs(name, _predictions(answers), None, None, lat, answers=tuple(answers))
+
+
+def _predictions(answers) -> np.ndarray:
+    return np.array([0 if a is not None else -1 for a in answers], np.int64)
 
 
 def stage_metrics(stage: str, n: int, answered: int, figures: dict[str, float],

@@ -288,6 +288,16 @@ class TaskDecoder:
         return self._parse(parse_json(doc) if isinstance(doc, (bytes, str)) and self._fn is None else doc)
 
 
+def task_decoder(name: str, parse: Callable[[Any], Any], carries: Carried, spec) -> TaskDecoder:
+    """A task's decoder: ``answers.decode`` (when the spec names one) applied first, then the task's parsing."""
+    fn = ref = None
+    if spec.answers.decode:
+        from pipeline.usercode import import_callable
+
+        fn, ref = import_callable(spec.answers.decode, "answers.decode"), spec.answers.decode.rsplit("/", 1)[-1]
+    return TaskDecoder(name, parse, carries, fn, ref or "")
+
+
 def listed(v: Any) -> Any:
     return v.tolist() if hasattr(v, "tolist") else v
 
