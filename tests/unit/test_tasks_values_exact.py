@@ -184,7 +184,12 @@ def test_metric_checks_of_a_score():
 
 
 def test_metric_checks_of_a_loss_limit_its_rise_and_ignore_min():
-    spec = gate(metrics={"mae": {"min": 0.5, "max_drop": 0.1, "max_relative_drop": 0.1}})
+    from pipeline.spec import MetricThreshold
+
+    spec = gate(metrics={"mae": {"max_drop": 0.1, "max_relative_drop": 0.1}})
+    # a floor on a loss is refused at spec load; the checks ignore one all the same (built here unvalidated)
+    spec = spec.model_copy(update={"metrics": {"mae": MetricThreshold.model_construct(
+        min=0.5, max_drop=0.1, max_relative_drop=0.1)}})
     checks = V.metric_checks(spec, metrics(mae=2.1), metrics(mae=2.0), "exported", "", frozenset({"mae"}))
     assert [c.name for c in checks] == ["mae rise", "mae relative rise"]
     rise, rel = checks
@@ -668,14 +673,15 @@ def test_regression_checks_of_a_candidate():
                           {"mae": {"delta": -0.5, "ci": [-0.75, -0.25]}}, 100, ("r2",))
     cmp = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r2", stage="handled")])
     got = RG.TASK.stage_checks(spec, None, cmp, "handled", "baseline", (), "")
-    assert [c.name for c in got] == ["prediction agreement", "mae rise", "rmse rise", "r2 drop",
+    assert [c.name for c in got] == ["prediction agreement", "mae relative rise", "rmse relative rise", "r2 drop",
                                      "max abs value difference", "no improvement beyond noise"]
     assert got[0].detail == "1 row(s) answer a value beyond 0.5 + 0.25 x |baseline| (r2)"
     assert got[4] == Check("max abs value difference", "handled", 3.0, 0.0, "<= 0.5 + 0.25 x |baseline|", False,
                            "values, 4 row(s) compared; largest beyond the tolerance: r2")
     assert got[5].passed is False  # the MAE fell beyond noise
     assert got[5].detail.endswith("delta mae -0.5, 95% CI [-0.75, -0.25], 100 resamples")
-    assert {c.stage for c in got} == {"handled"} and got[1].detail == "rise +0.0000" and got[3].detail == "drop +0.0000"
+    assert {c.stage for c in got} == {"handled"} and got[1].detail == "relative rise +0.00%"
+    assert got[3].detail == "drop +0.0000"
     # a large difference within the relative tolerance passes: only the rows beyond it fail the check
     within = value_cmp(metrics(**figs), metrics(**figs), t, [NS(id="r2", stage="served")])
     got = RG.TASK.stage_checks(spec, None, within, "handled", "baseline", (), "")
