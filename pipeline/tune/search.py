@@ -24,6 +24,7 @@ from pipeline.run.phases import Setting
 
 KNEE_GAIN = 0.05  # a concurrency step that adds less throughput than this is past the knee
 KNEE_FRACTION = 0.9  # without a p99 objective: the lowest p99 reaching this fraction of the best throughput
+SHORTLIST = 3  # per search: its choice and its next best points, settled by the head-to-head
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,22 @@ def choose(measured: list[Measurement], p99_ms: float | None,
     if default is not None and meets(default, p99_ms) and best.throughput_rps < default.throughput_rps:
         return default, how + "; the default, as no other point beats its throughput"
     return best, how
+
+
+def shortlist(measured: list[Measurement], chosen: Measurement | None, p99_ms: float | None,
+              k: int = SHORTLIST) -> list[Measurement]:
+    """A search's candidates for the head-to-head: its own choice, then its fastest other points that qualify.
+
+    One measurement per point is noisy (the same setting measured minutes apart can differ by more
+    than two settings do), so the search only shortlists; the interleaved rounds decide.
+    """
+    out = [chosen] if chosen is not None else []
+    for m in sorted((m for m in measured if meets(m, p99_ms)), key=lambda m: -m.throughput_rps):
+        if len(out) >= k:
+            break
+        if all(m.setting != o.setting for o in out):
+            out.append(m)
+    return out
 
 
 Measure = Callable[[Setting, str], Measurement]

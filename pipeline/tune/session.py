@@ -30,7 +30,8 @@ from pipeline.spec import Spec, load_spec
 from pipeline.stages.outcomes import stage_outputs
 from pipeline.torchserve.logs import parse_metric
 from pipeline.tune.apply import PointServer, cleanup
-from pipeline.tune.search import Budget, Measurement, Ranges, choose, grid_search, guided_search, meets
+from pipeline.tune.search import (Budget, Measurement, Ranges, choose, grid_search, guided_search, meets,
+                                  shortlist)
 from pipeline.tune.versus import HeadToHead, head_to_head
 from pipeline.tune.windows import Window, formed_batches, measure_windows, summary
 
@@ -72,6 +73,8 @@ class TuneResult:
     grid_s: float | None = None
     grid_best: Measurement | None = None
     versus: HeadToHead | None = None
+    guided_settle_s: float = 0.0  # head-to-head time of the default and the guided shortlist
+    grid_settle_s: float | None = None  # head-to-head time of the default and the grid's shortlist
     limit: HandlerLimit | None = None
     rate: dict | None = None
     notes: list[str] = field(default_factory=list)
@@ -254,25 +257,54 @@ def _refuse_other_tasks(spec: Spec) -> None:
 
 
 def _head_to_head(tuner: Tuner, res: TuneResult, default: Setting, rounds: int) -> None:
-    """Default, recommendation and grid's best in interleaved rounds; a recommendation that changed answers is
-    withdrawn."""
-    named = [("default", default)]
-    if res.recommended is not None:
-        named.append(("recommended", res.recommended.setting))
-    if res.grid_best is not None:
-        named.append(("grid best", res.grid_best.setting))
-    res.versus = head_to_head(named, lambda s, phase: tuner.measure(s, phase, max_windows=HEAD_TO_HEAD_WINDOWS), rounds)
+    """The default and each search's shortlist in interleaved rounds; the medians settle the recommendation (and
+    the grid's best) among each search's shortlist. A shortlisted point whose answers changed is never chosen."""
+    p99 = res.p99_ms
+    guided = shortlist(res.guided, res.recommended, p99)
+    grid = shortlist(res.grid, res.grid_best, p99) if res.grid is not None else []
+    named = [("default", default)] + [(f"guided #{i + 1}", m.setting) for i, m in enumerate(guided)]
+    named += [(f"grid #{i + 1}", m.setting) for i, m in enumerate(grid)]
+    h = head_to_head(named, lambda s, phase: tuner.measure(s, phase, max_windows=HEAD_TO_HEAD_WINDOWS), rounds)
+    base = _default_of(res.guided, default)
+    extra: dict[Setting, tuple[str, ...]] = {}
+    for c in h.contenders:
+        if not c.answers == "same":
+            res.notes.append(f"{' = '.join(c.names)} {c.setting.key} changed answers when replayed in the "
+                             f"head-to-head: {c.detail}; never recommended")
+    if guided:
+        d = h.settled([base])[0] if base is not None else None
+        best, how = choose(h.settled(guided) + ([d] if d is not None else []), p99, d)
+        n = len(guided)
+        if best is None:
+            res.recommended, res.how = None, "withdrawn: " + how + " when replayed in the head-to-head"
+        else:
+            picked = next((m for m in guided + [base] if m is not None and m.setting == best.setting))
+            changed = res.recommended is not None and picked.setting != res.recommended.setting
+            res.recommended = picked
+            res.how = how + (f"; settled by the head-to-head medians among the search's {n} best point(s)"
+                             + (f" (the search's own pick was {guided[0].setting.key})" if changed else ""))
+            extra[best.setting] = ("recommended",)
+    if grid:
+        gd = next((m for m in res.grid if m.setting == default), None)
+        d = h.settled([gd])[0] if gd is not None and h.at(gd.setting) is not None else None
+        best, _ = choose(h.settled(grid) + ([d] if d is not None else []), p99, d)
+        res.grid_best = next((m for m in grid + [gd] if m is not None and best is not None
+                              and m.setting == best.setting), None)
+        if best is not None:
+            extra[best.setting] = extra.get(best.setting, ()) + ("grid best",)
+    res.versus = h.named(extra)
+    res.guided_settle_s = h.seconds_of(("default", "guided"))
+    res.grid_settle_s = h.seconds_of(("default", "grid")) if grid else None
     rec = res.versus.of("recommended")
-    if rec is None:
-        return
-    first = rec.rounds[0]
-    res.confirmed = replace(first, throughput_rps=rec.throughput_rps, p99_ms=rec.p99_ms, answers=rec.answers,
-                            detail=f"{len(rec.rounds)} rounds; " + rec.detail, phase="head-to-head",
-                            seconds=sum(m.seconds for m in rec.rounds), windows=sum(m.windows for m in rec.rounds))
-    if not res.confirmed.keeps_answers:
-        res.notes.append(f"the recommendation {rec.setting.key} changed answers when replayed again in the "
-                         f"head-to-head: {rec.detail}; it is withdrawn")
-        res.recommended, res.how = None, "withdrawn: its answers changed when replayed in the head-to-head"
+    if rec is not None:
+        first = rec.rounds[0]
+        res.confirmed = replace(first, throughput_rps=rec.throughput_rps, p99_ms=rec.p99_ms, answers=rec.answers,
+                                detail=f"{len(rec.rounds)} rounds; " + rec.detail, phase="head-to-head",
+                                seconds=sum(m.seconds for m in rec.rounds), windows=sum(m.windows for m in rec.rounds))
+
+
+def _default_of(measured: list[Measurement], default: Setting) -> Measurement | None:
+    return next((m for m in measured if m.setting == default), None)
 
 
 def run_tune(opts: TuneOptions) -> TuneResult:

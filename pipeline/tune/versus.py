@@ -1,10 +1,11 @@
-"""The head-to-head: the default, the recommendation and the grid's best measured side by side (pure).
+"""The head-to-head: the default and each search's shortlist measured side by side (pure).
 
 A search measures each point once, at its own moment; on a shared machine the same setting
 measured minutes apart can differ by more than the gap between two settings. So after the
 searches the contenders are measured again in interleaved rounds (A B C, B C A, C A B, ...: each
 round's order rotated, so a drift over the rounds hits each contender alike), the setting applied
-afresh each time, and the closing figures are the medians over the rounds. Contenders that are the
+afresh each time; the medians over the rounds settle the recommendation (and the grid's best) among
+each search's shortlist, and are the closing figures. Contenders that are the
 same setting (the recommendation is the default, or the grid's best) are measured once per round
 under all their names: their ratio is then 1 by construction, and said as such.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from pipeline.run.phases import Setting
@@ -55,6 +56,29 @@ class HeadToHead:
 
     def of(self, name: str) -> Contender | None:
         return next((c for c in self.contenders if name in c.names), None)
+
+    def at(self, setting: Setting) -> Contender | None:
+        return next((c for c in self.contenders if c.setting == setting), None)
+
+    def named(self, extra: dict[Setting, tuple[str, ...]]) -> "HeadToHead":
+        """The same rounds with more names (the settled recommendation, the grid's best) on some contenders."""
+        return HeadToHead(tuple(replace(c, names=c.names + extra.get(c.setting, ())) for c in self.contenders),
+                          self.seconds)
+
+    def seconds_of(self, names_prefix: tuple[str, ...]) -> float:
+        """Measuring time of the contenders carrying a name that starts with one of ``names_prefix``."""
+        return sum(m.seconds for c in self.contenders if any(n.startswith(names_prefix) for n in c.names)
+                   for m in c.rounds)
+
+    def settled(self, searched: list[Measurement]) -> list[Measurement]:
+        """The searched points as the head-to-head measured them: medians of throughput and p99, the worst answers."""
+        out = []
+        for m in searched:
+            c = self.at(m.setting)
+            if c is not None:
+                out.append(replace(m, throughput_rps=c.throughput_rps, p99_ms=c.p99_ms, answers=c.answers,
+                                   detail=c.detail or m.detail))
+        return out
 
     def ratio(self, a: str, b: str) -> tuple[float | None, str]:
         """Median throughput of ``a`` over ``b``, and what it measures (a ratio of one setting with itself is noise)."""

@@ -171,3 +171,86 @@ def test_the_same_setting_named_twice_is_one_contender_and_its_ratio_is_said_to_
     assert ratio == 1.0 and "the same setting" in note and "by construction" in note
     assert h.of("recommended").answers == "differ"  # the worst round is the contender's verdict
     assert h.of("default").answers == "same"
+
+
+# --- the shortlist, settled by the head-to-head ----------------------------------------------------------------------
+
+def test_the_shortlist_is_the_searchs_choice_then_its_fastest_other_qualifying_points():
+    from pipeline.tune.search import shortlist
+
+    pts = [m(1, 100, 10), m(2, 300, 40), m(4, 500, 90), m(8, 450, 20), m(16, 900, 5, answers="differ")]
+    assert [p.setting.concurrency for p in shortlist(pts, pts[1], 50.0)] == [2, 8, 1]  # 4: p99 over, 16: differs
+    assert [p.setting.concurrency for p in shortlist(pts, pts[3], None, k=2)] == [8, 4]  # the choice once
+    assert [p.setting.concurrency for p in shortlist(pts, None, None, k=5)] == [4, 8, 2, 1]
+    assert shortlist([pts[4]], None, None) == []
+
+
+class _Tuner:
+    """A tuner whose head-to-head rounds answer from a table: setting -> throughput per round (and answers)."""
+
+    def __init__(self, rounds: dict, answers=lambda s: "same"):
+        self.rounds, self.answers, self.seen = {s: iter(v) for s, v in rounds.items()}, answers, []
+
+    def measure(self, s, phase, max_windows=None):
+        self.seen.append(s)
+        return Measurement(s, float(next(self.rounds[s])), 5.0, 10.0, True, self.answers(s), {1: 1}, phase=phase,
+                           seconds=2.0)
+
+
+def _tune_result(guided, rec, grid=None, p99_ms=None):
+    from pipeline.tune.session import TuneResult
+    from tests.unit._support import spec_for
+
+    res = TuneResult(spec_for(3), None, p99_ms, "none set", Ranges(), "register", {}, guided, 30.0, False, rec,
+                     "the knee")
+    if grid is not None:
+        res.grid, res.grid_s = grid, 120.0
+        res.grid_best = choose(grid, p99_ms, grid[0])[0]
+    return res
+
+
+def test_the_head_to_head_settles_the_recommendation_among_each_searchs_shortlist():
+    from pipeline.tune.session import _head_to_head
+
+    a, b, c = (replace(DEFAULT, batch_size=x, concurrency=8) for x in (8, 4, 2))
+    guided = [m(1, 100, 5), replace(m(8, 500, 10, b=8), setting=a), replace(m(8, 450, 10, b=4), setting=b)]
+    guided[0] = replace(guided[0], setting=DEFAULT)
+    grid = [replace(guided[0], phase="grid"), replace(m(8, 480, 10), setting=c), replace(m(8, 470, 10), setting=b)]
+    res = _tune_result(guided, guided[1], grid, p99_ms=50.0)
+    assert res.recommended.setting == a and res.grid_best.setting == c  # the single search figures
+    tuner = _Tuner({DEFAULT: [100, 90, 110], a: [300, 280, 320], b: [400, 420, 380], c: [350, 330, 360]})
+    _head_to_head(tuner, res, DEFAULT, rounds=3)
+    assert len(tuner.seen) == 4 * 3  # default, a, b, c: b is in both shortlists, measured once per round
+    assert res.recommended.setting == b and res.grid_best.setting == b  # the medians decide: 400 > 350 > 300
+    assert res.recommended.throughput_rps == 450  # the search's own figures kept beside the medians
+    assert "settled by the head-to-head medians among the search's 3 best point(s)" in res.how
+    assert f"the search's own pick was {a.key}" in res.how
+    assert res.versus.of("recommended") is res.versus.of("grid best")
+    assert res.versus.ratio("recommended", "grid best")[0] == 1.0
+    assert res.versus.ratio("recommended", "default")[0] == pytest.approx(400 / 100)
+    assert res.guided_settle_s == 3 * 3 * 2.0  # default, a, b: 3 rounds of 2 s
+    assert res.grid_settle_s == 3 * 3 * 2.0  # default, c, b
+    assert res.confirmed.throughput_rps == 400 and res.confirmed.phase == "head-to-head"
+
+
+def test_a_shortlisted_point_that_changes_answers_in_the_head_to_head_is_never_recommended_and_is_named():
+    from pipeline.tune.session import _head_to_head
+
+    a, b = replace(DEFAULT, batch_size=8, concurrency=8), replace(DEFAULT, batch_size=4, concurrency=8)
+    guided = [replace(m(1, 100, 5), setting=DEFAULT), replace(m(8, 500, 10), setting=a),
+              replace(m(8, 450, 10), setting=b)]
+    res = _tune_result(guided, guided[1])
+    tuner = _Tuner({DEFAULT: [100] * 3, a: [900] * 3, b: [300] * 3}, answers=lambda s: "differ" if s == a else "same")
+    _head_to_head(tuner, res, DEFAULT, rounds=3)
+    assert res.recommended.setting == b and res.grid_best is None and res.grid_settle_s is None
+    assert any(n.startswith(f"guided #1 {a.key} changed answers") and "never recommended" in n for n in res.notes)
+    # every shortlisted point changing answers: the default stays, as it keeps them
+    res = _tune_result(guided, guided[1])
+    _head_to_head(_Tuner({DEFAULT: [100] * 3, a: [900] * 3, b: [300] * 3},
+                         answers=lambda s: "same" if s == DEFAULT else "differ"), res, DEFAULT, rounds=3)
+    assert res.recommended.setting == DEFAULT
+    # nothing keeps its answers: withdrawn, said so
+    res = _tune_result(guided, guided[1])
+    _head_to_head(_Tuner({DEFAULT: [100] * 3, a: [900] * 3, b: [300] * 3}, answers=lambda s: "differ"), res,
+                  DEFAULT, rounds=3)
+    assert res.recommended is None and res.how.startswith("withdrawn: no measured point keeps every answer")
