@@ -806,7 +806,7 @@ class Detection:
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check
-        from pipeline.tasks.structured import checks_for, metric_limits
+        from pipeline.tasks.structured import checks_for, improvement_check, metric_limits
 
         def extra(t) -> list:
             coord = t.differences.get("coordinate_px", 0.0)
@@ -818,8 +818,10 @@ class Detection:
                           f"boxes whose score lies within {FLIP_BAND} of {THRESHOLD} on one side only: not counted as "
                           "missing", is_gating=False)]
 
-        return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics),
-                          ("ap", "precision", "recall", "f1"), f"<= {spec.max_output_diff:g} (box scores)", extra)
+        checks = checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics),
+                            ("ap", "precision", "recall", "f1"), f"<= {spec.max_output_diff:g} (box scores)", extra)
+        improved = improvement_check(spec, cmp, stage, "map", why)
+        return checks + ([improved] if improved is not None else [])
 
     def row_columns(self, prefix: str, outputs, names: tuple[str, ...] = ()) -> dict[str, Any]:
         answers = getattr(outputs, "answers", ())

@@ -450,15 +450,17 @@ class Segmentation:
 
     def stage_checks(self, spec, plan, cmp, stage: str, base_name: str, labels, why: str) -> list:
         from pipeline.evaluate.gate import Check
-        from pipeline.tasks.structured import checks_for, metric_limits
+        from pipeline.tasks.structured import checks_for, improvement_check, metric_limits
 
         def extra(t) -> list:
             worst = t.differences.get("pixel_disagreement", 0.0)
             return [Check("pixel class agreement", stage, 1.0 - worst, 1.0, "every pixel, every row", worst == 0,
                           f"worst row: {worst:.4%} of its pixels of another class")]
 
-        return checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics), ("iou",),
-                          f"<= {spec.max_output_diff:g} (top-class probabilities)", extra)
+        checks = checks_for(spec, plan, cmp, stage, base_name, why, metric_limits(spec, self.gated_metrics), ("iou",),
+                            f"<= {spec.max_output_diff:g} (top-class probabilities)", extra)
+        improved = improvement_check(spec, cmp, stage, "miou", why)
+        return checks + ([improved] if improved is not None else [])
 
     def row_columns(self, prefix: str, outputs, names: tuple[str, ...] = ()) -> dict[str, Any]:
         answers = getattr(outputs, "answers", ())

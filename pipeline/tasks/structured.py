@@ -309,6 +309,21 @@ def metric_limits(gate, names: Sequence[str]) -> dict:
     return mine or {m: MetricThreshold(max_drop=0.01) for m in names}
 
 
+def improvement_check(spec, cmp: Comparison | None, stage: str, metric: str, why: str):
+    """No improvement beyond noise of the task's primary figure (``values.improvement_check`` on this task's
+    paired intervals): packaging should not improve a model; suspect the wrong data or model. None when
+    ``gate.flag_improvement`` is off."""
+    from types import SimpleNamespace
+
+    from pipeline.tasks import values as V
+
+    t = cmp.tests.get(stage) if cmp is not None else None
+    view = None if t is None else SimpleNamespace(
+        deltas={m: {"delta": t.deltas[m], "ci": list(ci)} for m, ci in t.delta_cis.items() if m in t.deltas},
+        resamples=t.resamples)
+    return V.improvement_check(spec, view, stage, metric, False, why)
+
+
 def checks_for(spec, plan, cmp: Comparison | None, stage: str, base_name: str, why: str,
                metrics: dict[str, Any], per_class_keys: tuple[str, ...], output_limit_words: str,
                extra: Callable[[TaskPairedTest], list] | None = None) -> list:

@@ -101,8 +101,10 @@ def stage(invalid=None, per_class=None, **figures):
               per_class_figures=per_class or {})
 
 
-def paired(agreement=1.0, disagreeing=0, output=OutputDiff("box scores", 0.0, 2), differences=None):
-    return NS(agreement=agreement, disagreeing=disagreeing, output=output, differences=differences or {})
+def paired(agreement=1.0, disagreeing=0, output=OutputDiff("box scores", 0.0, 2), differences=None, deltas=None,
+           delta_cis=None, resamples=0):
+    return NS(agreement=agreement, disagreeing=disagreeing, output=output, differences=differences or {},
+              deltas=deltas or {}, delta_cis=delta_cis or {}, resamples=resamples)
 
 
 def comparison(cand, base, t=None, diverging=()):
@@ -299,7 +301,8 @@ def test_detection_checks_add_box_coordinates_and_threshold_flips():
     names = [c.name for c in got]
     assert names == ["answers valid on their own", "identical answers", "map drop", "map_50 drop",
                      "precision_macro drop", "recall_macro drop", "f1_macro drop", "per-class figures drop",
-                     "max abs output difference", "max box coordinate difference", "threshold flips"]
+                     "max abs output difference", "max box coordinate difference", "threshold flips",
+                     "no improvement beyond noise"]
     by = {c.name: c for c in got}
     assert by["max abs output difference"].limit == "<= 0.5 (box scores)"
     assert by["max box coordinate difference"] == Check("max box coordinate difference", "handled", 0.002, 0.0,
@@ -317,7 +320,7 @@ def test_detection_checks_add_box_coordinates_and_threshold_flips():
     assert by["max box coordinate difference"].value == 0.0
     assert by["per-class figures drop"].limit == "drop <= 0.0100 for every class"
     got = D.TASK.stage_checks(task_gate("detection"), None, None, "handled", "baseline", (), "not run")
-    assert "max box coordinate difference" not in {c.name for c in got} and len(got) == 9
+    assert "max box coordinate difference" not in {c.name for c in got} and len(got) == 10
     assert {c.detail for c in got} == {"not evaluated: not run"}
     for key in ("ap", "precision", "recall", "f1"):
         base = stage(per_class={"cat": {"ap": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}}, **figures)
@@ -337,7 +340,7 @@ def test_segmentation_checks_add_pixel_agreement():
     cmp = comparison(stage(per_class=per, **figures), stage(per_class={"cat": {"iou": 0.75}}, **figures), t)
     got = S.TASK.stage_checks(task_gate("segmentation", max_output_diff=0.25), None, cmp, "handled", "baseline", (), "")
     by = {c.name: c for c in got}
-    assert [c.name for c in got][-1] == "pixel class agreement" and len(got) == 7
+    assert [c.name for c in got][-2:] == ["pixel class agreement", "no improvement beyond noise"] and len(got) == 8
     assert by["pixel class agreement"] == Check("pixel class agreement", "handled", 0.9875, 1.0,
                                                 "every pixel, every row", False,
                                                 "worst row: 1.2500% of its pixels of another class")
@@ -347,7 +350,35 @@ def test_segmentation_checks_add_pixel_agreement():
     ok = {c.name: c for c in S.TASK.stage_checks(task_gate("segmentation"), None, same, "handled", "baseline", (), "")}
     assert ok["pixel class agreement"].passed and ok["pixel class agreement"].value == 1.0
     got = S.TASK.stage_checks(task_gate("segmentation"), None, None, "handled", "baseline", (), "not run")
-    assert [c.detail for c in got] == ["not evaluated: not run"] * 6
+    assert [c.detail for c in got] == ["not evaluated: not run"] * 7
+
+
+@pytest.mark.parametrize("task, metric", [("detection", "map"), ("segmentation", "miou")])
+def test_a_structured_candidate_better_than_the_baseline_beyond_noise_fails(task, metric):
+    from pipeline.tasks.registry import task_for
+
+    figures = (dict(map=0.5, map_50=0.5, precision_macro=0.5, recall_macro=0.5, f1_macro=0.5) if task == "detection"
+               else dict(miou=0.5, pixel_accuracy=0.5))
+
+    def check(lo, hi, **gate_kw):
+        t = paired(deltas={metric: 0.02, "other": 1.0}, delta_cis={metric: (lo, hi), "other": (0.5, 1.5)},
+                   resamples=400)
+        got = task_for(task).stage_checks(task_gate(task, **gate_kw), None, comparison(stage(**figures),
+                                          stage(**figures), t), "handled", "baseline", (), "")
+        return {c.name: c for c in got}.get("no improvement beyond noise")
+
+    better = check(0.01, 0.03)
+    assert better.stage == "handled" and better.value == 0.02 and not better.passed
+    assert better.limit == f"95% CI of the {metric} change includes 0 or worse"
+    assert better.detail == ("metrics improved after packaging beyond noise: suspect the wrong data or model; "
+                             f"delta {metric} +0.02, 95% CI [+0.01, +0.03], 400 resamples")
+    assert check(0.0, 0.03).passed and check(-0.03, -0.01).passed  # within noise, or worse (the drops gate that)
+    assert check(0.01, 0.03, flag_improvement=False) is None
+    t = paired(resamples=3)  # no interval of the primary figure: shown, not evaluated
+    got = task_for(task).stage_checks(task_gate(task), None, comparison(stage(**figures), stage(**figures), t),
+                                      "handled", "baseline", (), "")
+    none = {c.name: c for c in got}["no improvement beyond noise"]
+    assert none.passed and not none.evaluated and none.detail == "no interval (3 resamples)"
 
 
 # --- a structured comparison assembled --------------------------------------------------------------------
