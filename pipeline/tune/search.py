@@ -4,10 +4,12 @@ Guided (after Model Analyzer's hill climbing, in the order the issue's measureme
 1. the spec's own setting (the default: never recommended below it);
 2. concurrency grown at the default's batch until throughput gains less than ``KNEE_GAIN``
    or p99 leaves the objective: the knee;
-3. each batch size at the knee's concurrency (at least the batch size: a batch forms only from
-   requests in flight together) and the middle delay; then the other delays and the next
-   concurrency for the best batch;
-4. workers and threads around the best point.
+3. each batch size at the knee's concurrency (at least workers x batch: a batch forms only from
+   requests in flight together, and each worker takes a batch of its own) and the middle delay;
+   then the other delays and the next concurrency for the best batch;
+4. workers and threads around the best point, concurrency again raised to fill every worker's batch;
+5. hill climbing: from the best point, one step of batch, workers and concurrency (the knobs whose
+   best values depend on each other), moving to the first that beats it, until none does.
 A point whose answers differ from the baseline is measured and shown, never chosen, and a
 larger batch is not tried past one that changed answers at the same delay. Each step stops
 when the next measurement would overrun the time budget (estimated from those so far).
@@ -177,9 +179,38 @@ def _at_least(values: tuple[int, ...], floor: int) -> int:
     return above[0] if above else max(values)
 
 
+def _filled(s: Setting, ranges: Ranges) -> Setting:
+    """``s`` with concurrency raised, where the range allows, to workers x batch: enough requests in flight
+    for every worker to take a full batch (fewer leave a worker idle or its batch waiting out the delay)."""
+    need = _at_least(ranges.concurrency, s.workers * s.batch_size)
+    return s if s.concurrency >= need else replace(s, concurrency=need)
+
+
+def _steps(values: tuple, current) -> tuple[list, list]:
+    """The next value up and the next value down from ``current`` in the sorted range (empty at its ends)."""
+    ordered = sorted(set(values))
+    up = [v for v in ordered if v > current][:1]
+    down = [v for v in ordered if v < current][-1:]
+    return up, down
+
+
+def _neighbours(s: Setting, ranges: Ranges) -> list[Setting]:
+    """One step of batch, workers and concurrency from ``s``, the steps up first (where a faster point lies, if
+    anywhere, once the walk has found its knee): batch up, workers up, concurrency up, batch down, workers down."""
+    b_up, b_down = _steps(ranges.batch_sizes, s.batch_size)
+    w_up, w_down = _steps(ranges.workers, s.workers)
+    c_up, _ = _steps(ranges.concurrency, s.concurrency)
+    out = [_filled(replace(s, batch_size=b), ranges) for b in b_up]
+    out += [_filled(replace(s, workers=w), ranges) for w in w_up]
+    out += [replace(s, concurrency=c) for c in c_up]
+    out += [replace(s, batch_size=b) for b in b_down]
+    out += [replace(s, workers=w) for w in w_down]
+    return [p for i, p in enumerate(out) if p != s and p not in out[:i]]
+
+
 def guided_search(default: Setting, ranges: Ranges, measure: Measure, budget: Budget,
                   p99_ms: float | None) -> tuple[list[Measurement], bool]:
-    """Measure the default, then walk concurrency, batch and delay, then workers and threads.
+    """Measure the default, then walk concurrency, batch and delay, then workers and threads, then hill-climb.
 
     Returns:
         The measurements in the order taken, and whether the budget cut the search short.
@@ -206,9 +237,8 @@ def guided_search(default: Setting, ranges: Ranges, measure: Measure, budget: Bu
     for b in sorted(set(ranges.batch_sizes)):
         if b == 1 and knee.batch_size == 1:
             continue
-        c = max(knee.concurrency, _at_least(ranges.concurrency, b))
-        m = s.at(replace(knee, batch_size=b, max_batch_delay_ms=mid if b > 1 else knee.max_batch_delay_ms,
-                         concurrency=c), "batch")
+        m = s.at(_filled(replace(knee, batch_size=b, max_batch_delay_ms=mid if b > 1 else knee.max_batch_delay_ms),
+                         ranges), "batch")
         if m is None:
             break
         if s.score(m) > s.score(batch_best):
@@ -230,7 +260,7 @@ def guided_search(default: Setting, ranges: Ranges, measure: Measure, budget: Bu
     # 4. workers and threads around the best point
     anchor = best.setting if best is not None else default
     for w, t in itertools.product(sorted(set(ranges.workers)), ranges.threads):
-        p = replace(anchor, workers=w, threads=t)
+        p = _filled(replace(anchor, workers=w, threads=t), ranges)
         if p == anchor:
             continue
         m = s.at(p, "workers/threads")
@@ -238,6 +268,23 @@ def guided_search(default: Setting, ranges: Ranges, measure: Measure, budget: Bu
             break
         if s.score(m) > s.score(best):
             best = m
+    # 5. hill climbing from the best point, first improvement, until no neighbour beats it (never a batch as large
+    # as one that changed answers once rows shared it: such a handler mixes rows at every larger batch too)
+    changed = [m.setting.batch_size for m in s.done.values() if not m.keeps_answers and m.largest_batch > 1]
+    moved = best is not None
+    while moved:
+        moved = False
+        for p in _neighbours(best.setting, ranges):
+            if changed and p.batch_size >= min(changed):
+                continue
+            m = s.at(p, "refine")
+            if m is None:
+                break
+            if not m.keeps_answers and m.largest_batch > 1:
+                changed.append(p.batch_size)
+            if s.score(m) > s.score(best):
+                best, moved = m, True
+                break
     return list(s.done.values()), s.out_of_budget
 
 

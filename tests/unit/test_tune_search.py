@@ -86,6 +86,37 @@ def test_guided_finds_the_grids_best_in_fewer_points():
     assert guided[0].setting == DEFAULT and guided[0].phase == "default"
 
 
+def second_worker_needs_its_own_batch(s: Setting):
+    """A second worker adds 30%, but only when each worker's batch fills: concurrency / workers in flight each."""
+    formed = max(1, min(s.batch_size, s.concurrency // s.workers))
+    rps = min(100 * formed ** 0.8 * (1.3 if s.workers == 2 else 1.0), 100 * s.concurrency)
+    return rps, 5.0 * s.concurrency / formed + s.max_batch_delay_ms / 10
+
+
+def test_more_workers_are_measured_with_the_clients_to_fill_each_workers_batch():
+    measure, seen = fake(second_worker_needs_its_own_batch)
+    guided, _ = guided_search(DEFAULT, RANGES, measure, Budget(1e9), p99_ms=None)
+    grid = grid_search(RANGES, fake(second_worker_needs_its_own_batch)[0], DEFAULT)
+    best_grid = max(grid, key=lambda m: m.throughput_rps)
+    assert best_grid.setting.key == "w2-b8-d5-c16-tenv"
+    assert max(m.throughput_rps for m in guided) == best_grid.throughput_rps, [m.setting.key for m in guided]
+    assert all(s.concurrency >= min(16, s.workers * s.batch_size) for s in seen[1:] if s.batch_size > 1)
+    assert len(guided) <= len(grid) / 4
+
+
+def test_hill_climbing_moves_to_a_neighbour_that_beats_the_walks_best():
+    """At one worker batch 4 beats 8, at two workers 8 beats 4: only a step after the workers' finds it."""
+    def perf(s):
+        formed = max(1, min(s.batch_size, s.concurrency // s.workers))
+        rps = {1: 100, 2: 150, 4: 200, 8: 190 if s.workers == 1 else 300}[formed] * (1.2 if s.workers == 2 else 1)
+        return min(rps, 60 * s.concurrency), 10.0
+    measure, seen = fake(perf)
+    guided, _ = guided_search(DEFAULT, RANGES, measure, Budget(1e9), p99_ms=None)
+    refined = [m.setting for m in guided if m.phase == "refine"]
+    best = max(guided, key=lambda m: m.throughput_rps).setting
+    assert (best.workers, best.batch_size, best.concurrency) == (2, 8, 16) and best in refined
+
+
 def test_concurrency_stops_past_the_knee():
     measure, seen = fake(batching_helps)
     guided_search(DEFAULT, replace(RANGES, batch_sizes=(1,), workers=(1,)), measure, Budget(1e9), None)
@@ -99,6 +130,7 @@ def test_a_batch_that_changes_answers_is_never_chosen_and_larger_ones_are_not_tr
     rec, how = choose(guided, None, guided[0])
     assert rec.setting.batch_size == 1 and rec.keeps_answers
     assert 4 not in {s.batch_size for s in seen} and 8 not in {s.batch_size for s in seen}
+    assert sum(s.batch_size > 1 for s in seen) == 1  # nor batch 2 again, at other workers, when hill climbing
 
 
 def test_the_budget_cuts_the_search_short_and_says_so():
