@@ -261,6 +261,10 @@ def _tune(args) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:  # Interrupted too: the servers it started are stopped by their context managers
+        print("interrupted: tune stopped before its report, nothing recommended; the server it started is stopped "
+              "(the measurements so far are in the run folder named above, under tune/)", file=sys.stderr)
+        return 143 if isinstance(e, Interrupted) and e.signum == signal.SIGTERM else 130
     s = summary(res)
     rec = s["recommended"]
     print(f"recommended: {rec['setting']} ({rec['throughput_rps']} req/s, p99 {rec['p99_ms']} ms, {rec['from']})"

@@ -78,10 +78,14 @@ def stability(measured: list[Measurement], tolerance: float) -> dict:
     return out
 
 
-def _over_limit(res) -> list[float]:
-    """Fractions above 1.05 of the limit at one worker (they mean the limit was measured under more load)."""
+def _over_limit(res, workers_above: int = 0) -> list[float]:
+    """Fractions above 1.05 of the limit at one worker (they mean the limit was measured under more load), or
+    with ``workers_above``, above 1 at more workers than it (expected: several handlers at once)."""
     rounds = [m for c in (res.versus.contenders if res.versus else ()) for m in c.rounds]
     measured = res.guided + (res.grid or []) + rounds
+    if workers_above:
+        return [f for m in measured if m.setting.workers > workers_above and (f := _of_limit(res, m)) is not None
+                and f > 1.0]
     return [f for m in measured if m.setting.workers == 1 and (f := _of_limit(res, m)) is not None and f > 1.05]
 
 
@@ -122,12 +126,17 @@ def summary(res) -> dict:
     if res.limit is not None:
         out["in_process_limit_rows_per_s"] = {str(b): round(r, 1) for b, r in res.limit.rows_per_s.items()}
         out["in_process_limit_s"] = round(res.limit.seconds, 1)
-        over = _over_limit(res)
+        over, notes = _over_limit(res), []
         if over:
-            out["in_process_limit_note"] = (
+            notes.append(
                 f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was "
                 "measured at a slower moment than they were (machine load), as a server cannot outrun its one "
                 "handler; read the fractions as rough")
+        if _over_limit(res, workers_above=1):
+            notes.append("a point with more workers runs that many handlers at once, so its fraction of the "
+                         "one-handler limit can pass 100%")
+        if notes:
+            out["in_process_limit_note"] = "; ".join(notes)
     return out
 
 
@@ -184,23 +193,37 @@ def spec_fragment(res) -> dict | None:
     return {"serving": serving, "replay": {"concurrency": s.concurrency}}
 
 
+def curves(measured: list[Measurement]) -> list[tuple[str, list[Measurement]]]:
+    """The plot's curves: one per (batch size, workers), and per threads and delay where several were measured
+    (a curve then joins points that differ in concurrency only), each as its legend label and its points in
+    concurrency order."""
+    several = {k: len({getattr(m.setting, k) for m in measured}) > 1 for k in ("max_batch_delay_ms", "threads")}
+
+    def key(m: Measurement) -> tuple:
+        st = m.setting
+        return (st.batch_size, st.workers, (st.threads or 0) if several["threads"] else 0,
+                st.max_batch_delay_ms if several["max_batch_delay_ms"] else 0)
+
+    out = []
+    for b, w, t, d in sorted({key(m) for m in measured}):
+        pts = sorted((m for m in measured if key(m) == (b, w, t, d)), key=lambda m: m.setting.concurrency)
+        out.append((f"batch {b}, {w} worker{'s' if w > 1 else ''}"
+                    + (f", threads {t or 'env'}" if several["threads"] else "")
+                    + (f", delay {d} ms" if several["max_batch_delay_ms"] else ""), pts))
+    return out
+
+
 def _plot(measured: list[Measurement], title: str) -> str | None:
-    """Throughput against p99, one curve per (batch size, workers), its points in concurrency order and labelled."""
+    """Throughput against p99, one curve per ``curves``, each point labelled with its client concurrency."""
     if not measured:
         return None
-    several = {k: len({getattr(m.setting, k) for m in measured}) > 1 for k in ("max_batch_delay_ms", "threads")}
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    for b, w in sorted({(m.setting.batch_size, m.setting.workers) for m in measured}):
-        pts = sorted((m for m in measured if (m.setting.batch_size, m.setting.workers) == (b, w)),
-                     key=lambda m: (m.setting.concurrency, m.setting.max_batch_delay_ms, m.setting.threads or 0))
-        line, = ax.plot([m.p99_ms for m in pts], [m.throughput_rps for m in pts], marker="o",
-                        label=f"batch {b}, {w} worker{'s' if w > 1 else ''}")
+    lines = curves(measured)
+    for label, pts in lines:
+        line, = ax.plot([m.p99_ms for m in pts], [m.throughput_rps for m in pts], marker="o", label=label)
         for m in pts:
-            text = f"c{m.setting.concurrency}" + (f" d{m.setting.max_batch_delay_ms}" if several["max_batch_delay_ms"]
-                                                  else "") + (f" t{m.setting.threads or 'env'}" if several["threads"]
-                                                              else "")
-            ax.annotate(text, (m.p99_ms, m.throughput_rps), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line.get_color())
+            ax.annotate(f"c{m.setting.concurrency}", (m.p99_ms, m.throughput_rps), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=line.get_color())
         bad = [m for m in pts if not m.keeps_answers]
         if bad:
             ax.scatter([m.p99_ms for m in bad], [m.throughput_rps for m in bad], marker="x", s=90, color="#c62828",
@@ -208,7 +231,7 @@ def _plot(measured: list[Measurement], title: str) -> str | None:
     ax.set_xlabel("client p99 (ms)")
     ax.set_ylabel("throughput (requests/s)")
     ax.set_title(title + " (labels: client concurrency; red x: answers changed, never recommended)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2 if len(lines) > 8 else 1)
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -293,7 +316,8 @@ def render(res, doc: dict) -> str:
                  + f"<br>chosen as {e(res.how)}<br>{e(objective_text(res))}</p>")
     parts.append(_summary_table(res, s))
     parts.append(f"<p class='facts'>points applied by: {e(res.apply_mode)} ("
-                 + e(", ".join(f"{k} {v}" for k, v in res.apply_figures.items())) + "); model API "
+                 + e(", ".join(f"{k} {round(v, 2) if isinstance(v, float) else v}"
+                               for k, v in res.apply_figures.items())) + "); model API "
                  + ("on for tune only (loopback, token authorization, allowed_urls pinned to the run's store)"
                     if res.apply_mode == "register" or "register_s" in res.apply_figures else "off") + "</p>")
     if doc.get("model_config"):

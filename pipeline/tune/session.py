@@ -328,6 +328,7 @@ def run_tune(opts: TuneOptions) -> TuneResult:
     say = opts.progress or (lambda line: None)
     plan = plan_run(spec)
     run_dir = _make_run_dir(opts.reports_dir, f"{spec.name}-tune")
+    say(f"run folder: {run_dir}")
     ranges = ranges_of(spec, opts.ranges)
     p99_ms, p99_from = objective(spec)
     prepared = prepare(spec, plan, run_dir)

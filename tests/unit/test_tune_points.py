@@ -122,3 +122,21 @@ def test_a_point_already_served_is_kept_when_not_asked_fresh(tmp_path):
     assert server.apply(SETTING, fresh=False) == ("running", 0.0) and server.last == "kept"
     server.stop()
     assert server.current is None  # a stopped server serves nothing: the next point is applied
+
+
+def test_an_interrupted_tune_exits_130_or_143_saying_nothing_was_recommended(monkeypatch, capsys, tmp_path):
+    import signal
+
+    from pipeline.cli import main
+    from pipeline.errors import Interrupted
+    from pipeline.tune import session
+
+    for raised, code in ((KeyboardInterrupt(), 130), (Interrupted(signal.SIGTERM), 143),
+                         (Interrupted(signal.SIGINT), 130)):
+        def stopped(opts, raised=raised):
+            raise raised
+        monkeypatch.setattr(session, "run_tune", stopped)
+        assert main(["tune", str(tmp_path / "spec.yaml")]) == code
+        err = capsys.readouterr().err
+        assert err.startswith("interrupted: tune stopped before its report, nothing recommended") and "Traceback" \
+            not in err

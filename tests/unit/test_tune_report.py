@@ -54,6 +54,17 @@ def test_a_one_worker_point_above_the_limit_says_the_limit_was_measured_under_mo
     res.limit = replace(res.limit, rows_per_s={1: 50.0, 4: 800.0})  # batch 1 at 90-150 req/s: 5 points over it
     note = summary(res)["in_process_limit_note"]
     assert note.startswith("5 one-worker measurement(s) above the limit (up to 300%)") and "machine load" in note
+    assert "more workers" not in note
+
+
+def test_a_point_with_more_workers_above_the_one_handler_limit_is_explained_not_blamed_on_load(tmp_path):
+    res = _result(tmp_path, None)
+    res.grid = [_m(Setting(2, 4, 5, 16), 450, phase="grid")]  # 2 workers at 450 req/s, batch 4's limit 800
+    assert "in_process_limit_note" not in summary(res)
+    res.limit = replace(res.limit, rows_per_s={1: 200.0, 4: 420.0})  # one-worker batch-4 points: 300-400 req/s
+    note = summary(res)["in_process_limit_note"]
+    assert note == ("a point with more workers runs that many handlers at once, so its fraction of the one-handler "
+                    "limit can pass 100%")
 
 
 def test_a_grid_best_that_is_the_recommendation_is_said_so(tmp_path):
@@ -83,3 +94,18 @@ def test_stability_counts_the_unstable_points_by_what_disagreed():
     on_p99 = replace(ok, stable=False, window_figures=((50, 90), (100, 10), (101, 30)))
     on_both = replace(ok, stable=False, window_figures=((50, 90), (100, 10), (150, 30)))
     assert stability([ok, on_p99, on_both], 0.15) == {"points": 3, "unstable": 2, "on_throughput": 1, "on_p99": 2}
+
+
+def test_a_curve_joins_points_that_differ_in_concurrency_only():
+    from pipeline.tune.report import curves
+
+    pts = [_m(Setting(w, b, 5, c, t), 100.0 * c) for w in (1, 2) for b in (1, 8) for c in (16, 1, 4) for t in (1, 2)]
+    got = curves(pts)
+    assert len(got) == 8 and got[0][0] == "batch 1, 1 worker, threads 1" and got[-1][0] == "batch 8, 2 workers, threads 2"
+    for label, line in got:
+        assert [m.setting.concurrency for m in line] == [1, 4, 16], label
+        assert len({(m.setting.workers, m.setting.batch_size, m.setting.threads) for m in line}) == 1, label
+    one_thread = curves([m for m in pts if m.setting.threads == 1])
+    assert [label for label, _ in one_thread][:2] == ["batch 1, 1 worker", "batch 1, 2 workers"]
+    delays = curves([_m(Setting(1, 4, d, c), 1.0) for d in (5, 20) for c in (4, 8)])
+    assert [label for label, _ in delays] == ["batch 4, 1 worker, delay 5 ms", "batch 4, 1 worker, delay 20 ms"]
