@@ -9,6 +9,7 @@ from pipeline.report.text import fmt, metric
 from pipeline.tasks.registry import task_of_report
 
 MAX_FAILED_SHOWN = 12
+MAX_WARNED_SHOWN = 4
 
 
 def render_console(rep: dict, *, width: int = 12) -> str:
@@ -40,8 +41,11 @@ def render_console(rep: dict, *, width: int = 12) -> str:
     if len(failed) > MAX_FAILED_SHOWN:
         out.append(f"  ... and {len(failed) - MAX_FAILED_SHOWN} more failed checks in the report")
     out += _failed_rows(rep)
-    for c in warned[:4]:
-        out.append(f"  WARN {c['stage']}: {c['name']}: value {fmt(c['value'])}, limit {c['limit']}")
+    for c in warned[:MAX_WARNED_SHOWN]:
+        out.append(f"  WARN {c['stage']}: {c['name']}: value {fmt(c['value'])}, limit {c['limit']}"
+                   + (f" ({c['detail']})" if c.get("detail") else ""))
+    if len(warned) > MAX_WARNED_SHOWN:
+        out.append(f"  ... and {len(warned) - MAX_WARNED_SHOWN} more warnings in the report")
     a = rep.get("attribution")
     if a and (rep.get("status") != "passed" or a.get("layer")):
         out.append(f"attribution: {a['summary']}")

@@ -90,6 +90,8 @@ def _items(v: Any) -> list | None:
         return list(v)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return []  # an empty cell: a CSV cannot tell it from no label at all (counted in the notes)
+    if isinstance(v, float) and v.is_integer():
+        return [str(int(v))]  # one label index in a column pandas read as floats (an empty cell elsewhere in it)
     text = str(v).strip()
     if text.startswith("["):
         try:

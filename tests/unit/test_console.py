@@ -164,3 +164,20 @@ def test_once_the_run_stops_ctrl_c_only_logs_and_the_callers_handler_comes_back(
         pytest.fail("a Ctrl-C after _disarm raised: it would cut the partial report short")
     assert signal.getsignal(signal.SIGINT) is before
     assert "still stopping" in caplog.text
+
+
+def test_the_verdict_block_says_why_each_warning_and_counts_those_not_shown():
+    from pipeline.report.console import MAX_WARNED_SHOWN, render_console
+
+    warned = [{"stage": "served", "name": f"probe {k}", "value": 0.5, "baseline": None, "limit": "== 1",
+               "detail": f"row r{k} answered in its stored frame", "passed": False, "is_gating": False}
+              for k in range(MAX_WARNED_SHOWN + 2)]
+    passed = {"stage": "served", "name": "accuracy", "value": 1.0, "baseline": 1.0, "limit": ">= 0.9",
+              "detail": "", "passed": True, "is_gating": True}
+    text = render_console({"verdict": "PASS", "exit_code": 0, "complete": True, "run_dir": "/r",
+                           "gate": {"checks": [passed, *warned]}})
+    lines = text.splitlines()
+    assert lines[0] == f"VERDICT: PASS (exit 0)   1/{len(warned) + 1} checks passed, {len(warned)} warning(s)"
+    assert "  WARN served: probe 0: value 0.5000, limit == 1 (row r0 answered in its stored frame)" in lines
+    assert not any("probe 5" in ln for ln in lines)
+    assert "  ... and 2 more warnings in the report" in lines

@@ -318,6 +318,16 @@ def test_label_list_cells():
     assert ML._items("a; b ;") == ["a", "b"] and ML._items("a|b") == ["a", "b"] and ML._items("a,b") == ["a", "b"]
     assert ML._items(" cat ") == ["cat"] and ML._items(3) == ["3"] and ML._items("a;b,c") == ["a", "b,c"]
     assert ML._items('["a"]') == ["a"]
+    assert ML._items(2.0) == ["2"] and ML._items(1.5) == ["1.5"]  # a column of single indices with gaps is float
+
+
+def test_a_csv_of_single_label_indices_with_empty_cells_is_read(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("id,label\nr0,2\nr1,\nr2,0\n")
+    df = pd.read_csv(path)
+    assert df["label"].dtype == np.float64
+    y, notes = ML.read_labels(df, ml_spec(), path, ["r0", "r1", "r2"])
+    assert y.tolist() == [[0, 0, 1], [0, 0, 0], [1, 0, 0]] and "1 row(s) have no label" in notes[0]
 
 
 def ml_spec(**model):
