@@ -120,7 +120,8 @@ TASK_MUTANTS := 'pipeline.tasks.registry.x_task_*' \
            $(foreach f,read_labels _listed_row parse_answer weighted_figures within, \
              'pipeline.tasks.regression.x_$(f)__*') \
            $(foreach f,decoder_for encoded_outputs answered_outputs _predictions stage_metrics paired_bootstrap \
-             compare_structured metric_limits checks_for,'pipeline.tasks.structured.x_$(f)__*')
+             compare_structured metric_limits improvement_check checks_for,'pipeline.tasks.structured.x_$(f)__*') \
+           'pipeline.tasks.coco_ap.*'
 MUTANTS := 'pipeline.evaluate.*' 'pipeline.answers.*' 'pipeline.torchserve.errors.*' \
            'pipeline.stages.replay.x__send__*' 'pipeline.stages.replay.x*_Breaker*' \
            'pipeline.stages.replay.x_decode_answers__*' $(TASK_MUTANTS)

@@ -133,6 +133,32 @@ def test_edge_cases_as_torchmetrics():
     assert np.isnan(_mine([hit, stray], truth[:2], np.array([[0, 0]]))[0][0])
 
 
+def test_an_image_without_detections_leaves_the_next_images_counted():
+    truth = [D.Boxes.of([[0, 0, 10, 10]], [1]), D.Boxes.of([[0, 0, 10, 10]], [1]), D.Boxes.of([[5, 5, 9, 9]], [2])]
+    preds = [D.Boxes.empty(), D.Boxes.of([[0, 0, 10, 10]], [1], [0.9]), D.Boxes.of([[5, 5, 9, 9]], [2], [0.7])]
+    (m,), (m50,) = _mine(preds, truth)
+    ref, ref50 = _torchmetrics(preds, truth)
+    assert m == pytest.approx(ref, abs=1e-6) and m50 == pytest.approx(ref50, abs=1e-6)
+    assert m50 == pytest.approx((51 / 101 + 1) / 2)  # class 1: recall 0.5 at precision 1; class 2: found
+
+
+def test_resamples_split_into_chunks_give_the_figures_of_one_pass(monkeypatch):
+    rng = np.random.default_rng(11)
+    preds, truths = _random_set(rng, 6, 3)
+    weights = rng.integers(0, 3, size=(7, 6))
+    matches = C.match_stage(preds, truths)
+    whole = C.average_precision(matches, weights)
+    monkeypatch.setattr(C, "CHUNK_ELEMENTS", 1)  # one resample a chunk
+    split = C.average_precision(matches, weights)
+    assert split["map"].shape == (7,) and split["map_50"].shape == (7,)
+    np.testing.assert_allclose(split["map"], whole["map"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(split["map_50"], whole["map_50"], rtol=0, atol=1e-12)
+    monkeypatch.setattr(C, "CHUNK_ELEMENTS", 10 * 2 * len(matches.image))  # two resamples a chunk
+    np.testing.assert_allclose(C.average_precision(matches, weights)["map"], whole["map"], rtol=0, atol=1e-12)
+    empty = C.average_precision(matches, np.zeros((0, 6), np.int64))
+    assert empty["map"].shape == (0,) and empty["map_50"].shape == (0,)
+
+
 def test_more_than_max_dets_per_image_and_class_as_torchmetrics():
     rng = np.random.default_rng(5)
     xy = rng.uniform(0, 90, (150, 2))
