@@ -219,8 +219,17 @@ def _plot(measured: list[Measurement], title: str) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5))
     lines = curves(measured)
+    # colour by (batch, workers), line style by threads and delay: a colour is never reused for another batch
+    colours = {k: plt.get_cmap("tab10" if n <= 10 else "tab20")(i % 20) for n in
+               [len({(m.setting.batch_size, m.setting.workers) for m in measured})]
+               for i, k in enumerate(sorted({(m.setting.batch_size, m.setting.workers) for m in measured}))}
+    styles = {k: ("-", "--", ":", "-.")[i % 4] for i, k in enumerate(sorted(
+        {(m.setting.threads or 0, m.setting.max_batch_delay_ms) for m in measured}))}
     for label, pts in lines:
-        line, = ax.plot([m.p99_ms for m in pts], [m.throughput_rps for m in pts], marker="o", label=label)
+        st = pts[0].setting
+        line, = ax.plot([m.p99_ms for m in pts], [m.throughput_rps for m in pts], marker="o", label=label,
+                        color=colours[(st.batch_size, st.workers)],
+                        linestyle=styles[(st.threads or 0, st.max_batch_delay_ms)])
         for m in pts:
             ax.annotate(f"c{m.setting.concurrency}", (m.p99_ms, m.throughput_rps), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=line.get_color())
