@@ -78,15 +78,11 @@ def stability(measured: list[Measurement], tolerance: float) -> dict:
     return out
 
 
-def _over_limit(res, workers_above: int = 0) -> list[float]:
-    """Fractions above 1.05 of the limit at one worker (they mean the limit was measured under more load), or
-    with ``workers_above``, above 1 at more workers than it (expected: several handlers at once)."""
+def _fractions(res) -> list[tuple[int, float]]:
+    """(workers, fraction of the in-process limit) of every measurement, head-to-head rounds included."""
     rounds = [m for c in (res.versus.contenders if res.versus else ()) for m in c.rounds]
-    measured = res.guided + (res.grid or []) + rounds
-    if workers_above:
-        return [f for m in measured if m.setting.workers > workers_above and (f := _of_limit(res, m)) is not None
-                and f > 1.0]
-    return [f for m in measured if m.setting.workers == 1 and (f := _of_limit(res, m)) is not None and f > 1.05]
+    return [(m.setting.workers, f) for m in res.guided + (res.grid or []) + rounds
+            if (f := _of_limit(res, m)) is not None]
 
 
 def summary(res) -> dict:
@@ -126,13 +122,15 @@ def summary(res) -> dict:
     if res.limit is not None:
         out["in_process_limit_rows_per_s"] = {str(b): round(r, 1) for b, r in res.limit.rows_per_s.items()}
         out["in_process_limit_s"] = round(res.limit.seconds, 1)
-        over, notes = _over_limit(res), []
+        fractions, notes = _fractions(res), []
+        # above 1.05 at one worker: the limit was measured under more load; above 1 at more: several handlers
+        over = [f for w, f in fractions if w == 1 and f > 1.05]
         if over:
             notes.append(
                 f"{len(over)} one-worker measurement(s) above the limit (up to {max(over):.0%}): the limit was "
                 "measured at a slower moment than they were (machine load), as a server cannot outrun its one "
                 "handler; read the fractions as rough")
-        if _over_limit(res, workers_above=1):
+        if any(w > 1 and f > 1.0 for w, f in fractions):
             notes.append("a point with more workers runs that many handlers at once, so its fraction of the "
                          "one-handler limit can pass 100%")
         if notes:
