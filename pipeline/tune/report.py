@@ -218,9 +218,9 @@ def _plot(measured: list[Measurement], title: str) -> str | None:
     fig, ax = plt.subplots(figsize=(8.5, 5))
     lines = curves(measured)
     # colour by (batch, workers), line style by threads and delay: a colour is never reused for another batch
-    colours = {k: plt.get_cmap("tab10" if n <= 10 else "tab20")(i % 20) for n in
-               [len({(m.setting.batch_size, m.setting.workers) for m in measured})]
-               for i, k in enumerate(sorted({(m.setting.batch_size, m.setting.workers) for m in measured}))}
+    pairs = sorted({(m.setting.batch_size, m.setting.workers) for m in measured})
+    palette = plt.get_cmap("tab10" if len(pairs) <= 10 else "tab20")
+    colours = {k: palette(i % 20) for i, k in enumerate(pairs)}
     styles = {k: ("-", "--", ":", "-.")[i % 4] for i, k in enumerate(sorted(
         {(m.setting.threads or 0, m.setting.max_batch_delay_ms) for m in measured}))}
     for label, pts in lines:
